@@ -1,0 +1,248 @@
+"""Mimi audio codec through ``transformers.MimiModel``: waveforms -> discrete codes.
+
+``--codec`` specs:
+
+* a local directory or a Hugging Face id (``kyutai/mimi``): weights from disk or the HF cache
+  only, never downloaded at run time;
+* ``random:tiny[:seed]`` / ``random:full[:seed]``: the real Mimi architecture (a small test
+  config, or the full default config) with deterministic random weights.  A freshly built
+  MimiModel has all-zero codebooks (every code would be 0), so codebooks are randomised too.
+
+Codes are batch-invariant: every clip is zero-padded to a whole number of frames (1920
+samples) before encoding, which with Mimi's causal convolutions and causal encoder
+transformer makes each valid frame depend only on its own clip.  Long audio is encoded in
+pieces (SODA: 60 s, a whole number of frames) and concatenated; batches are formed from a
+fixed sample budget in input order, so the same inputs give the same batches on every run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 24_000
+FRAME_RATE = 12.5
+SAMPLES_PER_FRAME = 1920
+MAX_CODEBOOKS = 32
+
+# A small Mimi with the real topology (SEANet strides 8*6*5*4, downsample x2 -> 12.5 Hz,
+# split RVQ with 1 semantic + 31 acoustic codebooks of 2048 entries) for fast tests.
+TINY_CONFIG = dict(
+    hidden_size=64,
+    num_filters=8,
+    num_hidden_layers=2,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    codebook_dim=32,
+    vector_quantization_hidden_dimension=32,
+    upsample_groups=64,
+    sliding_window=250,
+)
+
+
+class CodecError(ValueError):
+    """A codec spec that cannot be resolved or loaded."""
+
+
+@dataclass(frozen=True)
+class CodecSpec:
+    kind: str  # "random" or "pretrained"
+    name: str  # "tiny" / "full" for random, a path or hub id for pretrained
+    seed: int = 0
+
+    def __str__(self) -> str:
+        return f"random:{self.name}:{self.seed}" if self.kind == "random" else self.name
+
+
+def parse_codec_spec(spec: str) -> CodecSpec:
+    if spec.startswith("random:"):
+        parts = spec.split(":")
+        if len(parts) not in (2, 3) or parts[1] not in ("tiny", "full"):
+            raise CodecError(
+                f"codec spec {spec!r}: expected random:tiny[:seed] or random:full[:seed]"
+            )
+        try:
+            seed = int(parts[2]) if len(parts) == 3 else 0
+        except ValueError as e:
+            raise CodecError(f"codec spec {spec!r}: seed must be an integer") from e
+        return CodecSpec("random", parts[1], seed)
+    return CodecSpec("pretrained", spec)
+
+
+def _randomise_codebooks(model: torch.nn.Module, generator: torch.Generator) -> None:
+    from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
+
+    for module in model.modules():
+        if isinstance(module, MimiEuclideanCodebook):
+            dim = module.embed_sum.shape[1]
+            # Centroids at the scale of unit-variance latents, so codes spread over the codebook.
+            module.embed_sum.copy_(
+                torch.randn(module.embed_sum.shape, generator=generator) / math.sqrt(dim) * 4
+            )
+            module.cluster_usage.fill_(1.0)
+            module._embed = None
+
+
+def _build_random(spec: CodecSpec, decoder: bool) -> torch.nn.Module:
+    from transformers import MimiConfig, MimiModel
+
+    config = MimiConfig(**(TINY_CONFIG if spec.name == "tiny" else {}))
+    if not decoder:
+        config.decoder_config = None
+    generator = torch.Generator().manual_seed(spec.seed)
+    fork_devices: list = []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(spec.seed)
+        model = MimiModel(config)
+    _randomise_codebooks(model, generator)
+    return model
+
+
+def _resolve_pretrained(name: str) -> str:
+    if os.path.isdir(name):
+        return name
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception as e:
+        raise CodecError(
+            f"codec {name!r}: not a local directory and not in the Hugging Face cache "
+            "(weights are never downloaded at run time; download them once with "
+            f"`huggingface-cli download {name}` or pass a local path, or use random:full)"
+        ) from e
+
+
+def _build_pretrained(spec: CodecSpec, decoder: bool) -> torch.nn.Module:
+    from transformers import MimiConfig, MimiModel
+
+    path = _resolve_pretrained(spec.name)
+    try:
+        config = MimiConfig.from_pretrained(path, local_files_only=True)
+        if not decoder:
+            config.decoder_config = None
+        return MimiModel.from_pretrained(path, config=config, local_files_only=True)
+    except Exception as e:
+        raise CodecError(f"codec {spec.name!r}: cannot load a MimiModel from {path} ({e})") from e
+
+
+def codec_fingerprint(spec: str | CodecSpec, chunk_seconds: float = 60.0) -> str:
+    """Identifies the codes a codec produces, without loading it (for on-disk code caches):
+    the spec and piece length, plus the config and weight files of a pretrained codec."""
+    spec = spec if isinstance(spec, CodecSpec) else parse_codec_spec(spec)
+    h = hashlib.sha256(json.dumps({"spec": str(spec), "chunk_s": chunk_seconds}).encode())
+    if spec.kind == "pretrained":
+        path = _resolve_pretrained(spec.name)
+        for name in sorted(os.listdir(path)):
+            full = os.path.join(path, name)
+            if os.path.isfile(full) and name.endswith((".json", ".safetensors", ".bin")):
+                st = os.stat(full)
+                h.update(f"{name}:{st.st_size}".encode())
+                with open(full, "rb") as f:
+                    h.update(f.read(1 << 16))
+    return h.hexdigest()[:16]
+
+
+class MimiCodec:
+    """Batched, chunked Mimi encoding (and decoding when built with ``decoder=True``)."""
+
+    def __init__(
+        self,
+        spec: str | CodecSpec,
+        num_codebooks: int = 8,
+        device: str = "cpu",
+        chunk_seconds: float = 60.0,
+        batch_seconds: float = 240.0,
+        decoder: bool = False,
+    ) -> None:
+        self.spec = spec if isinstance(spec, CodecSpec) else parse_codec_spec(spec)
+        if not 1 <= num_codebooks <= MAX_CODEBOOKS:
+            raise CodecError(f"num_codebooks must be in 1..{MAX_CODEBOOKS}, got {num_codebooks}")
+        model = (
+            _build_random(self.spec, decoder)
+            if self.spec.kind == "random"
+            else _build_pretrained(self.spec, decoder)
+        )
+        cfg = model.config
+        if cfg.sampling_rate != SAMPLE_RATE or cfg.codebook_size != 2048:
+            raise CodecError(
+                f"codec {self.spec}: expected 24 kHz and 2048-entry codebooks, got {cfg.sampling_rate} Hz / {cfg.codebook_size}"
+            )
+        if num_codebooks > cfg.num_quantizers:
+            raise CodecError(
+                f"codec {self.spec} has {cfg.num_quantizers} codebooks, {num_codebooks} requested"
+            )
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        self.num_codebooks = num_codebooks
+        self.samples_per_frame = int(round(cfg.sampling_rate / cfg.frame_rate))
+        if self.samples_per_frame != SAMPLES_PER_FRAME:
+            raise CodecError(
+                f"codec {self.spec}: frame rate {cfg.frame_rate} Hz, SODA needs 12.5 Hz"
+            )
+        self.chunk_samples = int(chunk_seconds * FRAME_RATE) * self.samples_per_frame
+        self.batch_samples = max(self.chunk_samples, int(batch_seconds * SAMPLE_RATE))
+
+    def fingerprint(self) -> str:
+        return codec_fingerprint(self.spec, self.chunk_samples / SAMPLE_RATE)
+
+    def num_frames(self, num_samples: int) -> int:
+        return -(-num_samples // self.samples_per_frame)
+
+    # ---------------------------------------------------------------- encoding
+    @torch.inference_mode()
+    def encode(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """24 kHz mono float32 waves -> codes ``int16 [num_codebooks, frames]`` each,
+        ``frames = ceil(len / 1920)``."""
+        pieces: list[tuple[int, np.ndarray]] = []
+        for i, w in enumerate(waves):
+            if w.ndim != 1 or w.size == 0:
+                raise ValueError(f"wave {i}: expected a non-empty 1-D array, got shape {w.shape}")
+            for s in range(0, w.size, self.chunk_samples):
+                pieces.append((i, w[s : s + self.chunk_samples]))
+        codes: list[list[np.ndarray]] = [[] for _ in waves]
+        for batch in self._batches(pieces):
+            for (i, _), c in zip(batch, self._encode_batch([p for _, p in batch])):
+                codes[i].append(c)
+        return [np.concatenate(c, axis=1) for c in codes]
+
+    def _batches(self, pieces: list[tuple[int, np.ndarray]]):
+        batch: list[tuple[int, np.ndarray]] = []
+        longest = 0
+        for item in pieces:
+            n = self.num_frames(item[1].size) * self.samples_per_frame
+            if batch and max(longest, n) * (len(batch) + 1) > self.batch_samples:
+                yield batch
+                batch, longest = [], 0
+            batch.append(item)
+            longest = max(longest, n)
+        if batch:
+            yield batch
+
+    def _encode_batch(self, waves: list[np.ndarray]) -> list[np.ndarray]:
+        frames = [self.num_frames(w.size) for w in waves]
+        x = np.zeros((len(waves), 1, max(frames) * self.samples_per_frame), dtype=np.float32)
+        for row, w in zip(x, waves):
+            row[0, : w.size] = w
+        out = self.model.encode(
+            torch.from_numpy(x).to(self.device), num_quantizers=self.num_codebooks
+        )
+        codes = out.audio_codes.to("cpu", torch.int16).numpy()
+        return [codes[b, :, :n].copy() for b, n in enumerate(frames)]
+
+    # ---------------------------------------------------------------- decoding
+    @torch.inference_mode()
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Codes ``[n_cb, frames]`` -> 24 kHz mono float32 (needs ``decoder=True``)."""
+        if self.model.decoder is None:
+            raise CodecError("this codec was built encoder-only; construct it with decoder=True")
+        c = torch.as_tensor(np.asarray(codes, dtype=np.int64))[None].to(self.device)
+        return self.model.decode(c).audio_values[0, 0].float().cpu().numpy()

@@ -1,0 +1,1 @@
+"""Data: input readers, codec stage, SODA document interleaving, Megatron shards."""

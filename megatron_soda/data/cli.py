@@ -1,0 +1,207 @@
+"""Command lines of the preprocessing tools (``tools/preprocess/*.py`` are thin wrappers)."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+
+from megatron_soda.data.interleave import INTERLEAVE_MODES
+from megatron_soda.data.preprocess import (
+    STAGES,
+    PreprocessConfig,
+    PreprocessError,
+    merge_outputs,
+    run_preprocess,
+)
+from megatron_soda.data.sources import INPUT_FORMATS
+
+EXIT_OK, EXIT_ERROR_RATE, EXIT_FATAL = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Audio (+ transcripts) and text -> Mimi codes -> SODA token documents -> "
+        "Megatron indexed shards (.bin/.idx) with stats and an error report.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    io = p.add_argument_group("inputs and outputs")
+    io.add_argument(
+        "--input",
+        action="extend",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="files, directories or globs (repeatable)",
+    )
+    io.add_argument("--input-format", required=True, choices=INPUT_FORMATS)
+    io.add_argument("--output-prefix", required=True, metavar="P")
+    io.add_argument(
+        "--json-keys", nargs="+", default=["text"], help="text fields of --input-format text"
+    )
+    tok = p.add_argument_group("tokens")
+    tok.add_argument(
+        "--tokenizer", required=True, help="base tokenizer.json (or a saved SodaTokenizer dir)"
+    )
+    tok.add_argument(
+        "--num-codebooks", type=int, default=8, help="1 = semantic only, 8 = SODA, up to 32"
+    )
+    tok.add_argument("--interleave", default="both", choices=INTERLEAVE_MODES)
+    tok.add_argument(
+        "--split", type=float, default=0.0, help="held-out fraction by recording-id hash"
+    )
+    codec = p.add_argument_group("codec stage")
+    codec.add_argument(
+        "--codec",
+        default="random:tiny",
+        help="local Mimi dir, HF id (from cache), random:tiny[:seed] or random:full[:seed]",
+    )
+    codec.add_argument(
+        "--cache-codebooks",
+        type=int,
+        default=None,
+        help="codebooks kept in the codes cache (default max(--num-codebooks, 8))",
+    )
+    codec.add_argument("--codes-dir", default=None, help="codes cache (default P.codes)")
+    codec.add_argument("--device", default="cpu", help="codec device: cpu, cuda, cuda:N")
+    codec.add_argument("--workers", type=int, default=1, help="codec worker processes")
+    codec.add_argument("--threads-per-worker", type=int, default=None)
+    codec.add_argument(
+        "--chunk-utterances", type=int, default=128, help="utterances per cached chunk"
+    )
+    run = p.add_argument_group("run control")
+    run.add_argument(
+        "--stage",
+        default="all",
+        choices=STAGES,
+        help="encode: codec pass only; tokenize: shards from an existing codes cache",
+    )
+    run.add_argument("--num-shards", type=int, default=1, help="split the work into K slices ...")
+    run.add_argument(
+        "--shard-index", type=int, default=0, help="... and run slice I (e.g. $SLURM_ARRAY_TASK_ID)"
+    )
+    run.add_argument(
+        "--max-error-rate",
+        type=float,
+        default=0.01,
+        help="exit non-zero (after writing all good output) above this rejected fraction",
+    )
+    run.add_argument("--log-level", default="INFO")
+    return p
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def preprocess_main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_level)
+    cfg = PreprocessConfig(
+        inputs=args.input,
+        input_format=args.input_format,
+        output_prefix=args.output_prefix,
+        tokenizer=args.tokenizer,
+        codec=args.codec,
+        num_codebooks=args.num_codebooks,
+        cache_codebooks=args.cache_codebooks,
+        interleave=args.interleave,
+        workers=args.workers,
+        threads_per_worker=args.threads_per_worker,
+        device=args.device,
+        split=args.split,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        codes_dir=args.codes_dir,
+        stage=args.stage,
+        json_keys=tuple(args.json_keys),
+        max_error_rate=args.max_error_rate,
+        chunk_utterances=args.chunk_utterances,
+    )
+    try:
+        summary = run_preprocess(cfg)
+    except (PreprocessError, ValueError, OSError) as e:
+        print(f"preprocess_data: error: {e}", file=sys.stderr)
+        return EXIT_FATAL
+    return report(summary, cfg.shard_prefix, cfg.max_error_rate)
+
+
+def report(summary: dict, prefix: str, max_error_rate: float) -> int:
+    if summary.get("stage") == "encode":
+        print(json.dumps(summary))
+        return EXIT_OK
+    keys = (
+        "documents",
+        "recordings",
+        "utterances",
+        "audio_hours",
+        "tokens",
+        "total_tokens",
+        "errors",
+        "error_rate",
+    )
+    print(json.dumps({"prefix": prefix, **{k: summary[k] for k in keys}}, indent=None))
+    if summary["error_rate"] > max_error_rate:
+        print(
+            f"preprocess_data: {summary['errors']} of {summary['attempted']} inputs rejected "
+            f"(rate {summary['error_rate']:.4f} > --max-error-rate {max_error_rate}); see {prefix}.errors.jsonl",
+            file=sys.stderr,
+        )
+        return EXIT_ERROR_RATE
+    return EXIT_OK
+
+
+def merge_main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Merge preprocessing shard outputs into one prefix.")
+    p.add_argument("--output-prefix", required=True, metavar="P")
+    p.add_argument(
+        "--num-shards",
+        type=int,
+        default=None,
+        help="merge P_00000_of_K ... P_{K-1}_of_K (the names --num-shards K wrote)",
+    )
+    p.add_argument(
+        "--inputs", nargs="+", default=None, help="explicit prefixes, merged in this order"
+    )
+    args = p.parse_args(argv)
+    _setup_logging("INFO")
+    if (args.num_shards is None) == (args.inputs is None):
+        print("merge_shards: give exactly one of --num-shards or --inputs", file=sys.stderr)
+        return EXIT_FATAL
+    prefixes = args.inputs or [
+        f"{args.output_prefix}_{i:05d}_of_{args.num_shards:05d}" for i in range(args.num_shards)
+    ]
+    missing = [q for q in prefixes if not glob.glob(q + "*.stats.json")]
+    if missing:
+        print(
+            f"merge_shards: error: no finished output for {missing[0]} ({len(missing)} missing)",
+            file=sys.stderr,
+        )
+        return EXIT_FATAL
+    try:
+        summary = merge_outputs(prefixes, args.output_prefix)
+    except (PreprocessError, ValueError, OSError, AssertionError) as e:
+        print(f"merge_shards: error: {e}", file=sys.stderr)
+        return EXIT_FATAL
+    print(
+        json.dumps(
+            {
+                "prefix": args.output_prefix,
+                "documents": summary["documents"],
+                "total_tokens": summary["total_tokens"],
+                "errors": summary["errors"],
+            }
+        )
+    )
+    return EXIT_OK
+
+
+def repo_root() -> str:
+    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -1,0 +1,253 @@
+"""The preprocessing job: inputs -> (codec stage) -> (token stage) -> shards, stats, errors.
+
+Outputs for ``--output-prefix P`` (``P`` gains ``_{I:05d}_of_{K:05d}`` with ``--num-shards K``):
+
+* ``P.bin``/``P.idx`` (or ``P_train.*`` and ``P_valid.*`` with ``--split``)
+* ``P.stats.json`` (and one per split): documents, utterances, audio hours, tokens by kind,
+  errors, and the token layout the trainer checks against its tokenizer
+* ``P.errors.jsonl``: one line per rejected input (file, item, reason, stage)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+from megatron_soda.data.encode_stage import EncodeConfig, encode_units, unit_cache
+from megatron_soda.data.shards import ShardWriter, write_json_atomic, write_jsonl_atomic
+from megatron_soda.data.sources import INPUT_FORMATS
+from megatron_soda.data.tokenize_stage import (
+    OutputSet,
+    SplitStats,
+    tokenize_cached_units,
+    tokenize_text_units,
+)
+from megatron_soda.data.units import expand_inputs, plan_units
+from megatron_soda.tokenizer import SodaTokenizer
+
+logger = logging.getLogger(__name__)
+STAGES = ("all", "encode", "tokenize")
+
+
+class PreprocessError(RuntimeError):
+    """A run that cannot proceed (bad arguments, missing cache); the message says why."""
+
+
+@dataclass
+class PreprocessConfig:
+    inputs: list[str]
+    input_format: str
+    output_prefix: str
+    tokenizer: str
+    codec: str = "random:tiny"
+    num_codebooks: int = 8
+    cache_codebooks: int | None = None  # default max(num_codebooks, 8)
+    interleave: str = "both"
+    workers: int = 1
+    threads_per_worker: int | None = None
+    device: str = "cpu"
+    split: float = 0.0
+    num_shards: int = 1
+    shard_index: int = 0
+    codes_dir: str | None = None  # default: {output_prefix}.codes (shared by all shards)
+    stage: str = "all"
+    json_keys: tuple[str, ...] = ("text",)
+    max_error_rate: float = 0.01
+    chunk_utterances: int = 128
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def shard_prefix(self) -> str:
+        if self.num_shards == 1:
+            return self.output_prefix
+        return f"{self.output_prefix}_{self.shard_index:05d}_of_{self.num_shards:05d}"
+
+    @property
+    def resolved_codes_dir(self) -> str:
+        return self.codes_dir or f"{self.output_prefix}.codes"
+
+    def encode_config(self) -> EncodeConfig:
+        return EncodeConfig(
+            codec=self.codec,
+            cache_codebooks=self.cache_codebooks or max(self.num_codebooks, 8),
+            device=self.device,
+            workers=self.workers,
+            threads_per_worker=self.threads_per_worker,
+            chunk_utterances=self.chunk_utterances,
+        )
+
+
+def run_preprocess(cfg: PreprocessConfig) -> dict:
+    """Run the job; returns the summary (also written to ``P.stats.json``)."""
+    if cfg.input_format not in INPUT_FORMATS:
+        raise PreprocessError(
+            f"--input-format must be one of {INPUT_FORMATS}, got {cfg.input_format!r}"
+        )
+    if cfg.stage not in STAGES:
+        raise PreprocessError(f"--stage must be one of {STAGES}")
+    if not 0 <= cfg.split < 1:
+        raise PreprocessError(f"--split must be a fraction in [0, 1), got {cfg.split}")
+    try:
+        files = expand_inputs(cfg.inputs, cfg.input_format)
+        units = plan_units(files, cfg.input_format, cfg.num_shards, cfg.shard_index)
+    except ValueError as e:
+        raise PreprocessError(str(e)) from e
+    tokenizer = SodaTokenizer.load(cfg.tokenizer, num_codebooks=cfg.num_codebooks)
+    speech = cfg.input_format != "text"
+    logger.info(
+        "%d input files, %d work units for slice %d/%d",
+        len(files),
+        len(units),
+        cfg.shard_index,
+        cfg.num_shards,
+    )
+
+    caches = []
+    if speech:
+        ecfg = cfg.encode_config()
+        if cfg.stage in ("all", "encode"):
+            caches = encode_units(units, cfg.resolved_codes_dir, ecfg)
+        else:
+            caches = [unit_cache(cfg.resolved_codes_dir, u, ecfg) for u in units]
+            missing = [c.description["input"] for c in caches if not c.is_complete()]
+            if missing:
+                raise PreprocessError(
+                    f"--stage tokenize: no complete codes cache in {cfg.resolved_codes_dir} for "
+                    f"{missing[0]} (and {len(missing) - 1} more); run --stage encode (or all) first "
+                    "with the same inputs, codec and --codes-dir"
+                )
+    if cfg.stage == "encode":
+        return {"stage": "encode", "units": len(units), "codes_dir": cfg.resolved_codes_dir}
+
+    out = OutputSet(cfg.shard_prefix, cfg.split)
+    try:
+        if speech:
+            tokenize_cached_units(caches, tokenizer, cfg.interleave, out)
+        else:
+            tokenize_text_units(units, tokenizer, out, cfg.json_keys)
+        out.finalize()
+    except BaseException:
+        out.abort()
+        raise
+    return write_reports(cfg, tokenizer, out)
+
+
+def _header(cfg: PreprocessConfig, tokenizer: SodaTokenizer) -> dict:
+    return {
+        "format": cfg.input_format,
+        "interleave": cfg.interleave if cfg.input_format != "text" else "text",
+        "codec": cfg.codec if cfg.input_format != "text" else None,
+        "num_codebooks": cfg.num_codebooks,
+        "layout": tokenizer.layout.to_dict(),
+        "tokenizer_sha256": tokenizer.base_sha256,
+        "split_fraction": cfg.split,
+        "slice": {"num_shards": cfg.num_shards, "shard_index": cfg.shard_index},
+    }
+
+
+def _summary(
+    header: dict, splits: dict[str, SplitStats], errors: int, attempted: int, collisions: int
+) -> dict:
+    total = SplitStats()
+    for st in splits.values():
+        total.merge(st)
+    summary = {**header, **total.to_dict()}
+    summary["errors"] = errors
+    summary["attempted"] = attempted
+    summary["error_rate"] = round(errors / attempted, 6) if attempted else 0.0
+    summary["text_audio_char_collisions"] = collisions
+    if set(splits) != {"all"}:
+        summary["splits"] = {n: st.to_dict() for n, st in splits.items()}
+    return summary
+
+
+def write_reports(cfg: PreprocessConfig, tokenizer: SodaTokenizer, out: OutputSet) -> dict:
+    header = _header(cfg, tokenizer)
+    n_err = len(out.errors)
+    summary = _summary(header, out.stats, n_err, out.attempted, out.text_collisions)
+    if out.split > 0:
+        for name, prefix in out.prefixes.items():
+            write_json_atomic(
+                prefix + ".stats.json", {**header, "split": name, **out.stats[name].to_dict()}
+            )
+    write_json_atomic(cfg.shard_prefix + ".stats.json", summary)
+    write_jsonl_atomic(cfg.shard_prefix + ".errors.jsonl", [e.to_dict() for e in out.errors])
+    if out.text_collisions:
+        logger.warning(
+            "%d transcript characters fall in the audio character range U+E000..; ids are correct, "
+            "but an exported HF tokenizer would read them as audio",
+            out.text_collisions,
+        )
+    return summary
+
+
+def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
+    """Combine shard outputs (in the order given) into one prefix, splits kept apart."""
+    import json
+
+    if not prefixes:
+        raise PreprocessError("merge: no input prefixes")
+    stats = []
+    for p in prefixes:
+        path = p + ".stats.json"
+        if not os.path.isfile(path):
+            raise PreprocessError(
+                f"merge: {path} missing (is {p} a finished preprocessing output?)"
+            )
+        with open(path) as f:
+            stats.append(json.load(f))
+    layouts = {json.dumps(s["layout"], sort_keys=True) for s in stats}
+    if len(layouts) > 1:
+        raise PreprocessError(
+            "merge: the shards were made with different tokenizers / codebook counts"
+        )
+    split_names = sorted(stats[0].get("splits", {}).keys()) or ["all"]
+    merged: dict[str, SplitStats] = {}
+    for name in split_names:
+        suffix = "" if name == "all" else f"_{name}"
+        w = ShardWriter(output_prefix + suffix)
+        merged[name] = SplitStats()
+        try:
+            for p, s in zip(prefixes, stats):
+                w.add_prefix(p + suffix)
+                merged[name].merge(SplitStats.from_dict(s["splits"][name] if name != "all" else s))
+            w.finalize()
+        except BaseException:
+            w.abort()
+            raise
+    header = {
+        k: v
+        for k, v in stats[0].items()
+        if k
+        in (
+            "format",
+            "interleave",
+            "codec",
+            "num_codebooks",
+            "layout",
+            "tokenizer_sha256",
+            "split_fraction",
+        )
+    }
+    header["merged_from"] = [os.path.basename(p) for p in prefixes]
+    errors: list[dict] = []
+    for p in prefixes:
+        with open(p + ".errors.jsonl", encoding="utf-8") as f:
+            errors.extend(json.loads(line) for line in f if line.strip())
+    attempted = sum(s["attempted"] for s in stats)
+    collisions = sum(s.get("text_audio_char_collisions", 0) for s in stats)
+    summary = _summary(header, merged, len(errors), attempted, collisions)
+    if split_names != ["all"]:
+        for name in split_names:
+            write_json_atomic(
+                f"{output_prefix}_{name}.stats.json",
+                {**header, "split": name, **merged[name].to_dict()},
+            )
+    write_json_atomic(output_prefix + ".stats.json", summary)
+    write_jsonl_atomic(output_prefix + ".errors.jsonl", errors)
+    return summary
+
+
+def config_dict(cfg: PreprocessConfig) -> dict:
+    return asdict(cfg)

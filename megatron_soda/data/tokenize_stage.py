@@ -1,0 +1,179 @@
+"""Stage 2 of preprocessing: cached codes + transcripts (or web text) -> documents -> shards.
+
+Cheap and fully vectorised (audio ids are arithmetic on the code arrays, transcripts are
+batch-encoded by the Rust tokenizer), so it is simply re-run: changing the tokenizer, the
+number of codebooks (up to those cached), the interleave order or the split never touches
+the codec.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from megatron_soda.data.codes_cache import UnitCache
+from megatron_soda.data.interleave import interleaved_document, text_document, variants
+from megatron_soda.data.records import InputError, TextDocument
+from megatron_soda.data.shards import ShardWriter
+from megatron_soda.data.sources import read_text_jsonl
+from megatron_soda.data.split import is_heldout
+from megatron_soda.data.units import WorkUnit
+from megatron_soda.tokenizer import KIND_NAMES, SodaTokenizer
+from megatron_soda.tokenizer.hf_export import text_audio_char_collisions
+
+logger = logging.getLogger(__name__)
+TEXT_BATCH = 1024
+
+
+@dataclass
+class SplitStats:
+    documents: int = 0
+    documents_by_variant: dict[str, int] = field(default_factory=dict)
+    recordings: int = 0
+    utterances: int = 0
+    audio_seconds: float = 0.0
+    tokens: dict[str, int] = field(default_factory=lambda: {k: 0 for k in KIND_NAMES})
+    max_document_tokens: int = 0
+
+    def add_document(self, variant: str, counts: dict[str, int], length: int) -> None:
+        self.documents += 1
+        self.documents_by_variant[variant] = self.documents_by_variant.get(variant, 0) + 1
+        for k, v in counts.items():
+            self.tokens[k] += v
+        self.max_document_tokens = max(self.max_document_tokens, length)
+
+    def merge(self, other: SplitStats) -> None:
+        self.documents += other.documents
+        for k, v in other.documents_by_variant.items():
+            self.documents_by_variant[k] = self.documents_by_variant.get(k, 0) + v
+        self.recordings += other.recordings
+        self.utterances += other.utterances
+        self.audio_seconds += other.audio_seconds
+        for k, v in other.tokens.items():
+            self.tokens[k] = self.tokens.get(k, 0) + v
+        self.max_document_tokens = max(self.max_document_tokens, other.max_document_tokens)
+
+    def to_dict(self) -> dict:
+        return {
+            "documents": self.documents,
+            "documents_by_variant": dict(sorted(self.documents_by_variant.items())),
+            "recordings": self.recordings,
+            "utterances": self.utterances,
+            "audio_hours": round(self.audio_seconds / 3600, 6),
+            "tokens": dict(self.tokens),
+            "total_tokens": sum(self.tokens.values()),
+            "max_document_tokens": self.max_document_tokens,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SplitStats:
+        return cls(
+            documents=d["documents"],
+            documents_by_variant=dict(d["documents_by_variant"]),
+            recordings=d["recordings"],
+            utterances=d["utterances"],
+            audio_seconds=d["audio_hours"] * 3600,
+            tokens=dict(d["tokens"]),
+            max_document_tokens=d["max_document_tokens"],
+        )
+
+
+class OutputSet:
+    """The shards of one run: ``{prefix}`` or ``{prefix}_train`` + ``{prefix}_valid``."""
+
+    def __init__(self, prefix: str, split: float) -> None:
+        self.split = split
+        names = ("train", "valid") if split > 0 else ("all",)
+        self.prefixes = {n: (prefix if n == "all" else f"{prefix}_{n}") for n in names}
+        self.writers = {n: ShardWriter(p) for n, p in self.prefixes.items()}
+        self.stats = {n: SplitStats() for n in names}
+        self.errors: list[InputError] = []
+        self.attempted = 0
+        self.text_collisions = 0
+
+    def side(self, record_id: str) -> str:
+        if self.split <= 0:
+            return "all"
+        return "valid" if is_heldout(record_id, self.split) else "train"
+
+    def finalize(self) -> None:
+        for w in self.writers.values():
+            w.finalize()
+
+    def abort(self) -> None:
+        for w in self.writers.values():
+            w.abort()
+
+
+def tokenize_cached_units(
+    caches: Iterable[UnitCache], tokenizer: SodaTokenizer, interleave: str, out: OutputSet
+) -> None:
+    """Documents from cached codes: one per recording per variant."""
+    lay = tokenizer.layout
+    kinds = variants(interleave)
+    n_audio = lay.num_audio_tokens
+    for cache in caches:
+        if cache.cached_codebooks < lay.num_codebooks:
+            raise ValueError(
+                f"{cache.dir}: the codes cache holds {cache.cached_codebooks} codebooks, "
+                f"{lay.num_codebooks} requested; re-run the encode stage with --cache-codebooks "
+                f">= {lay.num_codebooks} (or a new --codes-dir)"
+            )
+        for chunk in cache.chunks():
+            out.errors.extend(chunk.errors)
+            out.attempted += chunk.attempted
+            texts = [u.text for r in chunk.recordings for u in r.utterances]
+            text_ids = iter(tokenizer.encode_texts(texts))
+            for rec in chunk.recordings:
+                t_ids = [next(text_ids) for _ in rec.utterances]
+                a_ids = [lay.codes_to_ids(u.codes) for u in rec.utterances]
+                out.text_collisions += sum(
+                    text_audio_char_collisions(u.text, n_audio) for u in rec.utterances
+                )
+                side = out.side(rec.id)
+                st = out.stats[side]
+                st.recordings += 1
+                st.utterances += len(rec.utterances)
+                st.audio_seconds += sum(u.seconds for u in rec.utterances)
+                for variant in kinds:
+                    doc = interleaved_document(lay, t_ids, a_ids, variant)
+                    out.writers[side].add(doc)
+                    st.add_document(variant, lay.count_kinds(doc), doc.size)
+
+
+def tokenize_text_units(
+    units: Iterable[WorkUnit],
+    tokenizer: SodaTokenizer,
+    out: OutputSet,
+    json_keys: tuple[str, ...] = ("text",),
+) -> None:
+    """``<bos> text <eos>`` documents from text JSONL inputs."""
+    lay = tokenizer.layout
+
+    def flush(batch: list[TextDocument]) -> None:
+        for doc_rec, ids in zip(batch, tokenizer.encode_texts([d.text for d in batch])):
+            side = out.side(doc_rec.id)
+            doc = text_document(lay, ids)
+            out.writers[side].add(doc)
+            out.stats[side].add_document("text", lay.count_kinds(doc), doc.size)
+
+    for unit in units:
+        batch: list[TextDocument] = []
+        position = 0
+        for item in read_text_jsonl(unit.path, json_keys):
+            if isinstance(item, InputError):
+                if unit.offset == 0:
+                    out.errors.append(item)
+                    out.attempted += 1
+                continue
+            position += 1
+            if not unit.takes(position - 1):
+                continue
+            out.attempted += 1
+            batch.append(item)
+            if len(batch) >= TEXT_BATCH:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)

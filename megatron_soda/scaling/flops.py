@@ -1,0 +1,123 @@
+"""FLOP and parameter accounting for SODA-style (Qwen3 block) decoder models.
+
+The forward count is Levanter's analytic one, which SODA used for its IsoFLOP budgets:
+
+    F = L * (2*m*d*ffn + 2*d*(h*hd + 2*kv*hd) + 2*(h*hd)*d + 4*s*h*hd + 3*s*h) + 2*d*V
+
+with m = 3 for SwiGLU (2 otherwise).  The attention terms count the full s x s map
+(2*s^2*h*hd for the logits, 3*s^2*h for the mask/softmax, 2*s^2*h*hd for the weighted values,
+divided by s).  Training FLOPs = 3 x forward.  The same numbers feed the trainer's MFU, so the
+names and signatures of ``ModelShape``, ``forward_flops_per_token``, ``training_flops_per_token``,
+``param_counts`` and ``kaplan_flops_per_token`` are a contract with the trainer.
+
+Norms, RoPE, the softmax of the loss and the input-embedding lookup are not counted (as in
+Levanter).  ``attention="causal"`` halves the s-dependent terms (what a causal kernel really
+does); ``"none"`` drops them (the 2 x matmul-parameters count).  The default stays "full" because
+that is the count SODA's budgets were defined with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ATTENTION_MODES = ("full", "causal", "none")
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """The shape numbers that determine FLOPs and parameters (Megatron-LM naming)."""
+
+    hidden_size: int
+    num_layers: int
+    num_attention_heads: int
+    num_query_groups: int
+    kv_channels: int
+    ffn_hidden_size: int
+    vocab_size: int
+    seq_length: int
+    swiglu: bool = True
+    qk_norm: bool = True
+    tied_embeddings: bool = False
+
+
+def flops_breakdown(shape: ModelShape, *, attention: str = "full") -> dict[str, float]:
+    """Forward FLOPs per token split into the terms of the formula (whole model, all layers)."""
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    d, s, n = shape.hidden_size, shape.seq_length, shape.num_layers
+    h, kv, hd = shape.num_attention_heads, shape.num_query_groups, shape.kv_channels
+    m = 3 if shape.swiglu else 2
+    seq_scale = {"full": 1.0, "causal": 0.5, "none": 0.0}[attention]
+    return {
+        "mlp": float(n * 2 * m * d * shape.ffn_hidden_size),
+        "qkv_proj": float(n * 2 * d * (h * hd + 2 * kv * hd)),
+        "out_proj": float(n * 2 * (h * hd) * d),
+        "attn_logits_values": seq_scale * n * 4 * s * h * hd,
+        "attn_mask_softmax": seq_scale * n * 3 * s * h,
+        "output_head": float(2 * d * shape.vocab_size),
+    }
+
+
+def forward_flops_per_token(shape: ModelShape, *, attention: str = "full") -> float:
+    """Levanter/SODA analytic forward FLOPs per token (see the module docstring)."""
+    return float(sum(flops_breakdown(shape, attention=attention).values()))
+
+
+def training_flops_per_token(shape: ModelShape, *, attention: str = "full") -> float:
+    """Forward + backward = 3 x forward (the convention of SODA's budgets)."""
+    return 3.0 * forward_flops_per_token(shape, attention=attention)
+
+
+def training_flops(shape: ModelShape, tokens: float, *, attention: str = "full") -> float:
+    """Total training FLOPs for ``tokens`` tokens."""
+    return training_flops_per_token(shape, attention=attention) * float(tokens)
+
+
+def param_counts(shape: ModelShape) -> dict[str, int]:
+    """Parameter counts.  ``soda`` is SODA's size name convention: everything except the input
+    embedding (the output head is counted)."""
+    d, h, kv, hd = (
+        shape.hidden_size,
+        shape.num_attention_heads,
+        shape.num_query_groups,
+        shape.kv_channels,
+    )
+    attn = d * (h * hd + 2 * kv * hd) + h * hd * d
+    mlp = (3 if shape.swiglu else 2) * d * shape.ffn_hidden_size
+    norms = 2 * d + (2 * hd if shape.qk_norm else 0)
+    layers = shape.num_layers * (attn + mlp + norms)
+    embedding = shape.vocab_size * d
+    head = 0 if shape.tied_embeddings else shape.vocab_size * d
+    total = layers + d + embedding + head  # + final norm
+    return {
+        "total": total,
+        "embedding": embedding,
+        "output_head": head,
+        "non_embedding": total - embedding - head,
+        "soda": total - embedding,
+    }
+
+
+def kaplan_flops_per_token(shape: ModelShape, include_embeddings: bool) -> float:
+    """Kaplan et al.'s 6N training FLOPs per token (N with or without the embeddings)."""
+    p = param_counts(shape)
+    n = p["total"] if include_embeddings else p["non_embedding"]
+    return 6.0 * n
+
+
+def compare_flop_conventions(shape: ModelShape) -> dict[str, float]:
+    """Training FLOPs/token under Levanter's 3F and Kaplan's 6N, and the 6N/3F ratios.
+
+    For SODA's small, embedding-heavy models (V = 144,644) 6N with embeddings overestimates the
+    Levanter count by about 25%; without embeddings it underestimates it.
+    """
+    levanter = training_flops_per_token(shape)
+    with_emb = kaplan_flops_per_token(shape, include_embeddings=True)
+    without_emb = kaplan_flops_per_token(shape, include_embeddings=False)
+    return {
+        "levanter_3f": levanter,
+        "kaplan_6n_total": with_emb,
+        "kaplan_6n_non_embedding": without_emb,
+        "ratio_6n_total": with_emb / levanter,
+        "ratio_6n_non_embedding": without_emb / levanter,
+    }

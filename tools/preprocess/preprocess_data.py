@@ -1,0 +1,19 @@
+#!/usr/bin/env python
+"""Preprocess audio (+ transcripts) and text into SODA Megatron shards.
+
+    python tools/preprocess/preprocess_data.py --input data/speech.jsonl --input-format jsonl \
+        --output-prefix data/soda_speech --tokenizer tokenizer.json --codec random:tiny \
+        --num-codebooks 8 --interleave both --workers 2
+
+See ``--help`` and docs/preprocessing.md.
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from megatron_soda.data.cli import preprocess_main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(preprocess_main())
