@@ -77,18 +77,44 @@ def parse_codec_spec(spec: str) -> CodecSpec:
     return CodecSpec("pretrained", spec)
 
 
-def _randomise_codebooks(model: torch.nn.Module, generator: torch.Generator) -> None:
-    from transformers.models.mimi.modeling_mimi import MimiEuclideanCodebook
+def _probe_signal(seconds: float, generator: torch.Generator) -> torch.Tensor:
+    """A deterministic speech-like probe: amplitude-modulated harmonic tones plus noise."""
+    n = int(seconds * SAMPLE_RATE)
+    t = torch.arange(n, dtype=torch.float32) / SAMPLE_RATE
+    x = 0.02 * torch.randn(n, generator=generator)
+    for _ in range(6):
+        f0 = 80 + 220 * torch.rand(1, generator=generator)
+        rate = 2 + 6 * torch.rand(1, generator=generator)
+        envelope = 0.5 * (
+            1 + torch.sin(2 * math.pi * rate * t + 6.28 * torch.rand(1, generator=generator))
+        )
+        for h in range(1, 6):
+            x += 0.05 / h * envelope * torch.sin(2 * math.pi * f0 * h * t)
+    return x.view(1, 1, n)
 
-    for module in model.modules():
-        if isinstance(module, MimiEuclideanCodebook):
-            dim = module.embed_sum.shape[1]
-            # Centroids at the scale of unit-variance latents, so codes spread over the codebook.
-            module.embed_sum.copy_(
-                torch.randn(module.embed_sum.shape, generator=generator) / math.sqrt(dim) * 4
-            )
-            module.cluster_usage.fill_(1.0)
-            module._embed = None
+
+@torch.no_grad()
+def _randomise_codebooks(model: torch.nn.Module, generator: torch.Generator) -> None:
+    """Give random-weight codebooks useful centroids.
+
+    A fresh MimiModel has all-zero codebooks (every code 0).  Each RVQ level's centroids are
+    drawn from a Gaussian matched to the mean/std of that level's residuals on a deterministic
+    probe signal, so codes spread over the codebook and vary with the input, as real ones do.
+    """
+    probe = _probe_signal(8.0, generator)
+    latents = model.encoder(probe).latents  # [1, hidden, frames]
+    split = model.quantizer
+    for rvq in (split.semantic_residual_vector_quantizer, split.acoustic_residual_vector_quantizer):
+        x = rvq.input_proj(latents) if rvq.input_proj is not None else latents
+        residual = x[0].T.float()  # [frames, dim]
+        for layer in rvq.layers:
+            cb = layer.codebook
+            mean, std = residual.mean(0), residual.std(0) + 1e-6
+            centroids = mean + std * torch.randn(cb.embed_sum.shape, generator=generator)
+            cb.embed_sum.copy_(centroids)
+            cb.cluster_usage.fill_(1.0)
+            cb._embed = None
+            residual = residual - cb.embed[cb.quantize(residual)]
 
 
 def _build_random(spec: CodecSpec, decoder: bool) -> torch.nn.Module:
