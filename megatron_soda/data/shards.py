@@ -111,6 +111,10 @@ def validate_shard(
         raise ShardError(
             f"{idx}: truncated ({os.path.getsize(idx)} bytes, header implies {expected_idx})"
         )
+    if n_seq == 0:  # a legitimately empty shard (e.g. a split side that got no recording)
+        if os.path.getsize(bin_) != 0:
+            raise ShardError(f"{bin_}: {os.path.getsize(bin_)} bytes, but the index describes none")
+        return ShardSummary(prefix, max(0, n_doc - 1), 0, 0, 0, 0)
     try:
         ds = IndexedDataset(prefix, mmap=True)
     except Exception as e:

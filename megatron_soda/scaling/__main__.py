@@ -1,0 +1,7 @@
+"""``python -m megatron_soda.scaling {plan,launch,collect,fit,predict}``."""
+
+import sys
+
+from megatron_soda.scaling.cli import main
+
+sys.exit(main())
