@@ -1,0 +1,167 @@
+"""Save and load SODA checkpoints with megatron's ``dist_checkpointing``.
+
+Besides the sharded tensors, every checkpoint carries ``soda_checkpoint.json`` (model config with
+the padded vocabulary size, tokenizer identity, parallel layout, train state) and a copy of the
+tokenizer, so a load can refuse a checkpoint of another shape or tokenizer with a message
+naming the directory before megatron fails on a tensor shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import megatron.core
+import torch
+from megatron.core import dist_checkpointing, parallel_state
+from megatron.core.dist_checkpointing.serialization import (
+    get_default_load_sharded_strategy,
+    get_default_save_sharded_strategy,
+)
+from megatron.core.dist_checkpointing.strategies.fully_parallel import (
+    FullyParallelLoadStrategyWrapper,
+    FullyParallelSaveStrategyWrapper,
+)
+from megatron.core.dist_checkpointing.validation import StrictHandling
+
+from megatron_soda.checkpointing import layout
+from megatron_soda.checkpointing.state import (
+    TrainState,
+    load_optimizer_state,
+    model_keys,
+    restore_rng,
+    sharded_state_dict,
+    unwrap,
+)
+from megatron_soda.models.config import SodaModelConfig
+from megatron_soda.tokenizer import SodaTokenizer
+
+# Model fields whose difference makes a checkpoint unloadable (the rest, e.g. seq_length or
+# rotary_base, are legitimate to change when continuing training).
+SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+                "ffn_hidden_size", "padded_vocab_size", "vocab_size")
+
+
+def _barrier() -> None:
+    torch.distributed.barrier()
+
+
+def _layout() -> dict[str, int]:
+    return {
+        "tensor_model_parallel_size": parallel_state.get_tensor_model_parallel_world_size(),
+        "pipeline_model_parallel_size": parallel_state.get_pipeline_model_parallel_world_size(),
+        "data_parallel_size": parallel_state.get_data_parallel_world_size(),
+        "context_parallel_size": parallel_state.get_context_parallel_world_size(),
+    }
+
+
+def _dp_group():
+    return parallel_state.get_data_parallel_group(with_context_parallel=True)
+
+
+def save_checkpoint(root: str, state: TrainState, model: list, optimizer, scheduler, *,
+                    model_cfg: SodaModelConfig, tokenizer: SodaTokenizer, run_args: dict[str, Any],
+                    save_optimizer: bool = True, crash_hook: Callable[[], None] | None = None) -> str:
+    """Write checkpoint ``state.iteration`` under ``root`` (all ranks call this)."""
+    rank0 = torch.distributed.get_rank() == 0
+    tmp = layout.iteration_dir(root, state.iteration) + ".tmp"
+    if rank0:
+        os.makedirs(root, exist_ok=True)
+        layout.prepare_tmp(root, state.iteration)
+    _barrier()
+    sd = sharded_state_dict(model, optimizer, scheduler, state, with_optimizer=save_optimizer,
+                            with_rng=True, is_loading=False)
+    strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), _dp_group())
+    dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
+    if crash_hook is not None:
+        crash_hook()
+    if rank0:
+        tokenizer.save(os.path.join(tmp, "tokenizer"))
+        with open(os.path.join(tmp, "run_args.json"), "w") as f:
+            json.dump(run_args, f, indent=2, sort_keys=True, default=str)
+        layout.write_json_atomic(os.path.join(tmp, layout.META), {
+            "format": "megatron_soda/1",
+            "megatron_core": megatron.core.__version__,
+            "model": model_cfg.to_dict(),
+            "tokenizer": dict(tokenizer.unique_identifiers),
+            "parallel": _layout(),
+            "model_chunks": len(model),
+            "has_optimizer": save_optimizer,
+            "optimizer": optimizer_kind(optimizer),
+            "optimizer_sharding": "fully_reshardable",
+            "train_state": state.to_dict(),
+        })
+        layout.commit(root, state.iteration)
+    _barrier()
+    return layout.iteration_dir(root, state.iteration)
+
+
+def optimizer_kind(optimizer) -> str:
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+    inner = getattr(optimizer, "chained_optimizers", [optimizer])
+    return "distributed" if any(isinstance(o, DistributedOptimizer) for o in inner) else "plain"
+
+
+def check_compatible(ckpt: str, meta: dict[str, Any], model_cfg: SodaModelConfig, tokenizer: SodaTokenizer) -> None:
+    saved = meta["model"]
+    mine = model_cfg.to_dict()
+    diffs = [f"{k}: checkpoint {saved.get(k)} vs this run {mine[k]}" for k in SHAPE_FIELDS if saved.get(k) != mine[k]]
+    if diffs:
+        raise layout.CheckpointError(f"{ckpt}: checkpoint of another model shape ({'; '.join(diffs)})")
+    theirs, ours = meta["tokenizer"], dict(tokenizer.unique_identifiers)
+    if theirs != ours:
+        what = [k for k in ours if theirs.get(k) != ours[k]]
+        raise layout.CheckpointError(
+            f"{ckpt}: saved with another tokenizer (differs in {', '.join(what)}); train with "
+            f"--tokenizer {os.path.join(ckpt, 'tokenizer')} --num-codebooks {json.loads(theirs['layout'])['num_codebooks']}"
+            " or start a new run"
+        )
+
+
+def load_checkpoint(path: str, model: list, optimizer, scheduler, *, model_cfg: SodaModelConfig,
+                    tokenizer: SodaTokenizer, load_optimizer: bool = True, load_rng: bool = True,
+                    finetune: bool = False, log: Callable[[str], None] = print) -> TrainState | None:
+    """Load the checkpoint found at ``path`` (see :func:`layout.find_checkpoint`) into the
+    given model/optimizer/scheduler.  Returns its train state, or None if there is none."""
+    ckpt = layout.find_checkpoint(path)
+    if ckpt is None:
+        return None
+    meta = layout.read_meta(ckpt)
+    check_compatible(ckpt, meta, model_cfg, tokenizer)
+    same_layout = all(meta["parallel"][k] == v for k, v in _layout().items()
+                      if k in ("tensor_model_parallel_size", "pipeline_model_parallel_size"))
+    with_optimizer = load_optimizer and not finetune and meta["has_optimizer"]
+    kind = optimizer_kind(optimizer)
+    if with_optimizer and meta.get("optimizer") != kind:
+        raise layout.CheckpointError(
+            f"{ckpt}: optimizer state saved by a {meta.get('optimizer')} optimizer, this run uses a {kind} "
+            "one (--use-distributed-optimizer differs); pass --no-load-optim to load only the weights")
+    with_rng = load_rng and not finetune and same_layout
+    if load_rng and not finetune and not same_layout:
+        log(f"{ckpt}: saved under TP/PP {meta['parallel']}, RNG state not restored in this layout")
+    sd = sharded_state_dict(model, optimizer, scheduler, TrainState(), with_optimizer=with_optimizer,
+                            with_rng=with_rng, is_loading=True)
+    if finetune:
+        sd.pop("opt_param_scheduler")
+    strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(ckpt), _dp_group())
+    # megatron's naming: "unexpected" = requested here but absent from the checkpoint
+    loaded, _not_requested, absent = dist_checkpointing.load(sd, ckpt, sharded_strategy=strategy,
+                                                             strict=StrictHandling.RETURN_ALL)
+    missing = sorted(k for k in absent if not k.endswith("_extra_state"))
+    if missing:
+        raise layout.CheckpointError(f"{ckpt}: missing {len(missing)} tensors this model needs, e.g. {missing[:5]}")
+    for key, chunk in zip(model_keys(model), model):
+        unwrap(chunk).load_state_dict(loaded[key], strict=True)
+    if with_optimizer:
+        load_optimizer_state(optimizer, loaded["optimizer"])
+    if not finetune:
+        scheduler.load_state_dict(loaded["opt_param_scheduler"])
+    if with_rng:
+        restore_rng(loaded["rng_state"])
+    state = TrainState() if finetune else TrainState(**loaded["train_state"])
+    log(f"loaded {ckpt} (iteration {state.iteration}, consumed samples {state.consumed_samples}"
+        f"{', weights only' if finetune else ''}{'' if with_optimizer else ', fresh optimizer'})")
+    return state

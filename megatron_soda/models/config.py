@@ -1,0 +1,130 @@
+"""SODA model shapes (Qwen3 blocks) as dataclasses, with the paper's presets.
+
+Every field can be overridden from the command line with the Megatron-LM flag of the same name
+(``hidden_size`` <-> ``--hidden-size``); see :mod:`megatron_soda.training.flags.model`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+from megatron_soda.scaling.flops import ModelShape
+
+
+@dataclass(frozen=True)
+class SodaModelConfig:
+    """Architecture of a Qwen3-style decoder: RMSNorm, QK-norm, SwiGLU, RoPE, GQA, no biases,
+    untied input/output embeddings.  ``vocab_size`` is the tokenizer's (unpadded) size."""
+
+    num_layers: int
+    hidden_size: int
+    num_attention_heads: int
+    num_query_groups: int
+    kv_channels: int
+    ffn_hidden_size: int
+    seq_length: int = 4096
+    rotary_base: int = 1_000_000
+    norm_epsilon: float = 1e-6
+    init_method_std: float = 0.02
+    vocab_size: int = 0
+    make_vocab_size_divisible_by: int = 128
+
+    def __post_init__(self) -> None:
+        if self.num_attention_heads % self.num_query_groups:
+            raise ValueError(
+                f"num_attention_heads ({self.num_attention_heads}) must be a multiple of "
+                f"num_query_groups ({self.num_query_groups})"
+            )
+        for f in ("num_layers", "hidden_size", "num_attention_heads", "kv_channels", "ffn_hidden_size", "seq_length"):
+            if getattr(self, f) <= 0:
+                raise ValueError(f"{f} must be positive, got {getattr(self, f)}")
+
+    @property
+    def padded_vocab_size(self) -> int:
+        """Vocabulary rows of the embedding/output layer.
+
+        Padded to a multiple of ``make_vocab_size_divisible_by`` only (not x TP as Megatron-LM
+        does) so that the padded size, and with it every checkpoint shape, is the same under
+        every tensor-parallel size that divides it.  Padded rows are never predicted: their
+        logits are masked to -inf (see :mod:`megatron_soda.models.loss`)."""
+        m = self.make_vocab_size_divisible_by
+        return int(math.ceil(self.vocab_size / m) * m)
+
+    def check_tensor_parallel(self, tp: int) -> None:
+        problems = []
+        if self.padded_vocab_size % tp:
+            problems.append(
+                f"padded vocabulary {self.padded_vocab_size} (--make-vocab-size-divisible-by "
+                f"{self.make_vocab_size_divisible_by}) is not divisible by TP={tp}"
+            )
+        if self.num_attention_heads % tp:
+            problems.append(f"--num-attention-heads {self.num_attention_heads} not divisible by TP={tp}")
+        if self.num_query_groups % tp:
+            problems.append(f"--num-query-groups {self.num_query_groups} not divisible by TP={tp}")
+        if self.ffn_hidden_size % tp:
+            problems.append(f"--ffn-hidden-size {self.ffn_hidden_size} not divisible by TP={tp}")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def shape(self) -> ModelShape:
+        """The shape used for FLOP and parameter accounting (padded vocab: it is computed)."""
+        return ModelShape(
+            hidden_size=self.hidden_size,
+            num_layers=self.num_layers,
+            num_attention_heads=self.num_attention_heads,
+            num_query_groups=self.num_query_groups,
+            kv_channels=self.kv_channels,
+            ffn_hidden_size=self.ffn_hidden_size,
+            vocab_size=self.padded_vocab_size,
+            seq_length=self.seq_length,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["padded_vocab_size"] = self.padded_vocab_size
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SodaModelConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def with_overrides(self, **overrides: Any) -> SodaModelConfig:
+        """Copy with the non-None overrides applied."""
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def _preset(layers: int, hidden: int, heads: int, kv: int, head_dim: int, ffn: int) -> SodaModelConfig:
+    return SodaModelConfig(
+        num_layers=layers,
+        hidden_size=hidden,
+        num_attention_heads=heads,
+        num_query_groups=kv,
+        kv_channels=head_dim,
+        ffn_hidden_size=ffn,
+    )
+
+
+# SODA_SPEC.md section 4.  "tiny" is for tests and laptops: GQA and a head_dim that differs from
+# hidden/heads, so the shapes that matter at scale are exercised at toy size.
+PRESETS: dict[str, SodaModelConfig] = {
+    "tiny": replace(_preset(4, 64, 4, 2, 32, 192), seq_length=256),
+    "135m": _preset(15, 512, 8, 8, 64, 1792),
+    "600m": _preset(28, 1024, 16, 8, 128, 3072),
+    "1.7b": _preset(28, 2048, 16, 8, 128, 6144),
+    "4b": _preset(36, 2560, 32, 8, 128, 9728),
+}
+
+
+def preset(name: str) -> SodaModelConfig:
+    try:
+        return PRESETS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown --model-size {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def paper_learning_rate(global_batch_size: int, hidden_size: int) -> float:
+    """SODA's peak LR: 0.003 x sqrt(batch / 256) x sqrt(1024 / width)."""
+    return 0.003 * math.sqrt(global_batch_size / 256) * math.sqrt(1024 / hidden_size)

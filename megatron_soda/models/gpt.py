@@ -1,0 +1,165 @@
+"""The SODA decoder on megatron-core's GPTModel: layer specs, TransformerConfig, model chunks.
+
+Two layer specs give the same parameters and the same checkpoint keys:
+
+* Transformer Engine's (fused norm+linear, fused/flash attention, FP8) when TE is importable
+  and the run is on GPU;
+* megatron-core's local spec otherwise, with :class:`SodaRMSNorm` (torch RMSNorm that also
+  supports sequence parallelism) for every norm.  The local spec maps ``input_layernorm.*`` and
+  ``pre_mlp_layernorm.*`` onto TE's fused names in the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from megatron.core import parallel_state
+from megatron.core.models.gpt import GPTModel
+from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.transformer.enums import AttnBackend
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.transformer_block import (
+    TransformerBlockSubmodules,
+    get_num_layers_to_build,
+)
+from megatron.core.transformer.transformer_config import TransformerConfig
+
+from megatron_soda.models.config import SodaModelConfig
+from megatron_soda.models.loss import cross_entropy_and_lse, mask_padded_vocab_
+
+
+class SodaRMSNorm(torch.nn.RMSNorm):
+    """torch RMSNorm with megatron's constructor signature.
+
+    megatron's ``WrappedTorchNorm`` refuses sequence parallelism; the only thing sequence
+    parallelism needs from a norm is that its weight is marked ``sequence_parallel`` so that
+    ``finalize_model_grads`` sums its gradient over the tensor-parallel group."""
+
+    def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-6, **kwargs: Any):
+        super().__init__(hidden_size, eps=eps, device=_param_device(config), dtype=config.params_dtype)
+        self.weight.sequence_parallel = config.sequence_parallel
+
+
+def _param_device(config: TransformerConfig) -> torch.device:
+    if config.use_cpu_initialization or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
+
+
+def local_layer_spec() -> ModuleSpec:
+    spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
+    sub = spec.submodules
+    sub.input_layernorm = SodaRMSNorm
+    sub.pre_mlp_layernorm = SodaRMSNorm
+    sub.self_attention.submodules.q_layernorm = SodaRMSNorm
+    sub.self_attention.submodules.k_layernorm = SodaRMSNorm
+    return spec
+
+
+def te_layer_spec() -> ModuleSpec:
+    from megatron.core.models.gpt.gpt_layer_specs import (
+        get_gpt_layer_with_transformer_engine_spec,
+    )
+
+    return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
+
+
+def block_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None) -> TransformerBlockSubmodules:
+    """Layer specs for this pipeline stage plus the final norm (chosen here, not by megatron's
+    import-time default, which would pick TE's norm on a CPU run when TE happens to be installed)."""
+    if use_te:
+        from megatron.core.extensions.transformer_engine import TENorm
+
+        layer, final_norm = te_layer_spec(), TENorm
+    else:
+        layer, final_norm = local_layer_spec(), SodaRMSNorm
+    n = get_num_layers_to_build(config, vp_stage=vp_stage)
+    return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=final_norm)
+
+
+def make_transformer_config(cfg: SodaModelConfig, use_te: bool, **kwargs: Any) -> TransformerConfig:
+    """TransformerConfig for ``cfg``; ``kwargs`` carry parallelism/precision/recompute fields."""
+    base: dict[str, Any] = dict(
+        num_layers=cfg.num_layers,
+        hidden_size=cfg.hidden_size,
+        num_attention_heads=cfg.num_attention_heads,
+        num_query_groups=cfg.num_query_groups,
+        kv_channels=cfg.kv_channels,
+        ffn_hidden_size=cfg.ffn_hidden_size,
+        normalization="RMSNorm",
+        layernorm_epsilon=cfg.norm_epsilon,
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=cfg.init_method_std,
+        # megatron initialises (and, only when it does, tags tensor-parallel parameters, which the
+        # grad norm and DDP rely on); megatron_soda.models.init then overwrites the values.
+        perform_initialization=True,
+        calculate_per_token_loss=True,
+        attention_backend=AttnBackend.auto if use_te else AttnBackend.local,
+        bias_activation_fusion=use_te,
+        bias_dropout_fusion=use_te,
+        apply_rope_fusion=use_te,
+        masked_softmax_fusion=use_te,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        transformer_impl="transformer_engine" if use_te else "local",
+    )
+    base.update(kwargs)
+    return TransformerConfig(**base)
+
+
+class SodaGPTModel(GPTModel):
+    """GPTModel whose loss path returns per-token ``(cross-entropy, log-sum-exp)`` as a
+    ``[2, b, s]`` tensor (the z-loss needs lse), and whose padded vocabulary rows are never
+    predicted (logits masked to -inf, in the loss and in returned logits)."""
+
+    def __init__(self, *args: Any, unpadded_vocab_size: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.unpadded_vocab_size = unpadded_vocab_size
+
+    def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        # labels [b, s], logits [s, b, v/tp]
+        ce, lse = cross_entropy_and_lse(logits, labels.transpose(0, 1).contiguous(), self.unpadded_vocab_size)
+        return torch.stack((ce, lse)).transpose(1, 2).contiguous()
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        out = super().forward(*args, **kwargs)
+        if kwargs.get("labels") is None and self.post_process:
+            width = out.size(-1)
+            start = 0 if width == self.vocab_size else parallel_state.get_tensor_model_parallel_rank() * width
+            mask_padded_vocab_(out, self.unpadded_vocab_size, start)
+        return out
+
+
+def build_model_chunk(
+    cfg: SodaModelConfig,
+    config: TransformerConfig,
+    use_te: bool,
+    pre_process: bool,
+    post_process: bool,
+    vp_stage: int | None = None,
+) -> SodaGPTModel:
+    """One pipeline (virtual) stage of the SODA model."""
+    cfg.check_tensor_parallel(config.tensor_model_parallel_size)
+    return SodaGPTModel(
+        config=config,
+        transformer_layer_spec=block_spec(config, use_te, vp_stage),
+        vocab_size=cfg.padded_vocab_size,
+        max_sequence_length=cfg.seq_length,
+        pre_process=pre_process,
+        post_process=post_process,
+        parallel_output=True,
+        share_embeddings_and_output_weights=False,
+        position_embedding_type="rope",
+        rotary_percent=1.0,
+        rotary_base=cfg.rotary_base,
+        vp_stage=vp_stage,
+        unpadded_vocab_size=cfg.vocab_size,
+    )

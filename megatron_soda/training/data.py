@@ -1,0 +1,206 @@
+"""Training/validation data: megatron's BlendedMegatronDatasetBuilder + GPTDataset, a resumable
+sampler, and the per-microbatch batch with document masks derived from EOS.
+
+Every rank reads its data-parallel slice itself (tensor/pipeline peers read the same samples), so
+no broadcast is needed.  Document structure (masks, restarted positions, packed-sequence
+boundaries) is computed on the device from the tokens, one vectorised pass per micro-batch,
+instead of megatron's per-sample Python loop in the DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+from megatron.core.datasets.utils import get_blend_from_list
+
+from megatron_soda.tokenizer import SodaTokenizer
+
+
+class _DatasetTokenizer:
+    """What megatron's GPTDataset needs from a tokenizer.  ``pad`` is -1 (an id that never occurs)
+    because SODA has no pad token and megatron would otherwise treat EOS as padding."""
+
+    def __init__(self, tokenizer: SodaTokenizer) -> None:
+        self.eod = tokenizer.eod
+        self.vocab_size = tokenizer.vocab_size
+        self.unique_identifiers = tokenizer.unique_identifiers
+        self.pad = -1
+
+
+def blends(args: argparse.Namespace) -> dict:
+    """``blend`` + ``split`` or ``blend_per_split``, in GPTDatasetConfig's terms."""
+    if args.data_path:
+        blend = get_blend_from_list(args.data_path)
+        if args.valid_data_path or args.test_data_path:
+            # held-out prefixes given separately: --data-path is all training data
+            return {"blend_per_split": [blend, get_blend_from_list(args.valid_data_path),
+                                        get_blend_from_list(args.test_data_path)]}
+        return {"blend": blend, "split": args.split}
+    return {"blend_per_split": [get_blend_from_list(p) for p in
+                                (args.train_data_path, args.valid_data_path, args.test_data_path)]}
+
+
+def all_prefixes(args: argparse.Namespace) -> list[str]:
+    out: list[str] = []
+    for flag in (args.data_path, args.train_data_path, args.valid_data_path, args.test_data_path):
+        blend = get_blend_from_list(flag)
+        if blend:
+            out.extend(p for p in blend[0] if p not in out)
+    return out
+
+
+def build_datasets(args: argparse.Namespace, tokenizer: SodaTokenizer, seq_length: int,
+                   train_samples: int, valid_samples: int) -> tuple:
+    config = GPTDatasetConfig(
+        random_seed=args.seed,
+        sequence_length=seq_length,
+        path_to_cache=args.data_cache_path,
+        tokenizer=_DatasetTokenizer(tokenizer),
+        # Masks and positions are built per batch on the device (see make_batch).
+        reset_position_ids=False,
+        reset_attention_mask=False,
+        eod_mask_loss=False,
+        create_attention_mask=False,
+        mmap_bin_files=True,
+        **blends(args),
+    )
+    sizes = [train_samples, valid_samples, 0]
+    train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    return train, valid
+
+
+class ResumableBatchSampler:
+    """Megatron's pretraining order: global batch g holds samples [start_g, start_g + size_g);
+    data-parallel rank r takes micro-batches ``r*mbs + k*mbs*dp``.  Restarting at
+    ``consumed_samples`` continues exactly where a previous run stopped."""
+
+    def __init__(self, total: int, consumed: int, micro_batch_size: int, dp_rank: int, dp_size: int) -> None:
+        self.total, self.consumed = total, consumed
+        self.mbs, self.dp_rank, self.dp_size = micro_batch_size, dp_rank, dp_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        stride = self.mbs * self.dp_size
+        start = self.consumed
+        while start + stride <= self.total:
+            first = start + self.dp_rank * self.mbs
+            yield list(range(first, first + self.mbs))
+            start += stride
+
+
+def data_loader(dataset, consumed: int, micro_batch_size: int, num_workers: int) -> Iterator[dict]:
+    sampler = ResumableBatchSampler(
+        len(dataset), consumed, micro_batch_size,
+        parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size(),
+    )
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )
+    return iter(loader)
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor          # [b, s] (or [1, b*s] packed)
+    labels: torch.Tensor          # like tokens
+    loss_mask: torch.Tensor       # float, like tokens
+    position_ids: torch.Tensor    # like tokens
+    attention_mask: torch.Tensor | None = None  # [b, 1, s, s] bool, True = masked (local spec)
+    packed_seq_params: object | None = None     # PackedSeqParams (Transformer Engine, THD)
+
+    def model_kwargs(self) -> dict:
+        return dict(input_ids=self.tokens, position_ids=self.position_ids, attention_mask=self.attention_mask,
+                    labels=self.labels, packed_seq_params=self.packed_seq_params)
+
+
+def document_ids(tokens: torch.Tensor, eod: int) -> torch.Tensor:
+    """Index of the document each position belongs to; an EOS ends (belongs to) its document."""
+    is_eod = (tokens == eod).to(torch.int32)
+    return torch.cumsum(is_eod, dim=-1) - is_eod
+
+
+def restarted_positions(doc: torch.Tensor) -> torch.Tensor:
+    """Position of each token within its document."""
+    s = doc.size(-1)
+    ar = torch.arange(s, device=doc.device).expand_as(doc)
+    starts = torch.ones_like(doc, dtype=torch.bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    start_pos = torch.where(starts, ar, torch.zeros_like(ar)).cummax(dim=-1).values
+    return ar - start_pos
+
+
+def document_causal_mask(doc: torch.Tensor) -> torch.Tensor:
+    """[b, 1, s, s] boolean mask, True where attention is *not* allowed."""
+    s = doc.size(-1)
+    causal = torch.ones(s, s, dtype=torch.bool, device=doc.device).triu(1)
+    other_doc = doc.unsqueeze(-1) != doc.unsqueeze(-2)
+    return (causal | other_doc).unsqueeze(1)
+
+
+def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mask: bool,
+               reset_position_ids: bool, eod_mask_loss: bool, packed: bool) -> Batch:
+    """Move one micro-batch from the DataLoader to ``device`` and add document structure."""
+    tokens = raw["tokens"].to(device, non_blocking=True)
+    labels = raw["labels"].to(device, non_blocking=True)
+    loss_mask = raw["loss_mask"].to(device, non_blocking=True).float()
+    if eod_mask_loss:
+        loss_mask = loss_mask * (tokens != eod)
+    b, s = tokens.shape
+    doc = document_ids(tokens, eod) if (reset_attention_mask or reset_position_ids) else None
+    if reset_position_ids:
+        position_ids = restarted_positions(doc)
+    else:
+        position_ids = torch.arange(s, device=device).expand(b, s).contiguous()
+    if packed:
+        return _packed_batch(tokens, labels, loss_mask, position_ids, doc if reset_attention_mask else None)
+    if reset_attention_mask:
+        mask = document_causal_mask(doc)
+    else:
+        mask = torch.ones(s, s, dtype=torch.bool, device=device).triu(1).expand(b, 1, s, s)
+    return Batch(tokens, labels, loss_mask, position_ids, attention_mask=mask)
+
+
+def _packed_batch(tokens, labels, loss_mask, position_ids, doc) -> Batch:
+    """THD layout for Transformer Engine: the micro-batch flattened to one row with
+    ``cu_seqlens`` at every sample and (with document masking) every document boundary."""
+    from megatron.core.packed_seq_params import PackedSeqParams
+
+    b, s = tokens.shape
+    if doc is None:
+        starts = torch.zeros(b, s, dtype=torch.bool, device=tokens.device)
+    else:
+        starts = torch.zeros_like(doc, dtype=torch.bool)
+        starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    starts[:, 0] = True
+    flat_starts = torch.nonzero(starts.reshape(-1)).squeeze(-1)
+    cu = torch.cat([flat_starts, torch.tensor([b * s], device=tokens.device)]).to(torch.int32)
+    max_len = int((cu[1:] - cu[:-1]).max().item())
+    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                             max_seqlen_q=max_len, max_seqlen_kv=max_len)
+    return Batch(tokens.reshape(1, -1), labels.reshape(1, -1), loss_mask.reshape(1, -1),
+                 position_ids.reshape(1, -1), attention_mask=None, packed_seq_params=params)
+
+
+def context_parallel_slice(batch: Batch) -> Batch:
+    """This rank's share of the sequence under context parallelism (bshd layout): the sequence is
+    cut into 2*cp chunks and rank r keeps chunks r and 2*cp-1-r, which balances causal work."""
+    cp = parallel_state.get_context_parallel_world_size()
+    if cp == 1:
+        return batch
+    if batch.packed_seq_params is not None or batch.attention_mask is not None:
+        raise NotImplementedError("context parallelism is implemented for plain causal attention only")
+    r = parallel_state.get_context_parallel_rank()
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        b, s = t.shape[:2]
+        chunks = t.view(b, 2 * cp, s // (2 * cp), *t.shape[2:])
+        idx = torch.tensor([r, 2 * cp - 1 - r], device=t.device)
+        return chunks.index_select(1, idx).reshape(b, -1, *t.shape[2:])
+
+    return Batch(cut(batch.tokens), cut(batch.labels), cut(batch.loss_mask), cut(batch.position_ids))

@@ -1,0 +1,135 @@
+"""Metrics: stdout lines, a JSONL file, TensorBoard and (optionally) Weights & Biases.
+
+JSONL schema (one object per line, written by global rank 0):
+
+* training record, one per logged step: ``split="train"``, ``iteration``, ``consumed_samples``,
+  ``lm_loss`` (token-mean cross-entropy over the logged steps, float64), ``z_loss`` (mean lse^2),
+  ``loss`` (lm_loss + z_loss_weight * z_loss), ``loss_text``/``loss_semantic``/
+  ``loss_acoustic``/``loss_markers`` (cross-entropy per kind of *target* token; null when no
+  such token), ``lr``, ``grad_norm``, ``tokens_per_sec``, ``tflops_per_device``, ``mfu`` (null
+  without a known peak), ``step_time_s``, ``skipped_iterations``;
+* evaluation record: ``split="valid"``, ``iteration``, ``consumed_samples``, ``lm_loss``,
+  ``z_loss``, per-kind losses, ``tokens``.
+
+FLOPs per token are SODA's (Levanter's) analytic count, :mod:`megatron_soda.scaling.flops`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from typing import Any
+
+import torch
+
+from megatron_soda.models.loss import (
+    NUM_KINDS,
+    REPORT_CE,
+    REPORT_KIND_CE,
+    REPORT_KIND_TOKENS,
+    REPORT_TOKENS,
+    REPORT_Z,
+)
+from megatron_soda.tokenizer import KIND_NAMES
+
+# Dense bf16 peak TFLOP/s (fp8: x2) of GPUs MFU is usually quoted against.
+_PEAK_BF16 = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "B200": 2250.0,
+              "GB200": 2500.0, "L40S": 362.0}
+
+
+def peak_tflops(args: argparse.Namespace) -> float | None:
+    if args.peak_tflops_per_device:
+        return args.peak_tflops_per_device
+    if args.device != "cuda" or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name().upper()
+    for key, value in _PEAK_BF16.items():
+        if key in name:
+            return value * (2.0 if args.fp8_format else 1.0)
+    return None
+
+
+def losses_from_report(vec: torch.Tensor, z_loss_weight: float) -> dict[str, Any]:
+    tokens = float(vec[REPORT_TOKENS])
+    out: dict[str, Any] = {
+        "lm_loss": float(vec[REPORT_CE]) / tokens if tokens else math.nan,
+        "z_loss": float(vec[REPORT_Z]) / tokens if tokens else math.nan,
+    }
+    out["loss"] = out["lm_loss"] + z_loss_weight * out["z_loss"]
+    for k in range(NUM_KINDS):
+        n = float(vec[REPORT_KIND_TOKENS + k])
+        out[f"loss_{KIND_NAMES[k]}"] = float(vec[REPORT_KIND_CE + k]) / n if n else None
+    out["tokens"] = int(tokens)
+    return out
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _json_safe(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)  # JSON has no NaN/Inf; keep them readable
+    return v
+
+
+class MetricsLogger:
+    """Writes on global rank 0 only (every rank holds the same reduced numbers)."""
+
+    def __init__(self, args: argparse.Namespace, run_config: dict[str, Any]) -> None:
+        self.active = torch.distributed.get_rank() == 0
+        self.jsonl = None
+        self.tb = None
+        self.wandb = None
+        if not self.active:
+            return
+        if args.metrics_jsonl:
+            os.makedirs(os.path.dirname(os.path.abspath(args.metrics_jsonl)), exist_ok=True)
+            self.jsonl = open(args.metrics_jsonl, "a", buffering=1)
+        if args.tensorboard_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=args.tensorboard_dir)
+        if args.wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name,
+                                    dir=args.wandb_save_dir or args.save, config=run_config, resume="allow")
+
+    def print(self, msg: str) -> None:
+        if self.active:
+            print(msg, flush=True)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.active:
+            return
+        split, it = record["split"], record["iteration"]
+        kinds = " ".join(f"{k}={record[f'loss_{k}']:.4f}" for k in KIND_NAMES if record[f"loss_{k}"] is not None)
+        if split == "train":
+            mfu = record["mfu"]
+            print(f"[train] iter {it} | lm_loss {record['lm_loss']:.6f} | z {record['z_loss']:.3f} | {kinds} | "
+                  f"lr {_fmt(record['lr'], '.3e')} | grad_norm {_fmt(record['grad_norm'], '.3f')} | "
+                  f"{record['tokens_per_sec']:.0f} tok/s | {record['tflops_per_device']:.2f} TFLOP/s/dev"
+                  + ("" if mfu is None else f" | MFU {100 * mfu:.1f}%"), flush=True)
+        else:
+            print(f"[{split}] iter {it} | lm_loss {record['lm_loss']:.6f} | {kinds} | {record['tokens']} tokens",
+                  flush=True)
+        if self.jsonl:
+            self.jsonl.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
+        scalars = {f"{split}/{k}": v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("iteration", "split")}
+        if self.tb:
+            for k, v in scalars.items():
+                self.tb.add_scalar(k, v, it)
+        if self.wandb:
+            self.wandb.log(scalars, step=it)
+
+    def close(self) -> None:
+        if self.jsonl:
+            self.jsonl.close()
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()

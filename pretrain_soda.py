@@ -1,0 +1,11 @@
+"""Pretrain SODA models on megatron-core.  Launch with torchrun; see --help.
+
+    torchrun --nproc_per_node N pretrain_soda.py --model-size 600m --tokenizer tokenizer.json \
+        --data-path 0.95 SPEECH_PREFIX 0.05 TEXT_PREFIX --micro-batch-size 4 \
+        --global-batch-size 512 --train-iters 238000 --bf16 --save ckpt/
+"""
+
+from megatron_soda.training.main import main
+
+if __name__ == "__main__":  # required: dist_checkpointing starts helper processes
+    main()

@@ -1,0 +1,82 @@
+"""Bad shards are refused before training, with a message naming the file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from helpers_train import write_shard
+
+from megatron_soda.tokenizer import SodaTokenizer
+from megatron_soda.training.data_checks import DataError, check_prefix, check_split
+
+
+@pytest.fixture(scope="module")
+def tok(small_bpe_path):
+    return SodaTokenizer(small_bpe_path, num_codebooks=8)
+
+
+@pytest.fixture
+def shard(tmp_path, tok):
+    return write_shard(str(tmp_path / "speech" / "shard"), tok, "speech", num_docs=20, seed=0)
+
+
+def test_a_good_shard_passes(shard, tok):
+    summary = check_prefix(shard, tok)
+    assert summary["sequences"] == 20 and summary["tokens"] == os.path.getsize(shard + ".bin") // 4
+
+
+@pytest.mark.parametrize("suffix", [".bin", ".idx"])
+def test_missing_file(shard, tok, suffix):
+    os.remove(shard + suffix)
+    with pytest.raises(DataError, match=f"{shard}{suffix}: missing"):
+        check_prefix(shard, tok)
+
+
+def test_missing_prefix_names_the_path(tmp_path, tok):
+    with pytest.raises(DataError, match=str(tmp_path / "nope.idx")):
+        check_prefix(str(tmp_path / "nope"), tok)
+
+
+def _truncate(path: str, drop: int) -> None:
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(size - drop)
+
+
+def test_truncated_bin(shard, tok):
+    _truncate(shard + ".bin", 8)
+    with pytest.raises(DataError, match=rf"{shard}\.bin: truncated"):
+        check_prefix(shard, tok)
+
+
+@pytest.mark.parametrize("drop", [4, 200])
+def test_truncated_idx(shard, tok, drop):
+    _truncate(shard + ".idx", drop)
+    with pytest.raises(DataError, match=rf"{shard}\.idx: truncated"):
+        check_prefix(shard, tok)
+
+
+def test_ids_beyond_the_vocabulary(tmp_path, tok, small_bpe_path):
+    """A shard made with 8 codebooks read by a 1-codebook tokenizer (no stats.json to tell)."""
+    prefix = write_shard(str(tmp_path / "s" / "shard"), tok, "speech", num_docs=5, seed=0)
+    os.remove(prefix + ".stats.json")
+    small = SodaTokenizer(small_bpe_path, num_codebooks=1)
+    with pytest.raises(DataError, match=rf"{prefix}\.bin: token id \d+ at position \d+ is outside"):
+        check_prefix(prefix, small)
+    check_prefix(prefix, small, mode="quick")  # quick mode does not scan ids
+
+
+def test_layout_recorded_by_preprocessing_must_match(shard, small_bpe_path):
+    other = SodaTokenizer(small_bpe_path, num_codebooks=4)
+    with pytest.raises(DataError, match=rf"{shard}\.stats\.json: token layout"):
+        check_prefix(shard, other)
+    with open(shard + ".stats.json") as f:
+        assert json.load(f)["layout"]["num_codebooks"] == 8
+
+
+def test_split_that_leaves_a_split_empty():
+    check_split("P", 200, "98,2,0")
+    with pytest.raises(DataError, match="P: --split 969,30,1 gives its test split no documents"):
+        check_split("P", 200, "969,30,1")

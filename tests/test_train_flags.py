@@ -1,0 +1,87 @@
+"""pretrain_soda.py flags: the issue's interface parses, presets are overridable with Megatron-LM
+names, SODA's recipe is the default, and flags that need an absent package stop with a message."""
+
+from __future__ import annotations
+
+import pytest
+
+from megatron_soda.models.te import te_available
+from megatron_soda.training.flags import parse_args
+from megatron_soda.training.flags.model import model_config
+from megatron_soda.training.flags.parallel import resolve_virtual_stages
+
+INTERFACE = (
+    "--device cpu --model-size tiny --tokenizer tokenizer.json --num-codebooks 8 --data-path 0.95 "
+    "PREFIX_SPEECH 0.05 PREFIX_TEXT --seq-length 256 --micro-batch-size 2 --global-batch-size 8 "
+    "--train-iters 12 --lr 1e-3 --seed 1 --log-interval 1 --metrics-jsonl FILE"
+).split()
+
+
+def parse_error(argv, capsys) -> str:
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv)
+    assert e.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_the_issue_command_line_parses_with_sodas_recipe():
+    args = parse_args(INTERFACE + ["--tensor-model-parallel-size", "2", "--save", "DIR", "--save-interval", "6"])
+    assert args.data_path == ["0.95", "PREFIX_SPEECH", "0.05", "PREFIX_TEXT"]
+    assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.clip_grad) == (0.98, 0.98, 0.033, 1.0)
+    assert args.z_loss_weight == 1e-4 and args.lr_decay_style == "WSD"
+    assert args.lr_warmup_iters == 1 and args.lr_wsd_decay_iters == 2  # 10% warmup, last 20% decay
+    assert not args.bf16 and args.transformer_impl == "local"  # fp32, local spec on CPU
+    assert args.tensor_model_parallel_size == 2 and args.save_interval == 6
+
+
+def test_preset_fields_are_overridable_with_megatron_flag_names():
+    args = parse_args(INTERFACE + ["--num-layers", "2", "--hidden-size", "128", "--ffn-hidden-size", "320",
+                                   "--num-query-groups", "4", "--kv-channels", "16", "--rotary-base", "10000"])
+    cfg = model_config(args, vocab_size=1000)
+    assert (cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_query_groups, cfg.kv_channels) == (
+        2, 128, 320, 4, 16)
+    assert cfg.rotary_base == 10000 and cfg.seq_length == 256 and cfg.padded_vocab_size == 1024
+    assert cfg.num_attention_heads == 4  # untouched fields keep the preset's value
+
+
+@pytest.mark.skipif(te_available(), reason="Transformer Engine is installed here")
+@pytest.mark.parametrize("extra", [["--bf16", "--fp8-format", "hybrid"], ["--context-parallel-size", "2"],
+                                   ["--attention-backend", "flash"], ["--transformer-impl", "transformer_engine"]])
+def test_flags_that_need_transformer_engine_fail_clearly(extra, capsys):
+    assert "Transformer Engine" in parse_error(INTERFACE + extra, capsys)
+
+
+def test_fp8_needs_bf16(capsys, monkeypatch):
+    import megatron_soda.training.flags.precision as precision
+
+    monkeypatch.setattr(precision, "te_available", lambda: True)
+    argv = [a if a != "cpu" else "cuda" for a in INTERFACE] + ["--fp8-format", "e4m3"]
+    assert "--fp8-format needs --bf16" in parse_error(argv, capsys)
+
+
+def test_inconsistent_flags_are_refused(capsys):
+    assert "--bf16 and --fp16" in parse_error(INTERFACE + ["--bf16", "--fp16"], capsys)
+    assert "needs --save" in parse_error(INTERFACE + ["--save-interval", "6"], capsys)
+    assert "no such directory" in parse_error(INTERFACE + ["--load", "/nonexistent/ckpt"], capsys)
+    assert "pipeline-model-parallel-size > 1" in parse_error(
+        INTERFACE + ["--num-virtual-stages-per-pipeline-rank", "2"], capsys)
+
+
+def test_virtual_pipeline_stages_from_layers_per_stage():
+    args = parse_args(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"])
+    resolve_virtual_stages(args, num_layers=4)
+    assert args.virtual_pipeline_model_parallel_size == 2
+    args = parse_args(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-virtual-stages-per-pipeline-rank", "3"])
+    with pytest.raises(ValueError, match="do not split"):
+        resolve_virtual_stages(args, num_layers=4)
+
+
+def test_blend_syntax_and_held_out_prefixes():
+    from megatron_soda.training.data import all_prefixes, blends
+
+    args = parse_args(INTERFACE)
+    assert blends(args) == {"blend": (["PREFIX_SPEECH", "PREFIX_TEXT"], [0.95, 0.05]), "split": "99,1,0"}
+    args = parse_args(INTERFACE + ["--valid-data-path", "HELD_OUT_SPEECH"])
+    assert blends(args) == {"blend_per_split": [(["PREFIX_SPEECH", "PREFIX_TEXT"], [0.95, 0.05]),
+                                                (["HELD_OUT_SPEECH"], None), None]}
+    assert all_prefixes(args) == ["PREFIX_SPEECH", "PREFIX_TEXT", "HELD_OUT_SPEECH"]

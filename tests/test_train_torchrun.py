@@ -1,0 +1,176 @@
+"""pretrain_soda.py end to end under torchrun (gloo, CPU): parallel layouts against one process,
+kill-and-resume, checkpoints across layouts, and the messages a user gets for bad input.
+
+Parity tolerance: fp32 everywhere; the only differences between layouts are the order of float
+additions in all-reduces and sharded matmuls, so every iteration's lm_loss must agree within
+PARITY_ATOL = 1e-5 (losses are ~9.7, i.e. 1e-6 relative; measured differences are ~3e-8, and a
+wrong init, data order or gradient shows up as >1e-3).  Resuming replays the same computation in
+the same layout, so resumed losses must be *identical*.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+from helpers_train import base_args, losses, make_dataset, read_metrics, torchrun
+
+from megatron_soda.checkpointing import layout
+from megatron_soda.tokenizer import SodaTokenizer
+
+pytestmark = pytest.mark.torchrun
+
+PARITY_ATOL = 1e-5
+ITERS = 12
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, small_bpe_path):
+    root = tmp_path_factory.mktemp("train")
+    tok = SodaTokenizer(small_bpe_path, num_codebooks=8)
+    speech, text = make_dataset(str(root / "data"), tok)
+    return {"root": root, "tok": small_bpe_path, "speech": speech, "text": text}
+
+
+def launch(work, name: str, nproc: int, *extra: str, check: bool = True):
+    metrics = str(work["root"] / f"{name}.jsonl")
+    proc = torchrun(nproc, base_args(work["tok"], work["speech"], work["text"], metrics, *extra), check=check)
+    return metrics, proc
+
+
+@pytest.fixture(scope="module")
+def baseline(work):
+    """The issue's command, one process, checkpoints every 6 iterations."""
+    ckpt = str(work["root"] / "ck_base")
+    metrics, proc = launch(work, "baseline", 1, "--save", ckpt, "--save-interval", "6")
+    return {"metrics": metrics, "losses": losses(metrics), "ckpt": ckpt, "stdout": proc.stdout}
+
+
+@pytest.fixture(scope="module")
+def tp2(work):
+    ckpt, tb = str(work["root"] / "ck_tp2"), str(work["root"] / "tb_tp2")
+    metrics, _ = launch(work, "tp2", 2, "--tensor-model-parallel-size", "2", "--save", ckpt, "--save-interval", "6",
+                        "--tensorboard-dir", tb)
+    return {"metrics": metrics, "losses": losses(metrics), "ckpt": ckpt, "tensorboard": tb}
+
+
+def assert_parity(got: dict[int, float], want: dict[int, float], iterations) -> None:
+    for it in iterations:
+        assert abs(got[it] - want[it]) <= PARITY_ATOL, f"iteration {it}: {got[it]} vs {want[it]}"
+
+
+def wsd_lr(step: int, peak: float, warmup: int, total: int, decay: int) -> float:
+    if step <= warmup:
+        return peak * step / warmup
+    start = total - decay
+    return peak if step <= start else peak * (1 - (step - start) / decay)
+
+
+def test_single_process_run_writes_the_metrics_and_checkpoints(baseline):
+    records = read_metrics(baseline["metrics"])
+    assert [r["iteration"] for r in records] == list(range(1, ITERS + 1))
+    for r in records:
+        assert math.isfinite(r["lm_loss"]) and r["lm_loss"] > 0
+        assert r["loss"] == pytest.approx(r["lm_loss"] + 1e-4 * r["z_loss"])
+        for kind in ("text", "semantic", "acoustic", "markers"):
+            assert math.isfinite(r[f"loss_{kind}"])
+        assert r["tokens_per_sec"] > 0 and r["tflops_per_device"] > 0 and r["grad_norm"] > 0
+        assert r["mfu"] is None  # no known peak on a CPU
+        assert r["consumed_samples"] == 8 * r["iteration"]
+    # WSD: 10% linear warmup from 0, constant, linear decay over the last 20% (lr used by each step)
+    want = [wsd_lr(i, 1e-3, warmup=1, total=ITERS, decay=2) for i in range(ITERS)]
+    assert [r["lr"] for r in records] == pytest.approx(want)
+    (valid,) = read_metrics(baseline["metrics"], "valid")
+    assert valid["iteration"] == ITERS and math.isfinite(valid["lm_loss"]) and valid["tokens"] == 8 * 256
+
+    ck = baseline["ckpt"]
+    assert layout.read_tracker(ck) == ITERS
+    meta = layout.read_meta(layout.iteration_dir(ck, 6))
+    assert meta["train_state"] == {"iteration": 6, "consumed_samples": 48, "skipped_iterations": 0}
+    assert meta["model"]["num_layers"] == 4 and meta["model"]["padded_vocab_size"] % 128 == 0
+    saved_tok = SodaTokenizer.from_pretrained(os.path.join(layout.iteration_dir(ck, 6), "tokenizer"))
+    assert dict(saved_tok.unique_identifiers)["layout"] == meta["tokenizer"]["layout"]
+
+
+def test_tensor_parallel_matches_one_process(baseline, tp2):
+    assert_parity(tp2["losses"], baseline["losses"], range(1, ITERS + 1))
+    grad = {r["iteration"]: r["grad_norm"] for r in read_metrics(tp2["metrics"])}
+    base = {r["iteration"]: r["grad_norm"] for r in read_metrics(baseline["metrics"])}
+    # megatron computes the norm in fp32 (its no-Apex fallback sums ~1e6 squares): ~3e-5 relative noise
+    assert all(grad[i] == pytest.approx(base[i], rel=1e-3) for i in base)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tp2["tensorboard"]))
+
+
+@pytest.mark.parametrize("name,flags", [
+    ("pp2", ["--pipeline-model-parallel-size", "2"]),
+    ("pp2_vpp2", ["--pipeline-model-parallel-size", "2", "--num-virtual-stages-per-pipeline-rank", "2"]),
+    ("tp2_sp", ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
+])
+def test_other_layouts_match_one_process(work, baseline, name, flags):
+    metrics, _ = launch(work, name, 2, *flags)
+    assert_parity(losses(metrics), baseline["losses"], range(1, ITERS + 1))
+
+
+def test_data_parallel_distributed_optimizer_matches_and_survives_a_crash_while_saving(work, baseline):
+    ckpt = str(work["root"] / "ck_dp2")
+    flags = ["--use-distributed-optimizer", "--save", ckpt, "--save-interval", "6"]
+    first, proc = launch(work, "dp2", 2, *flags, "--inject-crash-in-save", str(ITERS), check=False)
+    assert proc.returncode != 0
+    uninterrupted = losses(first)  # every step ran; the crash hit while writing checkpoint 12
+    assert_parity(uninterrupted, baseline["losses"], range(1, ITERS + 1))
+    assert layout.read_tracker(ckpt) == 6  # the half-written checkpoint was never published
+    assert os.path.isdir(layout.iteration_dir(ckpt, ITERS) + ".tmp")
+
+    resumed, proc = launch(work, "dp2_resumed", 2, *flags)  # auto-resume from --save
+    assert "loaded " + layout.iteration_dir(ckpt, 6) in proc.stdout
+    got = losses(resumed)
+    assert sorted(got) == list(range(7, ITERS + 1))
+    assert all(got[i] == uninterrupted[i] for i in got), (got, uninterrupted)
+    assert layout.read_tracker(ckpt) == ITERS and not os.path.exists(layout.iteration_dir(ckpt, ITERS) + ".tmp")
+
+
+def test_one_process_kill_and_resume_equals_never_stopping(work, baseline):
+    ckpt = str(work["root"] / "ck_kill")
+    flags = ["--save", ckpt, "--save-interval", "6"]
+    killed, proc = launch(work, "killed", 1, *flags, "--inject-crash-at-iteration", "9", check=False)
+    assert proc.returncode != 0 and layout.read_tracker(ckpt) == 6
+    assert losses(killed) == {i: baseline["losses"][i] for i in range(1, 10)}
+    resumed, _ = launch(work, "killed_resumed", 1, *flags)
+    assert losses(resumed) == {i: baseline["losses"][i] for i in range(7, ITERS + 1)}
+
+
+@pytest.mark.parametrize("name,nproc,flags", [("tp2_to_tp1", 1, []),
+                                              ("tp2_to_pp2", 2, ["--pipeline-model-parallel-size", "2"])])
+def test_tensor_parallel_checkpoint_loads_in_other_layouts(work, tp2, name, nproc, flags):
+    metrics, proc = launch(work, name, nproc, *flags, "--load", layout.iteration_dir(tp2["ckpt"], 6))
+    assert "RNG state not restored" in proc.stdout  # other TP/PP: weights, optimizer, schedule, data only
+    got = losses(metrics)
+    assert sorted(got) == list(range(7, ITERS + 1))
+    assert_parity(got, tp2["losses"], got)
+
+
+def test_checkpoint_of_another_shape_is_refused(work, baseline):
+    _, proc = launch(work, "wrong_shape", 1, "--num-layers", "2", "--load", baseline["ckpt"], check=False)
+    assert proc.returncode != 0
+    assert (f"pretrain_soda.py: error: {layout.iteration_dir(baseline['ckpt'], ITERS)}: checkpoint of another "
+            "model shape (num_layers: checkpoint 4 vs this run 2)") in proc.stderr
+
+
+def test_missing_data_prefix_is_reported_with_its_path(work):
+    missing = str(work["root"] / "data" / "nowhere" / "shard")
+    _, proc = launch(work, "missing", 1, "--data-path", work["speech"], missing, check=False)
+    assert proc.returncode != 0
+    assert f"pretrain_soda.py: error: {missing}.idx: missing" in proc.stderr
+
+
+def test_non_finite_loss_stops_or_skips(work):
+    flags = ["--lr", "1e30", "--lr-warmup-iters", "0", "--train-iters", "3"]
+    _, proc = launch(work, "nan_stop", 1, *flags, check=False)
+    assert proc.returncode != 0
+    assert "pretrain_soda.py: error: non-finite loss" in proc.stderr and "iteration 2" in proc.stderr
+    metrics, _ = launch(work, "nan_skip", 1, *flags, "--on-nonfinite-loss", "skip")
+    records = read_metrics(metrics)
+    assert [r["skipped_iterations"] for r in records] == [0, 1, 2]
+    assert json.loads(json.dumps(records[-1]["lm_loss"])) == "nan"
