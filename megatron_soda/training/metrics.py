@@ -6,10 +6,11 @@ JSONL schema (one object per line, written by global rank 0):
   ``lm_loss`` (token-mean cross-entropy over the logged steps, float64), ``z_loss`` (mean lse^2),
   ``loss`` (lm_loss + z_loss_weight * z_loss), ``loss_text``/``loss_semantic``/
   ``loss_acoustic``/``loss_markers`` (cross-entropy per kind of *target* token; null when no
-  such token), ``lr``, ``grad_norm``, ``tokens_per_sec``, ``tflops_per_device``, ``mfu`` (null
+  such token), ``tokens_<kind>`` (their token counts), ``loss_audio`` (semantic + acoustic
+  targets together: the speech NLL SODA's scaling laws fit), ``lr``, ``grad_norm``, ``tokens_per_sec``, ``tflops_per_device``, ``mfu`` (null
   without a known peak), ``step_time_s``, ``skipped_iterations``;
 * evaluation record: ``split="valid"``, ``iteration``, ``consumed_samples``, ``lm_loss``,
-  ``z_loss``, per-kind losses, ``tokens``.
+  ``z_loss``, per-kind losses and counts, ``loss_audio``, ``tokens``.
 
 FLOPs per token are SODA's (Levanter's) analytic count, :mod:`megatron_soda.scaling.flops`.
 """
@@ -35,8 +36,16 @@ from megatron_soda.models.loss import (
 from megatron_soda.tokenizer import KIND_NAMES
 
 # Dense bf16 peak TFLOP/s (fp8: x2) of GPUs MFU is usually quoted against.
-_PEAK_BF16 = {"H200": 989.0, "H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "B200": 2250.0,
-              "GB200": 2500.0, "L40S": 362.0}
+_PEAK_BF16 = {
+    "H200": 989.0,
+    "H100": 989.0,
+    "H800": 989.0,
+    "A100": 312.0,
+    "A800": 312.0,
+    "B200": 2250.0,
+    "GB200": 2500.0,
+    "L40S": 362.0,
+}
 
 
 def peak_tflops(args: argparse.Namespace) -> float | None:
@@ -61,6 +70,13 @@ def losses_from_report(vec: torch.Tensor, z_loss_weight: float) -> dict[str, Any
     for k in range(NUM_KINDS):
         n = float(vec[REPORT_KIND_TOKENS + k])
         out[f"loss_{KIND_NAMES[k]}"] = float(vec[REPORT_KIND_CE + k]) / n if n else None
+        out[f"tokens_{KIND_NAMES[k]}"] = int(n)
+    # Speech NLL (semantic + acoustic targets): SODA's scaling-law target on held-out data.
+    audio = [KIND_NAMES.index("semantic"), KIND_NAMES.index("acoustic")]
+    n_audio = sum(float(vec[REPORT_KIND_TOKENS + k]) for k in audio)
+    out["loss_audio"] = (
+        sum(float(vec[REPORT_KIND_CE + k]) for k in audio) / n_audio if n_audio else None
+    )
     out["tokens"] = int(tokens)
     return out
 
@@ -95,8 +111,13 @@ class MetricsLogger:
         if args.wandb_project:
             import wandb
 
-            self.wandb = wandb.init(project=args.wandb_project, name=args.wandb_exp_name,
-                                    dir=args.wandb_save_dir or args.save, config=run_config, resume="allow")
+            self.wandb = wandb.init(
+                project=args.wandb_project,
+                name=args.wandb_exp_name,
+                dir=args.wandb_save_dir or args.save,
+                config=run_config,
+                resume="allow",
+            )
 
     def print(self, msg: str) -> None:
         if self.active:
@@ -106,20 +127,32 @@ class MetricsLogger:
         if not self.active:
             return
         split, it = record["split"], record["iteration"]
-        kinds = " ".join(f"{k}={record[f'loss_{k}']:.4f}" for k in KIND_NAMES if record[f"loss_{k}"] is not None)
+        kinds = " ".join(
+            f"{k}={record[f'loss_{k}']:.4f}" for k in KIND_NAMES if record[f"loss_{k}"] is not None
+        )
         if split == "train":
             mfu = record["mfu"]
-            print(f"[train] iter {it} | lm_loss {record['lm_loss']:.6f} | z {record['z_loss']:.3f} | {kinds} | "
-                  f"lr {_fmt(record['lr'], '.3e')} | grad_norm {_fmt(record['grad_norm'], '.3f')} | "
-                  f"{record['tokens_per_sec']:.0f} tok/s | {record['tflops_per_device']:.2f} TFLOP/s/dev"
-                  + ("" if mfu is None else f" | MFU {100 * mfu:.1f}%"), flush=True)
+            print(
+                f"[train] iter {it} | lm_loss {record['lm_loss']:.6f} | z {record['z_loss']:.3f} | {kinds} | "
+                f"lr {_fmt(record['lr'], '.3e')} | grad_norm {_fmt(record['grad_norm'], '.3f')} | "
+                f"{record['tokens_per_sec']:.0f} tok/s | {record['tflops_per_device']:.2f} TFLOP/s/dev"
+                + ("" if mfu is None else f" | MFU {100 * mfu:.1f}%"),
+                flush=True,
+            )
         else:
-            print(f"[{split}] iter {it} | lm_loss {record['lm_loss']:.6f} | {kinds} | {record['tokens']} tokens",
-                  flush=True)
+            print(
+                f"[{split}] iter {it} | lm_loss {record['lm_loss']:.6f} | {kinds} | {record['tokens']} tokens",
+                flush=True,
+            )
         if self.jsonl:
             self.jsonl.write(json.dumps({k: _json_safe(v) for k, v in record.items()}) + "\n")
-        scalars = {f"{split}/{k}": v for k, v in record.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("iteration", "split")}
+        scalars = {
+            f"{split}/{k}": v
+            for k, v in record.items()
+            if isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and k not in ("iteration", "split")
+        }
         if self.tb:
             for k, v in scalars.items():
                 self.tb.add_scalar(k, v, it)
