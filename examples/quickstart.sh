@@ -24,12 +24,29 @@ if [ ! -f "$WORK/sample/sample.json" ]; then
 fi
 
 echo "== 2. preprocess: audio -> Mimi codes -> interleaved SODA documents -> Megatron shards"
+# The JSONL corpus also gives the held-out set: --split hashes recording ids (rec00000 here).
 for fmt in jsonl webdataset parquet; do
-  case $fmt in jsonl) src="$WORK/sample/speech.jsonl";; webdataset) src="$WORK/sample/emilia";; parquet) src="$WORK/sample/yodas";; esac
+  case $fmt in jsonl) src="$WORK/sample/speech.jsonl"; split=0.25;; webdataset) src="$WORK/sample/emilia"; split=0;;
+    parquet) src="$WORK/sample/yodas"; split=0;; esac
   $PY tools/preprocess/preprocess_data.py --input "$src" --input-format $fmt \
     --output-prefix "$WORK/shards/speech_$fmt" --tokenizer "$TOK" --codec random:tiny \
-    --num-codebooks 8 --interleave both --workers 2 --log-level WARNING
+    --num-codebooks 8 --interleave both --split $split --workers 2 --log-level WARNING
 done
 $PY tools/preprocess/preprocess_data.py --input "$WORK/sample/text.jsonl" --input-format text \
   --output-prefix "$WORK/shards/text" --tokenizer "$TOK" --log-level WARNING
-$PY tools/preprocess/inspect_shards.py "$WORK/shards/speech_jsonl" --tokenizer "$TOK" --docs 0 --max-codes 6
+$PY tools/preprocess/inspect_shards.py "$WORK/shards/speech_jsonl_train" --tokenizer "$TOK" --docs 0 --max-codes 6
+
+echo "== 3. pretrain a tiny SODA model: 95% speech / 5% text, TP=2 over 2 CPU processes"
+S="$WORK/shards"
+train() {
+  PYTHONWARNINGS=ignore .venv/bin/torchrun --nproc_per_node 2 pretrain_soda.py --device cpu --model-size tiny \
+    --tokenizer "$TOK" --num-codebooks 8 \
+    --data-path 0.32 "$S/speech_jsonl_train" 0.32 "$S/speech_webdataset" 0.31 "$S/speech_parquet" 0.05 "$S/text" \
+    --valid-data-path "$S/speech_jsonl_valid" --data-cache-path "$WORK/cache" \
+    --seq-length 256 --micro-batch-size 2 --global-batch-size 8 --lr 1e-3 --seed 1 \
+    --log-interval 5 --eval-interval 20 --eval-iters 2 --tensor-model-parallel-size 2 \
+    --train-iters 40 --save "$WORK/ckpt" --save-interval 20 --metrics-jsonl "$WORK/metrics.jsonl" "$@" 2>&1 |
+    grep -v -E "^W[0-9]+ .*run.py|^\*+$|OMP_NUM_THREADS"
+}
+train --exit-interval 20   # the job stops (as if preempted) after saving iteration 20 ...
+train                      # ... and the restarted job resumes from that checkpoint to 40
