@@ -197,3 +197,21 @@ def test_end_to_end_launch_execute_collect_fit(capsys, tmp_path):
                          "--widths", "64", "128", "192", "--out", str(sweep), "--launcher", sys.executable,
                          "--trainer", str(trainer), "--data-path", "d", "--tokenizer", "t", "--execute")  # fmt: skip
     assert rc == 0 and err.count("already finished") == 3
+
+
+def test_blend_from_the_environment_splits_into_words(tmp_path):
+    """``--data-path ${DATA_PATH}`` with DATA_PATH="0.95 A 0.05 B" must reach the trainer as
+    four arguments (a blend), while other ``$VAR`` values stay one argument each."""
+    import subprocess
+
+    from megatron_soda.scaling.launcher import shell_join
+
+    line = shell_join(["--data-path", "${DATA_PATH}", "--tokenizer", "${TOKENIZER}"])
+    out = subprocess.run(
+        ["bash", "-c", f'printf "%s\\n" {line}'],
+        env={"DATA_PATH": "0.95 A 0.05 B", "TOKENIZER": "/p/my tok.json", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    assert out == ["--data-path", "0.95", "A", "0.05", "B", "--tokenizer", "/p/my tok.json"]

@@ -134,12 +134,20 @@ def command_line(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> str:
     return f"{cfg.launcher.strip()} {args}" if cfg.launcher.strip() else args
 
 
+# Flags taking a list (Megatron's blend "W1 P1 W2 P2 ..."): a ``$VAR`` value is left unquoted
+# so that the shell splits it into words.
+LIST_FLAGS = frozenset(
+    {"--data-path", "--train-data-path", "--valid-data-path", "--test-data-path"}
+)
+
+
 def shell_join(argv: Sequence[str]) -> str:
-    """Quote for bash, but leave ``$VAR``/``${VAR}`` values expandable (double quotes)."""
+    """Quote for bash, but leave ``$VAR``/``${VAR}`` values expandable (double quotes, or no
+    quotes after a list-valued flag)."""
     out = []
-    for a in argv:
+    for i, a in enumerate(argv):
         if a.startswith("$") and not any(c in a for c in '"`\\'):
-            out.append(f'"{a}"')
+            out.append(a if i and argv[i - 1] in LIST_FLAGS else f'"{a}"')
         else:
             out.append(shlex.quote(a))
     return " ".join(out)
