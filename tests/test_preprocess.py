@@ -56,6 +56,8 @@ def run(args, llama3_path, out, fmt="jsonl", src=None, extra=()):
         "random:tiny",
         "--log-level",
         "WARNING",
+        "--workers",
+        "1",  # in-process; tests that want worker processes pass --workers again (last wins)
         *extra,
     ]
     return preprocess_main(argv)
@@ -171,11 +173,23 @@ def test_same_bytes_whatever_the_worker_count(corpus, tmp_path, llama3_path):
 
 def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, llama3_path):
     root, _, _ = corpus
+    # 8 recordings (the corpus's, repeated under new ids) = 8 cached chunks: a wide window to kill in
+    rows = [json.loads(line) for line in open(root / "speech.jsonl")]
+    with open(tmp_path / "m.jsonl", "w") as f:
+        for k in range(8):
+            for r in rows[k % N_REC * N_UTT : (k % N_REC + 1) * N_UTT]:
+                audio = os.path.join(root, r["audio"])
+                f.write(
+                    json.dumps(
+                        {**r, "id": f"{r['id']}-{k}", "recording_id": f"r{k}", "audio": audio}
+                    )
+                    + "\n"
+                )
     args = [
         sys.executable,
         TOOL,
         "--input",
-        str(root / "speech.jsonl"),
+        str(tmp_path / "m.jsonl"),
         "--input-format",
         "jsonl",
         "--tokenizer",
@@ -183,6 +197,8 @@ def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, llama3_path):
         "--codec",
         "random:full",
         "--chunk-utterances",
+        "1",
+        "--workers",
         "1",
         "--log-level",
         "WARNING",
@@ -196,29 +212,48 @@ def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, llama3_path):
         stderr=subprocess.DEVNULL,
     )
     codes = f"{prefix}.codes"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        chunks = [
+
+    def chunks() -> list[str]:
+        return [
             f
             for _, _, fs in os.walk(codes)
             for f in fs
             if f.startswith("chunk-") and f.endswith(".npz")
         ]
-        if len(chunks) >= 2:
-            break
+
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(chunks()) < 2:
         time.sleep(0.02)
     proc.kill()
     proc.wait()
-    done = [
-        f
-        for _, _, fs in os.walk(codes)
-        for f in fs
-        if f.startswith("chunk-") and f.endswith(".npz")
-    ]
-    assert 0 < len(done) < N_REC * N_UTT, "the run was not interrupted mid-way"
+    assert 0 < len(chunks()) < 8, "the run was not interrupted mid-way"
     assert not os.path.exists(f"{prefix}.idx")  # nothing looks finished
     subprocess.run([*args, "--output-prefix", str(prefix)], check=True, capture_output=True)
     assert outputs_bytes(prefix) == outputs_bytes(ref)
+
+
+def test_bf16_codec_is_opt_in_and_recorded(corpus, tmp_path, llama3_path):
+    root, _, _ = corpus
+    src = root / "speech.jsonl"
+    assert run(None, llama3_path, tmp_path / "fp32", "jsonl", src) == 0
+    assert (
+        run(
+            None,
+            llama3_path,
+            tmp_path / "bf16",
+            "jsonl",
+            src,
+            ["--codec-precision", "bf16", "--workers", "0"],
+        )
+        == 0
+    )
+    fp32 = json.load(open(tmp_path / "fp32.stats.json"))
+    bf16 = json.load(open(tmp_path / "bf16.stats.json"))
+    assert "codec_precision" not in fp32 and bf16["codec_precision"] == "bf16"
+    assert bf16["documents"] == fp32["documents"] and bf16["total_tokens"] == fp32["total_tokens"]
+    a, b = shard_docs(tmp_path / "fp32"), shard_docs(tmp_path / "bf16")
+    same = np.mean(np.concatenate(a) == np.concatenate(b))
+    assert 0.5 < same < 1.0  # same structure, some codes differ: why it is not the default
 
 
 def test_stages_apart_reuse_the_codes_cache(corpus, tmp_path, llama3_path, soda_tokenizer):

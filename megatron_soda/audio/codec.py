@@ -13,14 +13,25 @@ samples) before encoding, which with Mimi's causal convolutions and causal encod
 transformer makes each valid frame depend only on its own clip.  Long audio is encoded in
 pieces (SODA: 60 s, a whole number of frames) and concatenated; batches are formed from a
 fixed sample budget in input order, so the same inputs give the same batches on every run.
+
+On CPU the default is one piece per forward pass (``batch_seconds=None``): batching buys no
+arithmetic throughput there, and padding clips to the longest in a batch wasted compute and
+measured 2.2x slower (docs/benchmarks.md).  One piece per pass also makes codes bit-identical
+however the inputs are grouped.  Floating-point results of the CPU kernels depend on the
+intra-op thread count, so for bit-identical codes keep the thread count fixed (the codec stage
+uses one thread per worker process).  ``precision="bf16"`` (opt-in) runs the encoder under
+bfloat16 autocast: about 2x faster on CPUs with AVX512-BF16, but codes differ from fp32 for
+a measured fraction of frames (docs/benchmarks.md); the quantizer stays in fp32.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -31,6 +42,8 @@ SAMPLE_RATE = 24_000
 FRAME_RATE = 12.5
 SAMPLES_PER_FRAME = 1920
 MAX_CODEBOOKS = 32
+PRECISIONS = ("fp32", "bf16")
+GPU_BATCH_SECONDS = 240.0
 
 # A small Mimi with the real topology (SEANet strides 8*6*5*4, downsample x2 -> 12.5 Hz,
 # split RVQ with 1 semantic + 31 acoustic codebooks of 2048 entries) for fast tests.
@@ -46,6 +59,29 @@ TINY_CONFIG = dict(
     upsample_groups=64,
     sliding_window=250,
 )
+
+
+def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
+    """Make glibc keep freed blocks up to ``threshold_bytes`` for reuse instead of handing
+    them back to the kernel.
+
+    The encoder's first layers produce activations of tens to hundreds of MB per clip; by
+    default glibc serves each from a fresh ``mmap``, so every forward pass pays a page fault
+    (and the kernel zeroing a page) per 4 KiB: about a quarter of CPU encode time, measured
+    (docs/benchmarks.md).  Results are bit-identical; the cost is that a process keeps its
+    peak heap.  Process-wide, so the codec stage calls it in its workers.  Returns False
+    where it does not apply (not Linux, or a libc without ``mallopt``).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        ok = libc.mallopt(m_mmap_threshold, threshold_bytes)
+        ok = ok and libc.mallopt(m_trim_threshold, threshold_bytes)
+    except (OSError, AttributeError):
+        return False
+    return bool(ok)
 
 
 class CodecError(ValueError):
@@ -160,11 +196,17 @@ def _build_pretrained(spec: CodecSpec, decoder: bool) -> torch.nn.Module:
         raise CodecError(f"codec {spec.name!r}: cannot load a MimiModel from {path} ({e})") from e
 
 
-def codec_fingerprint(spec: str | CodecSpec, chunk_seconds: float = 60.0) -> str:
+def codec_fingerprint(
+    spec: str | CodecSpec, chunk_seconds: float = 60.0, precision: str = "fp32"
+) -> str:
     """Identifies the codes a codec produces, without loading it (for on-disk code caches):
-    the spec and piece length, plus the config and weight files of a pretrained codec."""
+    the spec, piece length and precision, plus the config and weight files of a pretrained
+    codec."""
     spec = spec if isinstance(spec, CodecSpec) else parse_codec_spec(spec)
-    h = hashlib.sha256(json.dumps({"spec": str(spec), "chunk_s": chunk_seconds}).encode())
+    key: dict = {"spec": str(spec), "chunk_s": chunk_seconds}
+    if precision != "fp32":  # fp32 keeps the fingerprint it always had
+        key["precision"] = precision
+    h = hashlib.sha256(json.dumps(key).encode())
     if spec.kind == "pretrained":
         path = _resolve_pretrained(spec.name)
         for name in sorted(os.listdir(path)):
@@ -186,12 +228,19 @@ class MimiCodec:
         num_codebooks: int = 8,
         device: str = "cpu",
         chunk_seconds: float = 60.0,
-        batch_seconds: float = 240.0,
+        batch_seconds: float | None = None,
         decoder: bool = False,
+        precision: str = "fp32",
     ) -> None:
+        """``batch_seconds``: padded audio per forward pass; None = one piece per pass on
+        CPU, 240 s on other devices.  ``precision``: "fp32" (default) or "bf16" (opt-in,
+        encoder under bfloat16 autocast; codes differ from fp32 for some frames)."""
         self.spec = spec if isinstance(spec, CodecSpec) else parse_codec_spec(spec)
         if not 1 <= num_codebooks <= MAX_CODEBOOKS:
             raise CodecError(f"num_codebooks must be in 1..{MAX_CODEBOOKS}, got {num_codebooks}")
+        if precision not in PRECISIONS:
+            raise CodecError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.precision = precision
         model = (
             _build_random(self.spec, decoder)
             if self.spec.kind == "random"
@@ -215,10 +264,15 @@ class MimiCodec:
                 f"codec {self.spec}: frame rate {cfg.frame_rate} Hz, SODA needs 12.5 Hz"
             )
         self.chunk_samples = int(chunk_seconds * FRAME_RATE) * self.samples_per_frame
-        self.batch_samples = max(self.chunk_samples, int(batch_seconds * SAMPLE_RATE))
+        if batch_seconds is None:
+            batch_seconds = 0.0 if self.device.type == "cpu" else GPU_BATCH_SECONDS
+        # 0 = one piece per forward pass; otherwise a padded-sample budget of at least a piece
+        self.batch_samples = (
+            0 if batch_seconds <= 0 else max(self.chunk_samples, int(batch_seconds * SAMPLE_RATE))
+        )
 
     def fingerprint(self) -> str:
-        return codec_fingerprint(self.spec, self.chunk_samples / SAMPLE_RATE)
+        return codec_fingerprint(self.spec, self.chunk_samples / SAMPLE_RATE, self.precision)
 
     def num_frames(self, num_samples: int) -> int:
         return -(-num_samples // self.samples_per_frame)
@@ -258,10 +312,15 @@ class MimiCodec:
         x = np.zeros((len(waves), 1, max(frames) * self.samples_per_frame), dtype=np.float32)
         for row, w in zip(x, waves):
             row[0, : w.size] = w
-        out = self.model.encode(
-            torch.from_numpy(x).to(self.device), num_quantizers=self.num_codebooks
-        )
-        codes = out.audio_codes.to("cpu", torch.int16).numpy()
+        xt = torch.from_numpy(x).to(self.device)
+        if self.precision == "fp32":
+            codes_t = self.model.encode(xt, num_quantizers=self.num_codebooks).audio_codes
+        else:  # encoder in bf16, nearest-centroid search in fp32
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                latents = self.model.encoder(xt).latents
+            codes_t = self.model.quantizer.encode(latents.float(), self.num_codebooks)
+            codes_t = codes_t.transpose(0, 1)
+        codes = codes_t.to("cpu", torch.int16).numpy()
         return [codes[b, :, :n].copy() for b, n in enumerate(frames)]
 
     # ---------------------------------------------------------------- decoding

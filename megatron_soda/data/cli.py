@@ -67,8 +67,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     codec.add_argument("--codes-dir", default=None, help="codes cache (default P.codes)")
     codec.add_argument("--device", default="cpu", help="codec device: cpu, cuda, cuda:N")
-    codec.add_argument("--workers", type=int, default=1, help="codec worker processes")
-    codec.add_argument("--threads-per-worker", type=int, default=None)
+    codec.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="codec worker processes, one intra-op thread each on CPU (0 = one per CPU core, "
+        "1 on a GPU); codes are identical for any value",
+    )
+    codec.add_argument(
+        "--threads-per-worker",
+        type=int,
+        default=None,
+        help="intra-op threads per worker (default 1 on CPU; codes may then depend on it)",
+    )
+    codec.add_argument(
+        "--codec-precision",
+        default="fp32",
+        choices=("fp32", "bf16"),
+        help="bf16: encoder under bfloat16 autocast, about 2x faster on CPUs with AVX512-BF16, "
+        "but a fraction of codes differ from fp32 (see docs/benchmarks.md); opt-in",
+    )
     codec.add_argument(
         "--chunk-utterances", type=int, default=128, help="utterances per cached chunk"
     )
@@ -115,6 +133,7 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         interleave=args.interleave,
         workers=args.workers,
         threads_per_worker=args.threads_per_worker,
+        codec_precision=args.codec_precision,
         device=args.device,
         split=args.split,
         num_shards=args.num_shards,

@@ -1,9 +1,18 @@
 """Stage 1 of preprocessing: audio -> Mimi codes, cached on disk per work unit.
 
 The main process reads the inputs and cuts them into chunks of whole recordings (a fixed
-utterance count, so chunk boundaries never depend on timing or worker count); workers decode,
-resample and encode a chunk and write it atomically.  A chunk already on disk is skipped, so
-a killed run restarted with the same arguments resumes where it stopped.
+utterance count, so chunk boundaries never depend on timing or worker count).  Each chunk is
+split into jobs of whole recordings (``job_utterances``, again a fixed count); worker
+processes decode, resample and encode jobs, and the main process assembles each chunk from
+its jobs, in order, and writes it atomically.  Jobs of all units share one pipeline, so small
+inputs and the tail of each input file keep every worker busy.  A chunk already on disk is
+skipped, so a killed run restarted with the same arguments resumes where it stopped.
+
+Determinism: on CPU the codec encodes one piece per forward pass and each worker uses one
+intra-op thread (unless ``threads_per_worker`` says otherwise), so a clip's codes depend on
+nothing but the clip: the same bytes whatever ``--workers``.  Parallelism is by processes
+(``--workers``; 0 = one per CPU core), which on CPU is also the fastest arrangement
+(docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -13,7 +22,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +41,7 @@ from megatron_soda.data.sources import read_source
 from megatron_soda.data.units import WorkUnit
 
 logger = logging.getLogger(__name__)
+CPU_JOB_UTTERANCES = 1  # i.e. one recording per job
 
 
 @dataclass(frozen=True)
@@ -39,18 +49,42 @@ class EncodeConfig:
     codec: str = "random:tiny"
     cache_codebooks: int = 8
     device: str = "cpu"
-    workers: int = 1
-    threads_per_worker: int | None = None
+    workers: int = 1  # codec worker processes; <= 0: one per CPU core (1 on a GPU)
+    threads_per_worker: int | None = None  # None: 1 on CPU (deterministic), torch's default on GPU
     chunk_utterances: int = 128
     chunk_seconds: float = 60.0
-    batch_seconds: float = 240.0
+    batch_seconds: float | None = None  # None: one piece per pass on CPU, 240 s on GPU
+    job_utterances: int | None = None  # None: one recording per job on CPU, a chunk on GPU
+    precision: str = "fp32"  # "bf16": opt-in, faster on CPU, codes differ for some frames
+
+    def resolved_workers(self) -> int:
+        if self.workers > 0:
+            return self.workers
+        return 1 if self.device != "cpu" else max(1, _cpu_count())
+
+    def resolved_threads(self) -> int | None:
+        if self.threads_per_worker:
+            return self.threads_per_worker
+        return 1 if self.device == "cpu" else None
+
+    def resolved_job_utterances(self) -> int:
+        if self.job_utterances:
+            return self.job_utterances
+        return CPU_JOB_UTTERANCES if self.device == "cpu" else self.chunk_utterances
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def unit_cache(codes_dir: str, unit: WorkUnit, cfg: EncodeConfig) -> UnitCache:
     description = {
         **unit.describe(),
         "codec": str(parse_codec_spec(cfg.codec)),
-        "codec_fingerprint": codec_fingerprint(cfg.codec, cfg.chunk_seconds),
+        "codec_fingerprint": codec_fingerprint(cfg.codec, cfg.chunk_seconds, cfg.precision),
         "cache_codebooks": cfg.cache_codebooks,
         "chunk_utterances": cfg.chunk_utterances,
     }
@@ -83,6 +117,23 @@ def chunk_stream(
         yield recs, errors
 
 
+def split_jobs(recordings: list[Recording], job_utterances: int) -> list[list[Recording]]:
+    """Whole recordings in groups of at least ``job_utterances`` utterances (the last may be
+    smaller); depends on nothing but the chunk's content."""
+    jobs: list[list[Recording]] = []
+    cur: list[Recording] = []
+    n = 0
+    for rec in recordings:
+        cur.append(rec)
+        n += len(rec.utterances)
+        if n >= job_utterances:
+            jobs.append(cur)
+            cur, n = [], 0
+    if cur:
+        jobs.append(cur)
+    return jobs
+
+
 # ------------------------------------------------------------------- worker side
 _CODEC = None
 
@@ -91,23 +142,26 @@ def _init_worker(cfg: EncodeConfig, threads: int | None) -> None:
     global _CODEC
     import torch
 
-    from megatron_soda.audio.codec import MimiCodec
+    from megatron_soda.audio.codec import MimiCodec, tune_cpu_allocator
 
     if threads:
         torch.set_num_threads(threads)
+    if cfg.device == "cpu":
+        tune_cpu_allocator()
     _CODEC = MimiCodec(
         cfg.codec,
         num_codebooks=cfg.cache_codebooks,
         device=cfg.device,
         chunk_seconds=cfg.chunk_seconds,
         batch_seconds=cfg.batch_seconds,
+        precision=cfg.precision,
     )
 
 
 def _decode_recording(rec: Recording, errors: list[InputError]) -> list:
     """Waves of a recording's utterances (None where decoding failed, with an error logged)."""
     waves: list = [None] * len(rec.utterances)
-    by_source: OrderedDict[str, list[int]] = OrderedDict()
+    by_source: dict[str, list[int]] = {}
     for i, u in enumerate(rec.utterances):
         by_source.setdefault(u.audio.source_key(), []).append(i)
     for idxs in by_source.values():
@@ -130,31 +184,43 @@ def _decode_recording(rec: Recording, errors: list[InputError]) -> list:
     return waves
 
 
-def encode_chunk(
-    path: str, recordings: list[Recording], errors: list[InputError], num_codebooks: int
-) -> dict:
-    """Decode + encode one chunk and write it; returns counts for progress reporting."""
-    errors = list(errors)
+def encode_job(recordings: list[Recording]) -> dict:
+    """Decode + encode whole recordings: per recording, per utterance ``(seconds, codes)``
+    or None where its audio was rejected (the reason is in ``errors``)."""
+    errors: list[InputError] = []
     all_waves = [_decode_recording(rec, errors) for rec in recordings]
     flat = [w for waves in all_waves for w in waves if w is not None]
     codes = iter(_CODEC.encode(flat) if flat else [])
+    encoded = [
+        [None if w is None else (w.size / 24000.0, next(codes)) for w in waves]
+        for waves in all_waves
+    ]
+    return {"encoded": encoded, "errors": errors}
+
+
+def assemble_chunk(
+    recordings: list[Recording], read_errors: list[InputError], results: list[dict]
+) -> tuple[Chunk, dict]:
+    """The chunk file's content from its jobs' results (in job order); plus progress counts."""
+    errors = list(read_errors) + [e for r in results for e in r["errors"]]
+    encoded = [per_rec for r in results for per_rec in r["encoded"]]
     chunk = Chunk(errors=errors, attempted=len(errors) - sum(e.stage == "audio" for e in errors))
     seconds = 0.0
-    for rec, waves in zip(recordings, all_waves):
+    for rec, utts in zip(recordings, encoded):
         chunk.attempted += len(rec.utterances)
         er = EncodedRecording(rec.id, rec.source)
-        for u, w in zip(rec.utterances, waves):
-            if w is not None:
-                er.utterances.append(EncodedUtterance(u.id, u.text, w.size / 24000.0, next(codes)))
-                seconds += w.size / 24000.0
+        for u, item in zip(rec.utterances, utts):
+            if item is not None:
+                er.utterances.append(EncodedUtterance(u.id, u.text, item[0], item[1]))
+                seconds += item[0]
         if er.utterances:
             chunk.recordings.append(er)
-    write_chunk(path, chunk, num_codebooks)
-    return {
+    counts = {
         "utterances": sum(len(r.utterances) for r in recordings),
         "seconds": seconds,
         "errors": len(errors),
     }
+    return chunk, counts
 
 
 # --------------------------------------------------------------------- main side
@@ -213,6 +279,17 @@ class _Progress:
         )
 
 
+@dataclass
+class _Pending:
+    """A chunk whose jobs are running, or (``jobs is None``) a unit to mark complete."""
+
+    cache: UnitCache
+    index: int
+    recordings: list[Recording] | None = None
+    read_errors: list[InputError] | None = None
+    jobs: list[Future | dict] | None = None
+
+
 def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> list[UnitCache]:
     """Run (or resume) the codec stage for every unit; returns their complete caches."""
     caches = [unit_cache(codes_dir, u, cfg) for u in units]
@@ -221,11 +298,10 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
         logger.info("encode: all %d units already cached in %s", len(units), codes_dir)
         return caches
     progress = _Progress(len(todo))
-    workers = max(1, cfg.workers)
-    threads = cfg.threads_per_worker or (
-        max(1, (os.cpu_count() or 1) // workers) if workers > 1 else None
-    )
+    workers, threads = cfg.resolved_workers(), cfg.resolved_threads()
+    job_utts = cfg.resolved_job_utterances()
     pool = None
+    saved_threads = None
     if workers > 1:
         pool = ProcessPoolExecutor(
             workers,
@@ -234,8 +310,26 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
             initargs=(cfg, threads),
         )
     else:
+        import torch
+
+        saved_threads = torch.get_num_threads()
         _init_worker(cfg, threads)
-    inflight: deque[Future] = deque()
+    pending: deque[_Pending] = deque()
+    running = 0
+
+    def finish_oldest() -> None:
+        nonlocal running
+        p = pending.popleft()
+        if p.jobs is None:
+            p.cache.mark_complete(p.index)
+            progress.units_done += 1
+            return
+        results = [j.result() if isinstance(j, Future) else j for j in p.jobs]
+        running -= len(p.jobs)
+        chunk, counts = assemble_chunk(p.recordings or [], p.read_errors or [], results)
+        write_chunk(p.cache.chunk_path(p.index), chunk, cfg.cache_codebooks)
+        progress.update(counts)
+
     try:
         for unit, cache in todo:
             cache.open_for_writing()
@@ -244,19 +338,27 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
                 if cache.has_chunk(n - 1):
                     progress.skipped += 1
                     continue
-                args = (cache.chunk_path(n - 1), recs, errs, cfg.cache_codebooks)
-                if pool is None:
-                    progress.update(encode_chunk(*args))
-                    continue
-                inflight.append(pool.submit(encode_chunk, *args))
-                while len(inflight) > 2 * workers:
-                    progress.update(inflight.popleft().result())
-            while inflight:
-                progress.update(inflight.popleft().result())
-            cache.mark_complete(n)
-            progress.units_done += 1
+                parts = split_jobs(recs, job_utts)
+                jobs: list[Future | dict] = [
+                    pool.submit(encode_job, part) if pool is not None else encode_job(part)
+                    for part in parts
+                ]
+                pending.append(_Pending(cache, n - 1, recs, errs, jobs))
+                running += len(jobs)
+                # in-process jobs are done already: write the chunk now (resume granularity)
+                while pending and (pool is None or running > 2 * workers):
+                    finish_oldest()
+            pending.append(_Pending(cache, n))  # complete once its chunks are written
+            while pending and pool is None:
+                finish_oldest()
+        while pending:
+            finish_oldest()
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+        elif saved_threads is not None:
+            import torch
+
+            torch.set_num_threads(saved_threads)
         progress.close()
     return caches

@@ -46,6 +46,7 @@ class PreprocessConfig:
     interleave: str = "both"
     workers: int = 1
     threads_per_worker: int | None = None
+    codec_precision: str = "fp32"  # "bf16": opt-in, faster on CPU, some codes differ
     device: str = "cpu"
     split: float = 0.0
     num_shards: int = 1
@@ -75,6 +76,7 @@ class PreprocessConfig:
             workers=self.workers,
             threads_per_worker=self.threads_per_worker,
             chunk_utterances=self.chunk_utterances,
+            precision=self.codec_precision,
         )
 
 
@@ -134,7 +136,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
 
 
 def _header(cfg: PreprocessConfig, tokenizer: SodaTokenizer) -> dict:
+    extra = {}
+    if cfg.codec_precision != "fp32" and cfg.input_format != "text":
+        extra["codec_precision"] = cfg.codec_precision
     return {
+        **extra,
         "format": cfg.input_format,
         "interleave": cfg.interleave if cfg.input_format != "text" else "text",
         "codec": cfg.codec if cfg.input_format != "text" else None,

@@ -1,7 +1,8 @@
 """Stage 2 of preprocessing: cached codes + transcripts (or web text) -> documents -> shards.
 
 Cheap and fully vectorised (audio ids are arithmetic on the code arrays, transcripts are
-batch-encoded by the Rust tokenizer), so it is simply re-run: changing the tokenizer, the
+batch-encoded by the Rust tokenizer, token counts are arithmetic, not scans), so it is
+simply re-run: changing the tokenizer, the
 number of codebooks (up to those cached), the interleave order or the split never touches
 the codec.
 """
@@ -9,18 +10,22 @@ the codec.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from megatron_soda.data.codes_cache import UnitCache
-from megatron_soda.data.interleave import interleaved_document, text_document, variants
+import numpy as np
+
+from megatron_soda.data.codes_cache import Chunk, UnitCache, read_chunk
+from megatron_soda.data.interleave import text_document, variants
 from megatron_soda.data.records import InputError, TextDocument
 from megatron_soda.data.shards import ShardWriter
 from megatron_soda.data.sources import read_text_jsonl
 from megatron_soda.data.split import is_heldout
 from megatron_soda.data.units import WorkUnit
 from megatron_soda.tokenizer import KIND_NAMES, SodaTokenizer
-from megatron_soda.tokenizer.hf_export import text_audio_char_collisions
+from megatron_soda.tokenizer.hf_export import PUA_BASE, text_audio_char_collisions
+from megatron_soda.tokenizer.layout import TokenLayout
 
 logger = logging.getLogger(__name__)
 TEXT_BATCH = 1024
@@ -106,13 +111,106 @@ class OutputSet:
             w.abort()
 
 
+def _recording_counts(
+    lay: TokenLayout, t_ids: list[np.ndarray], codes: list[np.ndarray], variant: str
+) -> dict[str, int]:
+    """Token kinds of one document, by arithmetic (the same as ``lay.count_kinds(doc)``:
+    base-tokenizer text ids never collide with markers, BOS/EOS or audio ids)."""
+    frames = sum(c.shape[1] for c in codes)
+    text = 0 if variant == "audio-only" else sum(t.size for t in t_ids)
+    markers = 2 + len(codes) * (2 if variant == "audio-only" else 4)
+    return {
+        "text": text,
+        "semantic": frames,
+        "acoustic": frames * (lay.num_codebooks - 1),
+        "markers": markers,
+    }
+
+
+def _documents(
+    lay: TokenLayout, t_ids: list[np.ndarray], codes: list[np.ndarray], variant: str
+) -> np.ndarray:
+    """:func:`interleaved_document` of one recording, filled into one preallocated array
+    straight from the int16 codes (offset, frame-major transpose and int32 cast in one
+    numpy pass per span).  Identical output; ``interleave.py`` stays the reference."""
+    n_cb = lay.num_codebooks
+    offsets = lay.audio_offset + np.arange(n_cb, dtype=np.int32) * lay.codebook_size
+    ts, te, a_s, a_e = lay.marker_ids
+    with_text = variant != "audio-only"
+    total = 2 + sum(c.shape[1] * n_cb + 2 for c in codes)
+    if with_text:
+        total += sum(t.size + 2 for t in t_ids)
+    doc = np.empty(total, np.int32)
+    doc[0] = lay.bos_id
+    pos = 1
+
+    def put_text(pos: int, t: np.ndarray) -> int:
+        doc[pos] = ts
+        doc[pos + 1 : pos + 1 + t.size] = t
+        doc[pos + 1 + t.size] = te
+        return pos + t.size + 2
+
+    def put_audio(pos: int, c: np.ndarray) -> int:
+        n = c.shape[1] * n_cb
+        doc[pos] = a_s
+        np.add(c[:n_cb].T, offsets, out=doc[pos + 1 : pos + 1 + n].reshape(-1, n_cb))
+        doc[pos + 1 + n] = a_e
+        return pos + n + 2
+
+    for t, c in zip(t_ids, codes):
+        if variant == "text-first":
+            pos = put_audio(put_text(pos, t), c)
+        elif variant == "audio-first":
+            pos = put_text(put_audio(pos, c), t)
+        elif variant == "audio-only":
+            pos = put_audio(pos, c)
+        else:
+            raise ValueError(f"unknown document variant {variant!r}")
+    doc[pos] = lay.eos_id
+    return doc
+
+
+def _collisions(texts: list[str], num_audio_tokens: int) -> int:
+    """Transcript characters in the audio character range (almost always none: one C-speed
+    ``max`` per chunk decides)."""
+    joined = "".join(texts)
+    if not joined or ord(max(joined)) < PUA_BASE:
+        return 0
+    return sum(text_audio_char_collisions(t, num_audio_tokens) for t in texts)
+
+
+def _prepared_chunks(
+    caches: list[UnitCache], tokenizer: SodaTokenizer
+) -> Iterator[tuple[Chunk, list[str], list[np.ndarray]]]:
+    """Each cached chunk with its transcripts' token ids (int32, once per span, so both
+    variants copy without converting).  The next chunk is read and its transcripts tokenised
+    in a thread (the Rust tokenizer and numpy release the GIL) while the caller builds and
+    writes the current one's documents."""
+
+    def prepare(cache: UnitCache, k: int) -> tuple[Chunk, list[str], list[np.ndarray]]:
+        chunk = read_chunk(cache.chunk_path(k))
+        texts = [u.text for r in chunk.recordings for u in r.utterances]
+        return chunk, texts, [np.asarray(t, np.int32) for t in tokenizer.encode_texts(texts)]
+
+    jobs = ((c, k) for c in caches for k in range(c.num_chunks()))
+    with ThreadPoolExecutor(1) as pool:
+        ahead: Future | None = None
+        for cache, k in jobs:
+            nxt = pool.submit(prepare, cache, k)
+            if ahead is not None:
+                yield ahead.result()
+            ahead = nxt
+        if ahead is not None:
+            yield ahead.result()
+
+
 def tokenize_cached_units(
     caches: Iterable[UnitCache], tokenizer: SodaTokenizer, interleave: str, out: OutputSet
 ) -> None:
     """Documents from cached codes: one per recording per variant."""
     lay = tokenizer.layout
     kinds = variants(interleave)
-    n_audio = lay.num_audio_tokens
+    caches = list(caches)
     for cache in caches:
         if cache.cached_codebooks < lay.num_codebooks:
             raise ValueError(
@@ -120,26 +218,23 @@ def tokenize_cached_units(
                 f"{lay.num_codebooks} requested; re-run the encode stage with --cache-codebooks "
                 f">= {lay.num_codebooks} (or a new --codes-dir)"
             )
-        for chunk in cache.chunks():
-            out.errors.extend(chunk.errors)
-            out.attempted += chunk.attempted
-            texts = [u.text for r in chunk.recordings for u in r.utterances]
-            text_ids = iter(tokenizer.encode_texts(texts))
-            for rec in chunk.recordings:
-                t_ids = [next(text_ids) for _ in rec.utterances]
-                a_ids = [lay.codes_to_ids(u.codes) for u in rec.utterances]
-                out.text_collisions += sum(
-                    text_audio_char_collisions(u.text, n_audio) for u in rec.utterances
-                )
-                side = out.side(rec.id)
-                st = out.stats[side]
-                st.recordings += 1
-                st.utterances += len(rec.utterances)
-                st.audio_seconds += sum(u.seconds for u in rec.utterances)
-                for variant in kinds:
-                    doc = interleaved_document(lay, t_ids, a_ids, variant)
-                    out.writers[side].add(doc)
-                    st.add_document(variant, lay.count_kinds(doc), doc.size)
+    for chunk, texts, chunk_text_ids in _prepared_chunks(caches, tokenizer):
+        out.errors.extend(chunk.errors)
+        out.attempted += chunk.attempted
+        out.text_collisions += _collisions(texts, lay.num_audio_tokens)
+        text_ids = iter(chunk_text_ids)
+        for rec in chunk.recordings:
+            t_ids = [next(text_ids) for _ in rec.utterances]
+            codes = [u.codes for u in rec.utterances]
+            side = out.side(rec.id)
+            st = out.stats[side]
+            st.recordings += 1
+            st.utterances += len(rec.utterances)
+            st.audio_seconds += sum(u.seconds for u in rec.utterances)
+            for variant in kinds:
+                doc = _documents(lay, t_ids, codes, variant)
+                out.writers[side].add(doc)
+                st.add_document(variant, _recording_counts(lay, t_ids, codes, variant), doc.size)
 
 
 def tokenize_text_units(

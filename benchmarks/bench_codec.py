@@ -1,0 +1,523 @@
+#!/usr/bin/env python
+"""Codec-stage benchmark: audio seconds per wall second, decode + resample + Mimi encode.
+
+Generates a speech corpus with espeak-ng (clips of 3-15 s in mixed formats: WAV 16 kHz,
+FLAC 44.1 kHz stereo, MP3, Ogg Vorbis 48 kHz, float WAV 24 kHz; 1-3 utterances per
+recording), then, in the same run and interleaved repeat by repeat:
+
+* ``naive``: the per-utterance loop a user would write: ``soundfile.read`` + downmix + soxr
+  resample + ``MimiModel.encode(x, num_quantizers=8)`` one clip at a time, torch's default
+  threads, ``torch.no_grad``;
+* the real stage-1 code path (``megatron_soda.data.encode_stage.encode_units``) for each
+  configuration given with ``--config`` (workers, threads, precision, ...).
+
+Every timed run happens in a fresh interpreter (as a real run would), so process-wide
+settings of one run cannot leak into the next or into the baseline.
+Stage-1 wall time includes starting the worker processes and building the codec in each;
+that start-up is also measured alone (a one-utterance corpus, same configuration) and the
+``steady`` rate is ``audio / (wall - startup)``.  Codes are compared against the naive loop
+and between configurations (fraction identical per codebook).
+
+    .venv/bin/python benchmarks/bench_codec.py --seconds 240 --repeats 3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# Public-domain text: Aesop's "The North Wind and the Sun" and Lincoln's Gettysburg Address.
+SENTENCES = [
+    "The North Wind and the Sun were disputing which was the stronger.",
+    "A traveler came along wrapped in a warm cloak.",
+    "They agreed that the one who first made the traveler take his cloak off "
+    "should be considered stronger than the other.",
+    "Then the North Wind blew as hard as he could.",
+    "But the more he blew, the more closely did the traveler fold his cloak around him.",
+    "At last the North Wind gave up the attempt.",
+    "Then the Sun shined out warmly, and immediately the traveler took off his cloak.",
+    "And so the North Wind was obliged to confess that the Sun was the stronger of the two.",
+    "Four score and seven years ago our fathers brought forth on this continent a new nation.",
+    "It was conceived in liberty, and dedicated to the proposition that all men are created equal.",
+    "Now we are engaged in a great civil war.",
+    "We are met on a great battlefield of that war.",
+    "We have come to dedicate a portion of that field as a final resting place.",
+    "It is altogether fitting and proper that we should do this.",
+    "But, in a larger sense, we can not dedicate, we can not consecrate, we can not hallow "
+    "this ground.",
+    "The brave men, living and dead, who struggled here, have consecrated it.",
+    "The world will little note, nor long remember what we say here.",
+    "But it can never forget what they did here.",
+    "It is for us the living, rather, to be dedicated here to the unfinished work.",
+    "Government of the people, by the people, for the people, shall not perish from the earth.",
+]
+# (extension, sample rate, channels, libsndfile subtype)
+FORMATS = [
+    ("wav", 16000, 1, "PCM_16"),
+    ("flac", 44100, 2, "PCM_16"),
+    ("mp3", 44100, 1, "MPEG_LAYER_III"),
+    ("ogg", 48000, 1, "VORBIS"),
+    ("wav", 24000, 1, "FLOAT"),
+]
+
+
+# ----------------------------------------------------------------------------- corpus
+def _speak(text: str, speed: int, pitch: int, path: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    subprocess.run(
+        ["espeak-ng", "-s", str(speed), "-p", str(pitch), "-w", path, text],
+        check=True,
+        capture_output=True,
+    )
+    wave, sr = sf.read(path, dtype="float32")
+    return wave, sr
+
+
+def make_corpus(out_dir: str, seconds: float, seed: int = 0) -> tuple[str, float, int]:
+    """Write a JSONL manifest of espeak-ng speech totalling about ``seconds``; reused when
+    already there.  Returns (manifest path, audio seconds, utterances)."""
+    import soundfile as sf
+    import soxr
+
+    manifest = os.path.join(out_dir, "manifest.jsonl")
+    info_path = os.path.join(out_dir, "corpus.json")
+    key = {"seconds": seconds, "seed": seed, "version": 1}
+    if os.path.isfile(info_path):
+        with open(info_path) as f:
+            info = json.load(f)
+        if info.get("key") == key:
+            return manifest, info["audio_seconds"], info["utterances"]
+    os.makedirs(out_dir, exist_ok=True)
+    rng = random.Random(seed)
+    tmp = os.path.join(out_dir, "espeak.wav")
+    lines, total, rec, left_in_rec = [], 0.0, 0, 0
+    while total < seconds:
+        target = rng.uniform(3.0, 15.0)
+        speed, pitch = rng.randint(140, 200), rng.randint(30, 70)
+        start = rng.randrange(len(SENTENCES))
+        text, wave, sr = "", np.zeros(0, np.float32), 22050
+        for k in range(len(SENTENCES)):
+            cand = (text + " " + SENTENCES[(start + k) % len(SENTENCES)]).strip()
+            w, sr = _speak(cand, speed, pitch, tmp)
+            if w.size / sr > 15.0 and text:
+                break
+            text, wave = cand, w
+            if w.size / sr >= target:
+                break
+        wave = wave[: int(15.0 * sr)]
+        i = len(lines)
+        ext, rate, channels, subtype = FORMATS[i % len(FORMATS)]
+        out = soxr.resample(wave, sr, rate).astype(np.float32)
+        out = 0.8 * out / max(1e-6, float(np.abs(out).max()))
+        if channels == 2:
+            out = np.stack([out, 0.9 * out], axis=1)
+        name = f"utt{i:04d}.{ext}"
+        sf.write(os.path.join(out_dir, name), out, rate, subtype=subtype)
+        if left_in_rec == 0:
+            rec, left_in_rec = rec + 1, rng.randint(1, 3)
+        left_in_rec -= 1
+        lines.append({"id": f"u{i:04d}", "audio": name, "text": text, "recording_id": f"r{rec}"})
+        total += wave.size / sr
+    os.remove(tmp)
+    with open(manifest, "w") as f:
+        for line in lines:
+            f.write(json.dumps(line) + "\n")
+    with open(info_path, "w") as f:
+        json.dump({"key": key, "audio_seconds": total, "utterances": len(lines)}, f)
+    return manifest, total, len(lines)
+
+
+def read_manifest(manifest: str) -> list[dict]:
+    base = os.path.dirname(manifest)
+    with open(manifest) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for r in rows:
+        r["path"] = os.path.join(base, r["audio"])
+    return rows
+
+
+# ----------------------------------------------------------------------------- runners
+@dataclass
+class Config:
+    name: str
+    workers: int = 1
+    threads: int | None = None
+    precision: str = "fp32"
+    chunk_utterances: int = 128
+    job_utterances: int | None = None
+    batch_seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Config:
+        """``name:key=value,key=value`` e.g. ``w2:workers=2`` or ``bf16:workers=2,precision=bf16``."""
+        name, _, rest = text.partition(":")
+        kw: dict = {}
+        for item in filter(None, rest.split(",")):
+            k, _, v = item.partition("=")
+            ftype = cls.__dataclass_fields__[k].type
+            kw[k] = v if "str" in str(ftype) else (float(v) if "float" in str(ftype) else int(v))
+        return cls(name=name, **kw)
+
+
+def naive_loop(
+    rows: list[dict], model: torch.nn.Module, threads: int | None
+) -> tuple[float, list[np.ndarray]]:
+    """Per-utterance ``MimiModel.encode`` in this process; returns (seconds, codes)."""
+    import soundfile as sf
+    import soxr
+    import torch
+
+    saved = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    out = []
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        for r in rows:
+            wave, sr = sf.read(r["path"], dtype="float32", always_2d=True)
+            wave = wave.mean(axis=1)
+            if sr != 24000:
+                wave = soxr.resample(wave, sr, 24000, quality="HQ").astype(np.float32)
+            x = torch.from_numpy(np.ascontiguousarray(wave))[None, None]
+            out.append(model.encode(x, num_quantizers=8).audio_codes[0].numpy())
+    dt = time.perf_counter() - t0
+    torch.set_num_threads(saved)
+    return dt, out
+
+
+def stage1(manifest: str, codes_dir: str, cfg: Config, codec: str) -> float:
+    """Wall seconds of the real codec stage (fresh cache) for one configuration."""
+    from megatron_soda.data.encode_stage import EncodeConfig, encode_units
+    from megatron_soda.data.units import expand_inputs, plan_units
+
+    shutil.rmtree(codes_dir, ignore_errors=True)
+    units = plan_units(expand_inputs([manifest], "jsonl"), "jsonl")
+    ecfg = EncodeConfig(
+        codec=codec,
+        cache_codebooks=8,
+        workers=cfg.workers,
+        threads_per_worker=cfg.threads,
+        chunk_utterances=cfg.chunk_utterances,
+        job_utterances=cfg.job_utterances,
+        batch_seconds=cfg.batch_seconds,
+        precision=cfg.precision,
+    )
+    t0 = time.perf_counter()
+    encode_units(units, codes_dir, ecfg)
+    return time.perf_counter() - t0
+
+
+def one_measurement(job: dict) -> dict:
+    """One timed run (``--one``), in the fresh interpreter :func:`isolated` starts."""
+    if job["kind"] == "naive":
+        from megatron_soda.audio.codec import MimiCodec
+
+        model = MimiCodec(job["codec"], num_codebooks=8).model  # not timed
+        rows = read_manifest(job["manifest"])
+        dt, codes = naive_loop(rows, model, job["threads"])
+        np.savez(job["codes_out"], **{r["id"]: c for r, c in zip(rows, codes)})
+        return {"wall": dt}
+    cfg = Config(**job["config"])
+    return {"wall": stage1(job["manifest"], job["codes_dir"], cfg, job["codec"])}
+
+
+def isolated(job: dict) -> dict:
+    """Run one measurement in a fresh interpreter, as a real run would be: process-wide
+    state of one run (torch's thread count, the allocator tuning the codec stage applies
+    in-process with ``--workers 1``) must not leak into the next, nor into the baseline."""
+    r = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), "--one", json.dumps(job)],
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode:
+        raise RuntimeError(f"measurement {job} failed:\n{r.stderr[-4000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def cached_codes(codes_dir: str) -> dict[str, np.ndarray]:
+    from megatron_soda.data.codes_cache import read_chunk
+
+    out = {}
+    for root, _, files in os.walk(codes_dir):
+        for name in sorted(files):
+            if name.startswith("chunk-") and name.endswith(".npz"):
+                for rec in read_chunk(os.path.join(root, name)).recordings:
+                    for u in rec.utterances:
+                        out[u.id] = np.asarray(u.codes)
+    return out
+
+
+def agreement(
+    a: dict[str, np.ndarray], b: dict[str, np.ndarray], drop_last: bool = False
+) -> list[float]:
+    """Fraction of identical codes per codebook over the utterances both hold (without each
+    clip's last frame with ``drop_last``: the naive loop does not pad clips to whole frames,
+    so its last, partial frame sees different padding)."""
+    same, total = np.zeros(8), 0
+    for k in sorted(set(a) & set(b)):
+        n = min(a[k].shape[1], b[k].shape[1]) - int(drop_last)
+        same += (a[k][:8, :n] == b[k][:8, :n]).sum(axis=1)
+        total += n
+    return [round(float(v), 6) for v in same / max(total, 1)]
+
+
+class OthersLoad:
+    """CPU time that other processes (not this one or its children) took during a span, in
+    cores: 0 = the machine was ours, 1 = another job held a whole core."""
+
+    def __enter__(self) -> OthersLoad:
+        self.t0, self.busy0, self.own0 = time.perf_counter(), _busy_s(), _own_s()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = max(time.perf_counter() - self.t0, 1e-9)
+        self.cores = max(0.0, (_busy_s() - self.busy0 - (_own_s() - self.own0)) / wall)
+
+
+def _busy_s() -> float:
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_s() -> float:
+    import resource
+
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def other_busy_processes(min_cpu_s: float = 5.0) -> list[str]:
+    """Other processes (not ours, not the init process or kernel threads) that have used
+    more than ``min_cpu_s`` of CPU so far: ``pid:command``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    info: dict[int, tuple[int, float, str]] = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
+        except OSError:
+            continue
+        info[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / tick, cmd)
+
+    def ours(pid: int) -> bool:
+        while pid > 1:
+            if pid == os.getpid():
+                return True
+            pid = info.get(pid, (0, 0.0, ""))[0]
+        return False
+
+    return [
+        f"{pid}:{cmd}"
+        for pid, (_, cpu, cmd) in sorted(info.items())
+        if pid > 1 and cmd and cpu > min_cpu_s and not ours(pid)
+    ]
+
+
+# ----------------------------------------------------------------------------- main
+QUIET_CORES = 0.15  # a run counts as quiet when other processes took less than this
+
+
+@dataclass
+class Result:
+    name: str
+    walls: list[float] = field(default_factory=list)
+    startups: list[float] = field(default_factory=list)
+    others: list[float] = field(default_factory=list)  # cores taken by other processes
+
+
+def summarize(audio_s: float, r: Result, naive_med: float | None) -> dict:
+    rt = [audio_s / w for w in r.walls]
+    d = {
+        "name": r.name,
+        "wall_s": [round(w, 2) for w in r.walls],
+        "rt_total_median": round(statistics.median(rt), 2),
+        "rt_total_min": round(min(rt), 2),
+        "rt_total_max": round(max(rt), 2),
+        "others_cores": [round(o, 2) for o in r.others],
+    }
+    # steady: only where start-up is a minor part of the run (it is measured separately and
+    # carries its own noise)
+    steady = [audio_s / (w - s) for w, s in zip(r.walls, r.startups) if w - s > 0.5 * w]
+    if r.startups:
+        d["startup_s"] = [round(s, 2) for s in r.startups]
+    if steady:
+        d["rt_steady_median"] = round(statistics.median(steady), 2)
+        d["rt_steady_min"] = round(min(steady), 2)
+        d["rt_steady_max"] = round(max(steady), 2)
+    if naive_med:  # the naive loop builds its model before timing: compare steady too
+        d["vs_naive"] = round(d["rt_total_median"] / naive_med, 2)
+        if steady:
+            d["vs_naive_steady"] = round(d["rt_steady_median"] / naive_med, 2)
+    quiet = [x for x, o in zip(rt, r.others) if o < QUIET_CORES]
+    d["rt_total_quiet"] = [round(x, 2) for x in quiet]  # runs the machine was (nearly) ours
+    return d
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seconds", type=float, default=240.0, help="audio in the corpus")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--codec", default="random:full")
+    p.add_argument(
+        "--config",
+        action="append",
+        default=None,
+        help="stage-1 configuration NAME:key=value,... (repeatable); keys: workers, threads, "
+        "precision, chunk_utterances, job_utterances, batch_seconds",
+    )
+    p.add_argument("--naive-threads", type=int, default=None, help="default: torch's default")
+    p.add_argument("--no-naive", action="store_true")
+    p.add_argument("--no-startup", action="store_true", help="skip measuring start-up alone")
+    p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "soda_bench_codec"))
+    p.add_argument("--json", default=None, help="write the results here")
+    p.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one measurement
+    args = p.parse_args(argv)
+    if args.one:
+        print(json.dumps(one_measurement(json.loads(args.one))))
+        return 0
+    configs = [
+        Config.parse(c)
+        for c in (
+            args.config
+            or [
+                "w1:workers=1",
+                "w2:workers=2",
+                "w2-bf16:workers=2,precision=bf16",
+            ]
+        )
+    ]
+
+    import torch
+
+    load_before, busy_before = os.getloadavg(), other_busy_processes()
+    print(f"load average {load_before}; other busy processes: {busy_before or 'none'}")
+    corpus_dir = os.path.join(args.workdir, f"corpus-{int(args.seconds)}s")
+    t0 = time.perf_counter()
+    manifest, audio_s, n_utts = make_corpus(corpus_dir, args.seconds)
+    print(f"corpus: {n_utts} utterances, {audio_s:.1f} s audio ({time.perf_counter() - t0:.1f}s)")
+    rows = read_manifest(manifest)
+    one_dir = os.path.join(args.workdir, "one")
+    os.makedirs(one_dir, exist_ok=True)
+    one_manifest = os.path.join(one_dir, "manifest.jsonl")
+    first = {k: v for k, v in rows[0].items() if k != "path"}
+    with open(one_manifest, "w") as f:
+        f.write(json.dumps({**first, "audio": rows[0]["path"]}) + "\n")
+
+    results = {c.name: Result(c.name) for c in configs}
+    naive = Result("naive")
+    codes: dict[str, dict[str, np.ndarray]] = {}
+    for rep in range(args.repeats):
+        order = list(configs) if rep % 2 == 0 else list(reversed(configs))
+        if not args.no_naive:
+            out = os.path.join(args.workdir, "naive-codes.npz")
+            job = {"kind": "naive", "codec": args.codec, "manifest": manifest}
+            with OthersLoad() as load:
+                dt = isolated({**job, "threads": args.naive_threads, "codes_out": out})["wall"]
+            naive.walls.append(dt)
+            naive.others.append(load.cores)
+            with np.load(out) as z:
+                codes["naive"] = {k: z[k] for k in z.files}
+            print(
+                f"repeat {rep}: naive {dt:.2f}s ({audio_s / dt:.1f}x) "
+                f"[others used {load.cores:.2f} cores]",
+                flush=True,
+            )
+        for cfg in order:
+            cdir = os.path.join(args.workdir, f"codes-{cfg.name}")
+            job = {"kind": "stage1", "codec": args.codec, "config": asdict(cfg)}
+            with OthersLoad() as load:
+                wall = isolated({**job, "manifest": manifest, "codes_dir": cdir})["wall"]
+            results[cfg.name].walls.append(wall)
+            results[cfg.name].others.append(load.cores)
+            codes[cfg.name] = cached_codes(cdir)
+            msg = (
+                f"repeat {rep}: {cfg.name} {wall:.2f}s ({audio_s / wall:.1f}x incl. start-up) "
+                f"[others used {load.cores:.2f} cores]"
+            )
+            if not args.no_startup:
+                one_dir = os.path.join(args.workdir, "codes-one")
+                su = isolated({**job, "manifest": one_manifest, "codes_dir": one_dir})["wall"]
+                results[cfg.name].startups.append(su)
+                msg += f", start-up alone {su:.2f}s"
+            print(msg, flush=True)
+
+    naive_med = audio_s / statistics.median(naive.walls) if naive.walls else None
+    table = []
+    if naive.walls:
+        table.append(summarize(audio_s, naive, None))
+    table += [summarize(audio_s, results[c.name], naive_med) for c in configs]
+    ref = "naive" if "naive" in codes else configs[0].name
+    agree = {
+        name: agreement(codes[ref], c, drop_last=ref == "naive")
+        for name, c in codes.items()
+        if name != ref
+    }
+    print()
+    head = f"{'run':<12}{'rt total (med, min-max)':<28}{'rt steady (med, min-max)':<28}"
+    print(f"{head}{'vs naive (total/steady)':<25}rt total in quiet runs")
+    for d in table:
+        tot = f"{d['rt_total_median']:.1f}x ({d['rt_total_min']:.1f}-{d['rt_total_max']:.1f})"
+        st = (
+            f"{d['rt_steady_median']:.1f}x ({d['rt_steady_min']:.1f}-{d['rt_steady_max']:.1f})"
+            if "rt_steady_median" in d
+            else "-"
+        )
+        quiet = " ".join(f"{x:.1f}x" for x in d["rt_total_quiet"]) or "-"
+        vs = f"{d.get('vs_naive', '-')} / {d.get('vs_naive_steady', '-')}"
+        print(f"{d['name']:<12}{tot:<28}{st:<28}{vs:<25}{quiet}")
+    last = " (each clip's last frame excluded)" if ref == "naive" else ""
+    print(f"\ncodes identical to {ref}{last}, per codebook 0..7:")
+    for name, a in agree.items():
+        print(f"  {name:<10} {' '.join(f'{v:.4f}' for v in a)}")
+    out = {
+        "load": {"before": load_before, "after": os.getloadavg(), "others": busy_before},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "torch": torch.__version__,
+            "torch_threads_default": torch.get_num_threads(),
+        },
+        "codec": args.codec,
+        "corpus": {"utterances": n_utts, "audio_seconds": round(audio_s, 2)},
+        "repeats": args.repeats,
+        "configs": [asdict(c) for c in configs],
+        "results": table,
+        "codes_identical_to_" + ref: agree,
+        "pairwise_identical": {
+            f"{x}|{y}": agreement(codes[x], codes[y])
+            for i, x in enumerate(codes)
+            for y in list(codes)[i + 1 :]
+            if "naive" not in (x, y)
+        },
+    }
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
