@@ -6,7 +6,7 @@
 #      formats (JSONL manifest, Emilia WebDataset tars, YODAS parquet) plus web text
 #   3. preprocess: Mimi codes (random-weight Mimi, no download) -> SODA documents -> shards
 #   4. pretrain a tiny SODA model on a 95/5 speech/text blend (2 processes, TP=2 then resume)
-#   5. convert the checkpoint to Hugging Face and check transformers reproduces the loss
+#   5. convert the checkpoint to Hugging Face and check transformers reproduces the held-out loss
 #
 # Everything lands in work_dirs/quickstart (override with WORK=...).  Re-running resumes.
 set -euo pipefail
@@ -50,3 +50,8 @@ train() {
 }
 train --exit-interval 20   # the job stops (as if preempted) after saving iteration 20 ...
 train                      # ... and the restarted job resumes from that checkpoint to 40
+
+echo "== 4. convert to Hugging Face (Qwen3ForCausalLM + SODA tokenizer); transformers must score"
+echo "      the held-out data with the loss the trainer reported"
+$PY tools/checkpoint/convert_to_hf.py --load "$WORK/ckpt" --save "$WORK/hf" --overwrite
+$PY tools/checkpoint/check_hf_loss.py --hf "$WORK/hf"

@@ -174,3 +174,15 @@ def test_non_finite_loss_stops_or_skips(work):
     records = read_metrics(metrics)
     assert [r["skipped_iterations"] for r in records] == [0, 1, 2]
     assert json.loads(json.dumps(records[-1]["lm_loss"])) == "nan"
+
+
+def test_requeued_finetune_resumes_from_its_own_save_not_from_load(work, baseline):
+    """A fine-tune started with --load BASE --finetune --save OWN, stopped and restarted with the
+    same command (a Slurm requeue), continues from OWN, not from BASE's weights again."""
+    own = str(work["root"] / "ck_ft")
+    flags = ("--load", baseline["ckpt"], "--finetune", "--save", own, "--save-interval", "4")
+    metrics, first = launch(work, "ft", 1, *flags, "--exit-interval", "4")
+    assert "from iteration 0" in first.stdout  # --finetune: weights only, a fresh run
+    _, again = launch(work, "ft", 1, *flags)
+    assert f"loaded {own}" in again.stdout and "from iteration 4" in again.stdout
+    assert [r["iteration"] for r in read_metrics(metrics)] == list(range(1, ITERS + 1))

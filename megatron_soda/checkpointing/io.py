@@ -131,6 +131,9 @@ def load_checkpoint(path: str, model: list, optimizer, scheduler, *, model_cfg: 
         return None
     meta = layout.read_meta(ckpt)
     check_compatible(ckpt, meta, model_cfg, tokenizer)
+    if meta.get("weights_only") and not finetune:  # e.g. converted from Hugging Face: nothing to resume
+        log(f"{ckpt}: weights-only checkpoint, loaded as with --finetune")
+        finetune = True
     same_layout = all(meta["parallel"][k] == v for k, v in _layout().items()
                       if k in ("tensor_model_parallel_size", "pipeline_model_parallel_size"))
     with_optimizer = load_optimizer and not finetune and meta["has_optimizer"]

@@ -49,11 +49,15 @@ class Run:
         model_setup.connect_schedule_hooks(self.config, self.model, self.optimizer, args)
 
         self.state = TrainState()
-        source = args.load or (args.save if args.save and os.path.isdir(args.save) and find_checkpoint(args.save) else None)
+        # A checkpoint of this run's own (--save) wins over --load: a requeued fine-tune resumes
+        # where it stopped instead of restarting from the weights it started from.
+        own = args.save and os.path.isdir(args.save) and find_checkpoint(args.save)
+        source = args.save if own else args.load
         if source:
+            finetune = args.finetune and not own
             loaded = load_checkpoint(source, self.model, self.optimizer, self.scheduler, model_cfg=model_cfg,
                                      tokenizer=tokenizer, load_optimizer=not args.no_load_optim,
-                                     load_rng=not args.no_load_rng, finetune=args.finetune, log=self.logger.print)
+                                     load_rng=not args.no_load_rng, finetune=finetune, log=self.logger.print)
             if loaded is None:
                 self.logger.print(f"no checkpoint in {source} yet: starting from scratch")
             self.state = loaded or self.state

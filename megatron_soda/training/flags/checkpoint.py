@@ -9,7 +9,9 @@ import os
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("checkpoints and evaluation")
     g.add_argument("--save", default=None, help="checkpoint directory; a run resumes from its latest checkpoint")
-    g.add_argument("--load", default=None, help="checkpoint directory (or one iter_* inside it) to start from")
+    g.add_argument("--load", default=None,
+                   help="checkpoint directory (or one iter_* inside it) to start from; ignored once --save "
+                   "holds a checkpoint of this run (resume wins, e.g. after a requeue)")
     g.add_argument("--save-interval", type=int, default=None)
     g.add_argument("--no-save-optim", action="store_true")
     g.add_argument("--no-load-optim", action="store_true")

@@ -1,0 +1,12 @@
+"""Checkpoint conversion between megatron_soda and Hugging Face (Qwen3ForCausalLM + SODA tokenizer).
+
+* :mod:`~megatron_soda.convert.to_hf`: ``convert_to_hf`` (streams a checkpoint of any layout);
+* :mod:`~megatron_soda.convert.from_hf`: ``convert_from_hf`` (SODA models, or warm start from a
+  Qwen3 text model) at a chosen TP/PP layout;
+* :mod:`~megatron_soda.convert.loss_check`: ``check_hf_loss`` (held-out loss vs the trainer's);
+* building blocks: ``names`` (mapping, fused layouts), ``dist_reader`` (reading ``torch_dist``
+  without a process group), ``safetensors_io``, ``hf_config``, ``hf_tokenizer``, ``hf_weights``,
+  ``runtime``/``worker`` (megatron on the CPU).
+
+See docs/conversion.md.  Submodules are imported on demand (most need torch, some megatron).
+"""

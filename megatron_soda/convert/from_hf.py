@@ -1,0 +1,236 @@
+"""Hugging Face Qwen3ForCausalLM directory -> megatron_soda checkpoint at a chosen TP/PP layout.
+
+The checkpoint is written by the trainer's own code: TP x PP processes (gloo, CPU) each build
+their stage of the model with :mod:`megatron_soda.models`, copy their slice of every weight in
+(through the model's sharded state dict, so fused layouts and tensor-parallel splits come from
+megatron itself) and save with :func:`megatron_soda.checkpointing.save_checkpoint`.  The result
+is iteration 0 with no optimizer state, marked ``"weights_only": true`` in
+``soda_checkpoint.json``: ``pretrain_soda.py --load CKPT`` (with or without ``--finetune``)
+starts a fresh optimizer, schedule and data order from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+from megatron_soda.checkpointing import layout
+from megatron_soda.convert.errors import ConversionError
+from megatron_soda.convert.hf_config import hf_dir_config, model_config_from_hf
+from megatron_soda.convert.hf_tokenizer import resolve_tokenizer
+from megatron_soda.convert.hf_weights import HFWeights, extension_rows
+from megatron_soda.models.config import PRESETS, SodaModelConfig
+
+SHAPE_FLAGS = (
+    "num_layers",
+    "hidden_size",
+    "num_attention_heads",
+    "num_query_groups",
+    "kv_channels",
+    "ffn_hidden_size",
+)
+
+
+def trainer_flags(cfg: SodaModelConfig, tokenizer_dir: str, num_codebooks: int) -> list[str]:
+    """pretrain_soda.py model flags that rebuild exactly this model."""
+    shape = {k: getattr(cfg, k) for k in SHAPE_FLAGS}
+    preset = next(
+        (n for n, p in PRESETS.items() if all(getattr(p, k) == v for k, v in shape.items())), None
+    )
+    flags = ["--model-size", preset or "tiny"]
+    base = PRESETS[preset or "tiny"]
+    for k in (*SHAPE_FLAGS, "rotary_base", "norm_epsilon"):
+        if getattr(base, k) != getattr(cfg, k):
+            flags += ["--" + k.replace("_", "-"), str(getattr(cfg, k))]
+    return flags + ["--tokenizer", tokenizer_dir, "--num-codebooks", str(num_codebooks)]
+
+
+def convert_from_hf(
+    load: str,
+    save: str,
+    tensor_parallel: int = 1,
+    pipeline_parallel: int = 1,
+    *,
+    tokenizer: str | None = None,
+    num_codebooks: int | None = None,
+    seq_length: int | None = None,
+    new_row_noise: float = 0.1,
+    seed: int = 1234,
+    overwrite: bool = False,
+    in_process: bool | None = None,
+    log=print,
+) -> dict[str, Any]:
+    """Convert HF directory ``load`` into a megatron_soda checkpoint directory ``save``.
+
+    TP x PP worker processes write it (on the CPU, GPUs hidden); with TP = PP = 1 the work is
+    done in this process, unless ``in_process`` is False, this process already has a
+    torch.distributed group, or it sees a GPU."""
+    start = time.perf_counter()
+    config = hf_dir_config(load)
+    where = os.path.join(load, "config.json")
+    resolved = resolve_tokenizer(load, tokenizer, num_codebooks)
+    tok = resolved.tokenizer
+    cfg = model_config_from_hf(config, where, tok.vocab_size, seq_length)
+    try:
+        cfg.check_tensor_parallel(tensor_parallel)
+    except ValueError as e:
+        raise ConversionError(f"--tensor-model-parallel-size {tensor_parallel}: {e}") from None
+    if pipeline_parallel < 1 or cfg.num_layers % pipeline_parallel:
+        raise ConversionError(
+            f"--pipeline-model-parallel-size {pipeline_parallel} does not divide the "
+            f"{cfg.num_layers} layers"
+        )
+    tied = bool(config.get("tie_word_embeddings", False))
+    copy_rows = tok.vocab_size if resolved.soda_source else tok.layout.base_vocab_size
+    weights = HFWeights(load, cfg, tied=tied, copy_rows=copy_rows)
+    weights.check()
+    rows = weights.hf_vocab_rows()
+    if config.get("vocab_size") not in (None, rows):
+        raise ConversionError(
+            f"{where}: vocab_size {config['vocab_size']}, but the embedding has {rows} rows"
+        )
+    if resolved.soda_source and rows != tok.vocab_size:
+        raise ConversionError(
+            f"{load}: the embedding has {rows} rows, the SODA tokenizer ({resolved.how}) "
+            f"{tok.vocab_size} ids"
+        )
+    if os.path.exists(save) and os.listdir(save):
+        if not overwrite:
+            raise ConversionError(
+                f"{save}: exists and is not empty (pass --overwrite to replace it)"
+            )
+        shutil.rmtree(save)
+    os.makedirs(save, exist_ok=True)
+    world = tensor_parallel * pipeline_parallel
+    with tempfile.TemporaryDirectory(prefix=".convert_", dir=save) as work:
+        extension_path = None
+        if copy_rows < tok.vocab_size:
+            from safetensors.torch import save_file
+
+            new = tok.vocab_size - copy_rows
+            ext = {}
+            for key, hf_name in (
+                ("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
+                ("output_layer.weight", "model.embed_tokens.weight" if tied else "lm_head.weight"),
+            ):
+                ext[key] = extension_rows(
+                    weights.st.get(hf_name)[:copy_rows], new, new_row_noise, seed, key
+                )
+            extension_path = os.path.join(work, "extension.safetensors")
+            save_file(ext, extension_path)
+            del ext
+            log(
+                f"warm start: {new} new vocabulary rows ({tok.vocab_size - copy_rows - 4 - tok.layout.num_audio_tokens}"
+                f" specials, 4 markers, {tok.layout.num_audio_tokens} audio tokens): mean of the {copy_rows} "
+                f"existing rows + {new_row_noise} x their std of noise"
+            )
+        del weights
+        tok.save(os.path.join(work, "tokenizer"))
+        plan = {
+            "hf_dir": os.path.abspath(load),
+            "save": os.path.abspath(save),
+            "cfg": cfg.to_dict(),
+            "tp": tensor_parallel,
+            "pp": pipeline_parallel,
+            "world": world,
+            "store": os.path.join(work, "store"),
+            "tied": tied,
+            "copy_rows": copy_rows,
+            "extension": extension_path,
+            "tokenizer_dir": os.path.join(work, "tokenizer"),
+            "threads": max(1, (os.cpu_count() or 1) // world),
+            "run_args": {
+                "converted_from": os.path.abspath(load),
+                "tokenizer_source": resolved.how,
+                "tensor_model_parallel_size": tensor_parallel,
+                "pipeline_model_parallel_size": pipeline_parallel,
+                "warm_start": not resolved.soda_source,
+                "new_row_noise": new_row_noise,
+                "seed": seed,
+            },
+        }
+        if (
+            world == 1
+            and in_process is not False
+            and not _distributed_initialized()
+            and not _cuda()
+        ):
+            from megatron_soda.convert.worker import run
+
+            run(plan, 0)
+        else:
+            _spawn(plan, world, work)
+    ckpt = layout.iteration_dir(save, 0)
+    meta = layout.read_meta(ckpt)
+    meta.update(
+        weights_only=True,
+        converted_from={
+            "hf_dir": os.path.abspath(load),
+            "tokenizer": resolved.how,
+            "warm_start": not resolved.soda_source,
+        },
+    )
+    layout.write_json_atomic(os.path.join(ckpt, layout.META), meta)
+    flags = trainer_flags(cfg, os.path.join(ckpt, "tokenizer"), tok.layout.num_codebooks)
+    seconds = time.perf_counter() - start
+    log(
+        f"converted {load} -> {ckpt} (TP {tensor_parallel}, PP {pipeline_parallel}, weights only) in {seconds:.1f} s\n"
+        f"train from it with: pretrain_soda.py {' '.join(flags)} --load {save} --finetune "
+        f"--tensor-model-parallel-size {tensor_parallel} --pipeline-model-parallel-size {pipeline_parallel} ..."
+    )
+    return {
+        "checkpoint": ckpt,
+        "seconds": seconds,
+        "model_config": cfg.to_dict(),
+        "trainer_flags": flags,
+        "tokenizer_source": resolved.how,
+        "warm_start": not resolved.soda_source,
+    }
+
+
+def _distributed_initialized() -> bool:
+    import torch.distributed
+
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _spawn(plan: dict[str, Any], world: int, work: str) -> None:
+    """Run the ``world`` ranks through :mod:`megatron_soda.convert.worker` (a fresh interpreter,
+    so nothing depends on how the caller's ``__main__`` is written)."""
+    plan_path = os.path.join(work, "plan.json")
+    with open(plan_path, "w") as f:
+        json.dump(plan, f)
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS=str(plan["threads"]),
+        PYTHONWARNINGS="ignore",
+        CUDA_VISIBLE_DEVICES="",
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "megatron_soda.convert.worker", plan_path],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if proc.returncode != 0:
+        logs = sorted(n for n in os.listdir(work) if n.startswith("rank") and n.endswith(".log"))
+        tails = []
+        for name in logs:
+            with open(os.path.join(work, name), errors="replace") as f:
+                text = f.read().strip()
+            if "Traceback" in text:
+                tails.append(f"--- {name}\n{text[-2500:]}")
+        detail = "\n".join(tails) or (proc.stdout + proc.stderr)[-3000:]
+        raise ConversionError(f"conversion workers failed (exit {proc.returncode}):\n{detail}")

@@ -1,0 +1,148 @@
+"""``config.json``/``generation_config.json`` of a Qwen3ForCausalLM, both ways.
+
+Written by hand (no transformers needed to convert) with the rope base under both spellings:
+``rope_theta`` (transformers 4.x) and ``rope_parameters`` (5.x).  ``pad_token_id`` is left
+null on purpose: transformers builds ``nn.Embedding(..., padding_idx=pad_token_id)``, which
+would freeze the EOS embedding row during HF fine-tuning (SODA pads with EOS); padding is
+declared by the tokenizer only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from megatron_soda.convert.errors import ConversionError
+from megatron_soda.models.config import SodaModelConfig
+from megatron_soda.tokenizer import SodaTokenizer
+
+ARCHITECTURE = "Qwen3ForCausalLM"
+DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+def hf_config(cfg: SodaModelConfig, tok: SodaTokenizer, dtype: str) -> dict[str, Any]:
+    """Qwen3ForCausalLM ``config.json`` for a megatron_soda model (unpadded vocabulary)."""
+    theta = float(cfg.rotary_base)
+    return {
+        "architectures": [ARCHITECTURE],
+        "model_type": "qwen3",
+        "vocab_size": tok.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.ffn_hidden_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_query_groups,
+        "head_dim": cfg.kv_channels,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.seq_length,
+        "initializer_range": cfg.init_method_std,
+        "rms_norm_eps": cfg.norm_epsilon,
+        "rope_theta": theta,
+        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": cfg.num_layers,
+        "layer_types": ["full_attention"] * cfg.num_layers,
+        "tie_word_embeddings": False,
+        "use_cache": True,
+        "bos_token_id": tok.bos,
+        "eos_token_id": tok.eos,
+        "pad_token_id": None,
+        "dtype": DTYPE_NAMES[dtype],
+        "torch_dtype": DTYPE_NAMES[dtype],
+    }
+
+
+def generation_config(tok: SodaTokenizer) -> dict[str, Any]:
+    return {"bos_token_id": tok.bos, "eos_token_id": tok.eos, "pad_token_id": tok.eos}
+
+
+def write_json(path: str, obj: dict[str, Any]) -> None:
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+
+
+def read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise ConversionError(f"{path}: missing") from None
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+
+
+def rope_theta(config: dict[str, Any], where: str) -> float:
+    params = config.get("rope_parameters") or {}
+    scaling = config.get("rope_scaling") or {}
+    kind = (
+        params.get("rope_type")
+        or params.get("type")
+        or scaling.get("rope_type")
+        or scaling.get("type")
+        or "default"
+    )
+    if kind != "default":
+        raise ConversionError(
+            f"{where}: RoPE scaling {kind!r} is not supported (megatron_soda uses plain RoPE)"
+        )
+    theta = params.get("rope_theta", config.get("rope_theta"))
+    if theta is None:
+        raise ConversionError(f"{where}: no rope_theta")
+    return float(theta)
+
+
+def model_config_from_hf(
+    config: dict[str, Any], where: str, vocab_size: int, seq_length: int | None = None
+) -> SodaModelConfig:
+    """The megatron_soda shape of a Qwen3ForCausalLM ``config.json``; refuses anything that
+    does not map onto it (other architectures, biases, sliding windows, RoPE scaling, ...)."""
+    archs = config.get("architectures") or []
+    if ARCHITECTURE not in archs and config.get("model_type") != "qwen3":
+        raise ConversionError(
+            f"{where}: unsupported architecture {archs or config.get('model_type')!r}; only {ARCHITECTURE} "
+            "(RMSNorm, QK-norm, SwiGLU, RoPE, GQA, no biases) maps onto megatron_soda"
+        )
+    problems = []
+    if config.get("attention_bias"):
+        problems.append("attention_bias=true (megatron_soda has no biases)")
+    if config.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={config.get('hidden_act')!r} (SwiGLU needs silu)")
+    types = set(config.get("layer_types") or ["full_attention"])
+    if config.get("use_sliding_window") or types != {"full_attention"}:
+        problems.append("sliding-window attention layers")
+    if problems:
+        raise ConversionError(f"{where}: unsupported Qwen3 variant: {'; '.join(problems)}")
+    try:
+        heads = int(config["num_attention_heads"])
+        hidden = int(config["hidden_size"])
+        theta = rope_theta(config, where)
+        cfg = SodaModelConfig(
+            num_layers=int(config["num_hidden_layers"]),
+            hidden_size=hidden,
+            num_attention_heads=heads,
+            num_query_groups=int(config.get("num_key_value_heads") or heads),
+            kv_channels=int(config.get("head_dim") or hidden // heads),
+            ffn_hidden_size=int(config["intermediate_size"]),
+            seq_length=int(seq_length or config.get("max_position_embeddings") or 4096),
+            rotary_base=int(theta) if theta.is_integer() else theta,
+            norm_epsilon=float(config.get("rms_norm_eps", 1e-6)),
+            init_method_std=float(config.get("initializer_range", 0.02)),
+            vocab_size=vocab_size,
+        )
+    except KeyError as e:
+        raise ConversionError(f"{where}: missing field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise ConversionError(f"{where}: {e}") from None
+    return cfg
+
+
+def hf_dir_config(hf_dir: str) -> dict[str, Any]:
+    path = os.path.join(hf_dir, "config.json")
+    if not os.path.isdir(hf_dir):
+        raise ConversionError(f"{hf_dir}: no such directory")
+    return read_json(path)
