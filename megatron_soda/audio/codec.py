@@ -26,12 +26,10 @@ a measured fraction of frames (docs/benchmarks.md); the quantizer stays in fp32.
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import math
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -59,29 +57,6 @@ TINY_CONFIG = dict(
     upsample_groups=64,
     sliding_window=250,
 )
-
-
-def tune_cpu_allocator(threshold_bytes: int = 1 << 30) -> bool:
-    """Make glibc keep freed blocks up to ``threshold_bytes`` for reuse instead of handing
-    them back to the kernel.
-
-    The encoder's first layers produce activations of tens to hundreds of MB per clip; by
-    default glibc serves each from a fresh ``mmap``, so every forward pass pays a page fault
-    (and the kernel zeroing a page) per 4 KiB: about a quarter of CPU encode time, measured
-    (docs/benchmarks.md).  Results are bit-identical; the cost is that a process keeps its
-    peak heap.  Process-wide, so the codec stage calls it in its workers.  Returns False
-    where it does not apply (not Linux, or a libc without ``mallopt``).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-        ok = libc.mallopt(m_mmap_threshold, threshold_bytes)
-        ok = ok and libc.mallopt(m_trim_threshold, threshold_bytes)
-    except (OSError, AttributeError):
-        return False
-    return bool(ok)
 
 
 class CodecError(ValueError):

@@ -142,7 +142,8 @@ def _init_worker(cfg: EncodeConfig, threads: int | None) -> None:
     global _CODEC
     import torch
 
-    from megatron_soda.audio.codec import MimiCodec, tune_cpu_allocator
+    from megatron_soda.audio.codec import MimiCodec
+    from megatron_soda.compat.allocator import tune_cpu_allocator
 
     if threads:
         torch.set_num_threads(threads)
