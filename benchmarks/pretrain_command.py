@@ -1,0 +1,93 @@
+"""``pretrain_soda.py`` command lines of the training benchmarks: the flags of a short
+benchmark run (no evaluation, a log line and metrics record every iteration, quick data
+check) and the ``torchrun`` launch around them."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Sequence
+
+from bench_paths import REPO
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for the rendezvous of one run)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pretrain_flags(
+    *,
+    device: str,
+    model_size: str,
+    tokenizer: str,
+    num_codebooks: int,
+    data_path: Sequence[str],
+    data_cache_path: str,
+    seq_length: int,
+    micro_batch_size: int,
+    global_batch_size: int,
+    train_iters: int,
+    parallel: Sequence[str] = (),
+    lr: str | None = None,
+    metrics_jsonl: str | None = None,
+) -> list[str]:
+    """pretrain_soda.py's flags for one benchmark run; ``parallel`` (model-parallel flags)
+    goes after the sequence length, ``lr`` (default: the trainer's) after the iterations."""
+    flags = [
+        "--device",
+        device,
+        "--model-size",
+        model_size,
+        "--tokenizer",
+        tokenizer,
+        "--num-codebooks",
+        str(num_codebooks),
+        "--data-path",
+        *data_path,
+        "--data-cache-path",
+        data_cache_path,
+        "--seq-length",
+        str(seq_length),
+        *parallel,
+        "--micro-batch-size",
+        str(micro_batch_size),
+        "--global-batch-size",
+        str(global_batch_size),
+        "--train-iters",
+        str(train_iters),
+    ]
+    if lr:
+        flags += ["--lr", lr]
+    flags += [
+        "--seed",
+        "1",
+        "--log-interval",
+        "1",
+        "--eval-iters",
+        "0",
+        "--split",
+        "100,0,0",
+        "--data-check",
+        "quick",
+    ]
+    if metrics_jsonl:
+        flags += ["--metrics-jsonl", metrics_jsonl]
+    return flags
+
+
+def torchrun_command(
+    torchrun: str, nproc_per_node: int, master_port: int | None, flags: Sequence[str]
+) -> list[str]:
+    """``torchrun ... pretrain_soda.py FLAGS`` (a free port unless ``master_port``)."""
+    return [
+        torchrun,
+        "--nproc_per_node",
+        str(nproc_per_node),
+        "--master_port",
+        str(master_port or free_port()),
+        os.path.join(REPO, "pretrain_soda.py"),
+        *flags,
+    ]

@@ -1,0 +1,107 @@
+"""The summary of bench_train_cpu.py: per model and kind of run, tokens/s, model GFLOP/s,
+tokens per CPU-second and the ratios against the baseline kind, as JSON and as a table."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from typing import Any
+
+from bench_paths import DEFAULT_TOKENIZER
+
+
+def stats(values: list[float]) -> dict[str, float]:
+    """Median, min and max."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def fmt_range(s: dict[str, float], spec: str = ".0f") -> str:
+    """``median (min-max)`` of a :func:`stats` dict."""
+    return f"{s['median']:{spec}} ({s['min']:{spec}}-{s['max']:{spec}})"
+
+
+def summarize(
+    model: str, d: dict, per_kind: dict[str, list[dict]], baseline: str, repeats: int
+) -> dict:
+    """One model's summary: its config, FLOPs per token and per kind of run the statistics."""
+    from megatron_soda.models import preset
+    from megatron_soda.scaling.flops import training_flops_per_token
+    from megatron_soda.tokenizer import SodaTokenizer
+
+    vocab = (
+        SodaTokenizer.load(DEFAULT_TOKENIZER).vocab_size
+        if os.path.isfile(DEFAULT_TOKENIZER)
+        else 144644
+    )
+    shape = preset(model).with_overrides(seq_length=d["seq_length"], vocab_size=vocab).shape()
+    fpt = training_flops_per_token(shape)
+    out: dict[str, Any] = {"config": d, "training_flops_per_token": fpt, "kinds": {}}
+    for kind, runs in per_kind.items():
+        tps = [r["tokens_per_sec"] for r in runs]
+        entry: dict[str, Any] = {
+            "tokens_per_sec": stats(tps),
+            "per_repeat": tps,
+            "others_cores": [round(r["others_cores"], 2) for r in runs],
+            "gflops": stats([t * fpt / 1e9 for t in tps]),
+        }
+        if runs and "cpu_s" in runs[0]:
+            per_cpu = [r["tokens_per_step"] / statistics.median(r["cpu_s"]) for r in runs]
+            entry["tokens_per_cpu_second"] = stats(per_cpu)
+            if baseline in per_kind and kind != baseline and "cpu_s" in per_kind[baseline][0]:
+                base_cpu = [
+                    b["tokens_per_step"] / statistics.median(b["cpu_s"]) for b in per_kind[baseline]
+                ]
+                entry["cpu_ratio_vs_" + baseline] = stats(
+                    [x / y for x, y in zip(per_cpu, base_cpu)]
+                )
+        if baseline in per_kind and kind != baseline:
+            ratios = [
+                r["tokens_per_sec"] / b["tokens_per_sec"] for r, b in zip(runs, per_kind[baseline])
+            ]
+            entry["ratio_vs_" + baseline] = stats(ratios) | {"per_repeat": ratios}
+        if runs and "fetch_s" in runs[0]:
+            fetch = [statistics.median(r["fetch_s"]) for r in runs]
+            make = [statistics.median(r["make_batch_s"]) for r in runs]
+            frac = [(f + m) / statistics.median(r["step_s"]) for f, m, r in zip(fetch, make, runs)]
+            entry["data_ms_per_step"] = {
+                "fetch": stats([1e3 * x for x in fetch]),
+                "make_batch": stats([1e3 * x for x in make]),
+            }
+            entry["data_over_step"] = stats(frac)
+        out["kinds"][kind] = entry
+    return out
+
+
+def print_summary(summary: dict) -> None:
+    """The summaries as a Markdown table, then the data pipeline's share of the step."""
+    print(
+        "\n| model | run | tokens/s median (min-max) | model GFLOP/s | vs baseline (min-max) | "
+        "tokens per CPU-second | vs baseline, CPU time | others used (cores) |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for model, s in summary.items():
+        if model.startswith("data_"):
+            continue
+        c = s["config"]
+        for kind, e in s["kinds"].items():
+            ratio = next((v for k, v in e.items() if k.startswith("ratio_vs_")), None)
+            cpu_ratio = next((v for k, v in e.items() if k.startswith("cpu_ratio_vs_")), None)
+            per_cpu = e.get("tokens_per_cpu_second")
+            print(
+                f"| {model} (seq {c['seq_length']}, {c['global_batch_size']}x{c['seq_length']} tokens/step) | "
+                f"{kind} | {fmt_range(e['tokens_per_sec'])} | {e['gflops']['median']:.1f} | "
+                f"{'-' if ratio is None else fmt_range(ratio, '.2f')} | "
+                f"{'-' if per_cpu is None else fmt_range(per_cpu)} | "
+                f"{'-' if cpu_ratio is None else fmt_range(cpu_ratio, '.2f')} | {e['others_cores']} |"
+            )
+    for model, s in summary.items():
+        if model.startswith("data_"):
+            continue
+        e = s["kinds"].get("megatron")
+        if e and "data_over_step" in e:
+            print(
+                f"{model}: data pipeline per step: fetch {fmt_range(e['data_ms_per_step']['fetch'], '.1f')} ms + "
+                f"make_batch {fmt_range(e['data_ms_per_step']['make_batch'], '.1f')} ms = "
+                f"{100 * e['data_over_step']['median']:.2f}% of the step "
+                f"({100 * e['data_over_step']['min']:.2f}-{100 * e['data_over_step']['max']:.2f}%)"
+            )
