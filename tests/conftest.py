@@ -37,6 +37,17 @@ def train_small_bpe(path: str, vocab_size: int = 512) -> str:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny matmuls: one thread is faster, and immune to a machine shared with other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def llama3_path() -> str:
     return llama3_tokenizer_path()

@@ -41,19 +41,10 @@ from megatron_soda.models import preset
 from megatron_soda.tokenizer import SodaTokenizer
 from megatron_soda.tokenizer.hf_export import to_hf_string
 
-pytestmark = pytest.mark.torchrun
+pytestmark = [pytest.mark.torchrun, pytest.mark.usefixtures("one_torch_thread")]
 
 PARITY_ATOL = 1e-5
 QUIET = {"log": lambda *a, **k: None}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matmuls: one thread is faster, and immune to a machine shared with other jobs."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -24,18 +24,11 @@ from megatron_soda.convert.to_hf import convert_to_hf
 from megatron_soda.models import preset
 from megatron_soda.tokenizer import SodaTokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 QUIET = {"log": lambda *a, **k: None}
 TOOLS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "checkpoint"
 )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
