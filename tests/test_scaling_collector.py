@@ -181,3 +181,35 @@ def test_collect_errors(tmp_path):
     (run / schema.RUN_META_FILE).write_text('{"name": "r"}')
     with pytest.raises(ScalingError, match="missing keys"):
         collect([str(tmp_path)])
+
+
+def test_eval_samples_fix_the_held_out_set_across_batches(tmp_path):
+    rule = load_rule("tiny").with_overrides({"vocab_size": 2566}, {"widths": [64, 128, 192, 256]})
+    runs = plan([1e13], rule).runs
+    assert len({r.batch_size for r in runs}) > 1
+    cfg = LaunchConfig(out_dir=str(tmp_path / "sweep"), launcher="python", eval_samples=64)
+    write_sweep(runs, cfg)
+    for run in runs:
+        script = (tmp_path / "sweep" / run.name / schema.LAUNCH_SCRIPT).read_text()
+        iters = -(-64 // run.batch_size)
+        assert f"--eval-iters {iters}" in script and iters * run.batch_size >= 64
+        meta = json.loads((tmp_path / "sweep" / run.name / schema.RUN_META_FILE).read_text())
+        assert meta["eval_iters"] == iters
+    write_sweep(runs, LaunchConfig(out_dir=str(tmp_path / "plain"), launcher="python"))
+    plain = (tmp_path / "plain" / runs[0].name / schema.LAUNCH_SCRIPT).read_text()
+    assert "--eval-iters" not in plain
+
+
+def test_micro_batch_per_data_parallel_rank(tmp_path):
+    rule = load_rule("tiny").with_overrides({"vocab_size": 2566}, {"widths": [64, 128, 192, 256]})
+    runs = plan([1e13], rule).runs
+    cfg = LaunchConfig(out_dir=str(tmp_path / "dp"), launcher="torchrun --nproc-per-node 2",
+                       micro_batch_size=0, data_parallel=2)  # fmt: skip
+    write_sweep(runs, cfg)
+    for run in runs:
+        script = (tmp_path / "dp" / run.name / schema.LAUNCH_SCRIPT).read_text()
+        assert f"--micro-batch-size {run.batch_size // 2} " in script
+    with pytest.raises(ScalingError, match="not divisible by --data-parallel 3"):
+        write_sweep(
+            runs, LaunchConfig(out_dir=str(tmp_path / "dp3"), micro_batch_size=0, data_parallel=3)
+        )

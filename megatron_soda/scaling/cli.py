@@ -129,13 +129,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--data-path", default="${DATA_PATH}")
     p.add_argument("--tokenizer", default="${TOKENIZER}")
-    p.add_argument("--micro-batch-size", type=int, default=1, help="0: the whole global batch")
+    p.add_argument("--micro-batch-size", type=int, default=1,
+                   help="0: the whole global batch per data-parallel rank (no accumulation)")  # fmt: skip
+    p.add_argument("--data-parallel", type=int, default=1,
+                   help="data-parallel ranks the --launcher starts (e.g. torchrun --nproc-per-node 2"
+                   " on a CPU): with --micro-batch-size 0 the micro batch is batch / this")  # fmt: skip
     p.add_argument(
         "--model-size", default="135m", help="trainer preset for fields a plan does not set"
     )
     p.add_argument(
         "--eval-interval", type=int, help="default: each run's step count (eval at the end)"
     )
+    p.add_argument("--eval-samples", type=int,
+                   help="held-out sequences per evaluation, the same for every run (sets "
+                   "--eval-iters = ceil(N / batch) per run; default: the trainer's --eval-iters)")  # fmt: skip
     p.add_argument(
         "--omit-flag", action="append", default=[], help="drop a trainer flag (repeatable)"
     )
@@ -244,12 +251,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_launch(args: argparse.Namespace) -> int:
     from megatron_soda.scaling.launcher import LaunchConfig, run_local, write_sweep
 
+    if args.eval_samples is not None and args.eval_samples <= 0:
+        raise ScalingError("--eval-samples must be a positive number of sequences")
     p = _plan(args)
     cfg = LaunchConfig(
         out_dir=args.out, trainer=args.trainer, launcher=args.launcher, data_path=args.data_path or None,
         tokenizer=args.tokenizer or None, num_codebooks=args.num_codebooks,
-        micro_batch_size=args.micro_batch_size, model_size=args.model_size or None,
-        eval_interval=args.eval_interval, extra_args=tuple(shlex.split(args.extra_args)),
+        micro_batch_size=args.micro_batch_size, data_parallel=args.data_parallel, model_size=args.model_size or None,
+        eval_interval=args.eval_interval, eval_samples=args.eval_samples, extra_args=tuple(shlex.split(args.extra_args)),
         omit_flags=tuple(args.omit_flag), job_name=args.job_name, partition=args.partition,
         account=args.account, time_limit=args.time_limit, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
         cpus_per_task=args.cpus_per_task, max_concurrent=args.max_concurrent,

@@ -75,11 +75,16 @@ class LaunchConfig:
     data_path: str | None = "${DATA_PATH}"  # "$VAR" values are expanded by the shell at run time
     tokenizer: str | None = "${TOKENIZER}"
     num_codebooks: int | None = None  # None: the plan's (recipe) value
-    micro_batch_size: int = 1  # 0: the global batch (no gradient accumulation, one process)
+    micro_batch_size: int = 1  # 0: the global batch / data_parallel (no gradient accumulation)
+    data_parallel: int = 1  # ranks the launcher starts per run (for micro_batch_size 0 only)
     model_size: str | None = (
         "135m"  # preset for the fields a plan does not set (norm eps, RoPE base)
     )
     eval_interval: int | None = None  # None: the run's step count, so the last step is evaluated
+    # Held-out sequences per evaluation, the same for every run: --eval-iters = ceil(this / batch).
+    # The trainer evaluates --eval-iters global batches, i.e. a batch-size-dependent subset of
+    # the held-out data; runs with different batches would otherwise be scored on different sets.
+    eval_samples: int | None = None
     extra_args: tuple[str, ...] = ()
     omit_flags: tuple[str, ...] = ()
     job_name: str = "soda-isoflop"
@@ -96,7 +101,7 @@ class LaunchConfig:
 def trainer_values(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> dict[str, object]:
     """Every value a TRAINER_FLAGS entry may refer to."""
     values: dict[str, object] = dict(run.to_dict())
-    micro = cfg.micro_batch_size or run.batch_size
+    micro = cfg.micro_batch_size or run.batch_size // max(cfg.data_parallel, 1)
     values.update(
         micro_batch_size=min(micro, run.batch_size),
         min_lr=0.0,
@@ -124,7 +129,15 @@ def build_argv(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> list[str]:
         if flag in omit or value is None:
             continue
         argv += [flag, _format_value(value)]
+    if cfg.eval_samples:
+        argv += ["--eval-iters", str(eval_iters(run, cfg))]
     return argv + list(cfg.extra_args)
+
+
+def eval_iters(run: PlannedRun, cfg: LaunchConfig) -> int | None:
+    """Global batches per evaluation so that every run sees ``cfg.eval_samples`` sequences
+    (rounded up to whole batches; choose a multiple of the batch sizes to make it exact)."""
+    return -(-cfg.eval_samples // run.batch_size) if cfg.eval_samples else None
 
 
 def command_line(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> str:
@@ -161,6 +174,7 @@ def run_metadata(run: PlannedRun, cfg: LaunchConfig, command: str) -> dict:
         metrics_jsonl=schema.METRICS_FILE,  # relative to the run directory: sweeps can move
         save="checkpoints",
         num_codebooks=cfg.num_codebooks or run.recipe.num_codebooks,
+        eval_iters=eval_iters(run, cfg),
         data_path=cfg.data_path,
         tokenizer=cfg.tokenizer,
         command=command,
@@ -176,6 +190,13 @@ def write_sweep(runs: Sequence[PlannedRun], cfg: LaunchConfig) -> dict[str, obje
     out = os.path.abspath(cfg.out_dir)
     os.makedirs(out, exist_ok=True)
     names = [r.name for r in runs]
+    if cfg.data_parallel < 1:
+        raise ScalingError("--data-parallel must be >= 1")
+    if not cfg.micro_batch_size and cfg.data_parallel > 1:
+        odd = [r.name for r in runs if r.batch_size % cfg.data_parallel]
+        if odd:
+            raise ScalingError(f"batch not divisible by --data-parallel {cfg.data_parallel}: "
+                               f"{', '.join(odd)} (raise --min-batch)")  # fmt: skip
     if len(set(names)) != len(names):
         raise ScalingError("duplicate run names in the plan")
     commands, scripts = [], []
