@@ -23,21 +23,19 @@ if TYPE_CHECKING:
 
 
 def _hf_batches(
-    spec: dict[str, Any], n: int
+    spec: dict[str, Any], n: int, eod: int
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Micro-batches for the HF loop: windows of seq+1 tokens from the same shards, restarted
     position ids from EOS (the trainer's own helper), built before any timing."""
     import torch
 
-    from megatron_soda.tokenizer import SodaTokenizer
+    from megatron_soda.data.shards import read_index
     from megatron_soda.training.data import document_ids, restarted_positions
-    from megatron_soda.training.data_checks import read_index
 
-    eod = SodaTokenizer.load(spec["tokenizer"], num_codebooks=spec["num_codebooks"]).eod
     prefixes = spec["data_path"][1::2] if len(spec["data_path"]) > 1 else spec["data_path"]
     arrays = []
     for p in prefixes:
-        dtype, _, _ = read_index(p + ".idx")
+        dtype, _, _, _ = read_index(p + ".idx")
         arrays.append(np.memmap(p + ".bin", dtype=dtype, mode="r"))
     rng = np.random.default_rng(0)
     s, b = spec["seq_length"], spec["micro_batch_size"]
@@ -54,15 +52,14 @@ def _hf_batches(
     return out
 
 
-def hf_config(spec: dict[str, Any], attn: str) -> Qwen3Config:
-    """The Qwen3Config of the run's model preset (``attn``: transformers' attention)."""
+def hf_config(spec: dict[str, Any], attn: str, vocab_size: int) -> Qwen3Config:
+    """The Qwen3Config of the run's model preset (``attn``: transformers' attention;
+    ``vocab_size``: the tokenizer's, unpadded)."""
     from transformers import Qwen3Config
 
     from megatron_soda.models import preset
-    from megatron_soda.tokenizer import SodaTokenizer
 
-    vocab = SodaTokenizer.load(spec["tokenizer"], num_codebooks=spec["num_codebooks"]).vocab_size
-    cfg = preset(spec["model"]).with_overrides(seq_length=spec["seq_length"], vocab_size=vocab)
+    cfg = preset(spec["model"]).with_overrides(seq_length=spec["seq_length"], vocab_size=vocab_size)
     return Qwen3Config(
         vocab_size=cfg.padded_vocab_size,
         hidden_size=cfg.hidden_size,
@@ -88,12 +85,15 @@ def run_hf(spec: dict[str, Any], attn: str) -> dict[str, Any]:
     import torch
     from transformers import Qwen3ForCausalLM
 
+    from megatron_soda.tokenizer import SodaTokenizer
+
     torch.manual_seed(1)
     warmup, steps = spec["warmup"], spec["steps"]
     n_micro = spec["global_batch_size"] // spec["micro_batch_size"]
     z_weight = 1e-4
     t_build = time.perf_counter()
-    model = Qwen3ForCausalLM(hf_config(spec, attn)).float().train()
+    tok = SodaTokenizer.load(spec["tokenizer"], num_codebooks=spec["num_codebooks"])
+    model = Qwen3ForCausalLM(hf_config(spec, attn, tok.vocab_size)).float().train()
     decay = [p for n, p in model.named_parameters() if p.dim() > 1 and "embed_tokens" not in n]
     no_decay = [
         p for n, p in model.named_parameters() if not (p.dim() > 1 and "embed_tokens" not in n)
@@ -105,8 +105,8 @@ def run_hf(spec: dict[str, Any], attn: str) -> dict[str, Any]:
         eps=1e-16,
     )
     build_s = time.perf_counter() - t_build
-    doc_mask_leak = _document_mask_leak(model, spec)
-    data = _hf_batches(spec, (warmup + steps) * n_micro)
+    doc_mask_leak = _document_mask_leak(model, tok.eod)
+    data = _hf_batches(spec, (warmup + steps) * n_micro, tok.eod)
     params = list(model.parameters())
     step, cpu, losses = [], [], []
     tokens_per_step = spec["global_batch_size"] * spec["seq_length"]
@@ -150,15 +150,12 @@ def run_hf(spec: dict[str, Any], attn: str) -> dict[str, Any]:
     }
 
 
-def _document_mask_leak(model: Qwen3ForCausalLM, spec: dict[str, Any]) -> float:
+def _document_mask_leak(model: Qwen3ForCausalLM, eod: int) -> float:
     """Largest change of the second document's logits when the first document changes, with
     restarted position ids and no attention mask (how the HF runs are fed): 0.0 means
     transformers applied a document mask, as the trainer does."""
     import torch
 
-    from megatron_soda.tokenizer import SodaTokenizer
-
-    eod = SodaTokenizer.load(spec["tokenizer"], num_codebooks=spec["num_codebooks"]).eod
     g = torch.Generator().manual_seed(0)
     a = torch.randint(0, 1000, (1, 64), generator=g)
     a[0, 20] = eod

@@ -36,10 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-SAMPLE_RATE = 24_000
-FRAME_RATE = 12.5
+from megatron_soda.audio.io import TARGET_SAMPLE_RATE as SAMPLE_RATE
+from megatron_soda.tokenizer.layout import CODEBOOK_SIZE, FRAME_RATE, MAX_CODEBOOKS
+
 SAMPLES_PER_FRAME = 1920
-MAX_CODEBOOKS = 32
 PRECISIONS = ("fp32", "bf16")
 GPU_BATCH_SECONDS = 240.0
 
@@ -222,7 +222,7 @@ class MimiCodec:
             else _build_pretrained(self.spec, decoder)
         )
         cfg = model.config
-        if cfg.sampling_rate != SAMPLE_RATE or cfg.codebook_size != 2048:
+        if cfg.sampling_rate != SAMPLE_RATE or cfg.codebook_size != CODEBOOK_SIZE:
             raise CodecError(
                 f"codec {self.spec}: expected 24 kHz and 2048-entry codebooks, got {cfg.sampling_rate} Hz / {cfg.codebook_size}"
             )
@@ -245,9 +245,6 @@ class MimiCodec:
         self.batch_samples = (
             0 if batch_seconds <= 0 else max(self.chunk_samples, int(batch_seconds * SAMPLE_RATE))
         )
-
-    def fingerprint(self) -> str:
-        return codec_fingerprint(self.spec, self.chunk_samples / SAMPLE_RATE, self.precision)
 
     def num_frames(self, num_samples: int) -> int:
         return -(-num_samples // self.samples_per_frame)

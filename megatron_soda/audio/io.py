@@ -73,8 +73,12 @@ def _check_ogg_truncation(tail: bytes, where: str) -> None:
         raise AudioError(f"{where}: truncated Ogg stream (last page has no end-of-stream flag)")
 
 
-def _open(src: str | bytes, where: str) -> tuple[sf.SoundFile, int]:
-    if isinstance(src, str):
+def _read_head(src: str | bytes, where: str) -> tuple[bytes, int]:
+    """The first 4 KiB and the size of a source; a missing, directory or empty source is an
+    :class:`AudioError`."""
+    if isinstance(src, bytes):
+        size, head = len(src), src[:4096]
+    else:
         if not os.path.exists(src):
             raise AudioError(f"{where}: no such file")
         if os.path.isdir(src):
@@ -82,18 +86,27 @@ def _open(src: str | bytes, where: str) -> tuple[sf.SoundFile, int]:
         size = os.path.getsize(src)
         with open(src, "rb") as f:
             head = f.read(4096)
-            f.seek(max(0, size - 65536))
-            tail = f.read()
-        handle: str | io.BytesIO = src
-    else:
-        size, head, tail, handle = len(src), src[:4096], src[-65536:], io.BytesIO(src)
     if size == 0:
         raise AudioError(f"{where}: empty file (0 bytes)")
+    return head, size
+
+
+def _read_tail(src: str | bytes, size: int) -> bytes:
+    if isinstance(src, bytes):
+        return src[-65536:]
+    with open(src, "rb") as f:
+        f.seek(max(0, size - 65536))
+        return f.read()
+
+
+def _open(src: str | bytes, where: str, head: bytes, size: int) -> sf.SoundFile:
+    """Open a source whose head was read by :func:`_read_head`, after the container checks
+    that catch truncation libsndfile would not report."""
     _check_wav_truncation(head, size, where)
     if head[:4] == b"OggS":
-        _check_ogg_truncation(tail, where)
+        _check_ogg_truncation(_read_tail(src, size), where)
     try:
-        return sf.SoundFile(handle), size
+        return sf.SoundFile(io.BytesIO(src) if isinstance(src, bytes) else src)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise AudioError(f"{where}: not a readable audio file ({_short(e)})") from e
 
@@ -139,25 +152,20 @@ def decode_segments(
     unusable (missing, empty, not audio, truncated, undecodable).
     """
     where = _describe(src, name)
-    head = src[:4] if isinstance(src, bytes) else None
-    if head is None and os.path.isfile(src):
-        with open(src, "rb") as fh:
-            head = fh.read(4)
-    is_mp3 = bool(head) and (
-        head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
-    )
+    head, size = _read_head(src, where)
+    is_mp3 = head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
     with _quiet_native_stderr() if is_mp3 else contextlib.nullcontext():
-        return _decode_segments(src, segments, where, target_sample_rate, expected_duration)
+        f = _open(src, where, head, size)
+        return _decode_segments(f, segments, where, target_sample_rate, expected_duration)
 
 
 def _decode_segments(
-    src: str | bytes,
+    f: sf.SoundFile,
     segments: Sequence[Segment],
     where: str,
     target_sample_rate: int,
     expected_duration: float | None,
 ) -> list[np.ndarray | AudioError]:
-    f, _ = _open(src, where)
     with f:
         sr, declared = f.samplerate, f.frames
         if sr <= 0:

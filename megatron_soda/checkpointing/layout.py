@@ -18,6 +18,8 @@ import json
 import os
 import shutil
 
+from megatron_soda import atomic_files
+
 TRACKER = "latest_checkpointed_iteration.txt"
 META = "soda_checkpoint.json"
 
@@ -44,12 +46,8 @@ def _fsync_dir(path: str) -> None:
 
 
 def write_json_atomic(path: str, obj: object) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Checkpoint metadata: durable (fsynced) before it is renamed into place."""
+    atomic_files.write_json_atomic(path, obj, durable=True, indent=2, sort_keys=True)
 
 
 def read_tracker(root: str) -> int | None:
@@ -64,13 +62,7 @@ def read_tracker(root: str) -> int | None:
 
 
 def write_tracker(root: str, iteration: int) -> None:
-    path = os.path.join(root, TRACKER)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(f"{iteration}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_files.write_text_atomic(os.path.join(root, TRACKER), f"{iteration}\n", durable=True)
     _fsync_dir(root)
 
 

@@ -6,7 +6,6 @@ import argparse
 import glob
 import json
 import logging
-import os
 import sys
 
 from megatron_soda.data.interleave import INTERLEAVE_MODES
@@ -220,7 +219,3 @@ def merge_main(argv: list[str] | None = None) -> int:
         )
     )
     return EXIT_OK
-
-
-def repo_root() -> str:
-    return os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.data.records import InputError
 
 CACHE_VERSION = 1
@@ -156,7 +157,4 @@ class UnitCache:
 
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, indent=1, sort_keys=True)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
-from megatron_soda.audio.codec import codec_fingerprint, parse_codec_spec
+from megatron_soda.audio.codec import SAMPLE_RATE, codec_fingerprint, parse_codec_spec
 from megatron_soda.audio.io import AudioError, Segment, decode_segments
 from megatron_soda.data.codes_cache import (
     Chunk,
@@ -80,15 +80,18 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def unit_cache(codes_dir: str, unit: WorkUnit, cfg: EncodeConfig) -> UnitCache:
-    description = {
-        **unit.describe(),
+def unit_caches(codes_dir: str, units: list[WorkUnit], cfg: EncodeConfig) -> list[UnitCache]:
+    """Each unit's codes cache, keyed by the unit and the codec (fingerprinted once: for a
+    pretrained codec that reads its weight files)."""
+    codec = {
         "codec": str(parse_codec_spec(cfg.codec)),
         "codec_fingerprint": codec_fingerprint(cfg.codec, cfg.chunk_seconds, cfg.precision),
         "cache_codebooks": cfg.cache_codebooks,
         "chunk_utterances": cfg.chunk_utterances,
     }
-    return UnitCache(os.path.join(codes_dir, unit.name), description)
+    return [
+        UnitCache(os.path.join(codes_dir, u.name), {**u.describe(), **codec}) for u in units
+    ]
 
 
 def chunk_stream(
@@ -99,14 +102,10 @@ def chunk_stream(
     With a record-level slice, read errors (bad lines) are reported by slice 0 only."""
     recs: list[Recording] = []
     errors: list[InputError] = []
-    n_utts, position = 0, 0
-    for item in read_source(unit.path, unit.fmt):
+    n_utts = 0
+    for item in unit.select(read_source(unit.path, unit.fmt)):
         if isinstance(item, InputError):
-            if unit.offset == 0:
-                errors.append(item)
-            continue
-        position += 1
-        if not unit.takes(position - 1):
+            errors.append(item)
             continue
         recs.append(item)
         n_utts += len(item.utterances)
@@ -193,7 +192,7 @@ def encode_job(recordings: list[Recording]) -> dict:
     flat = [w for waves in all_waves for w in waves if w is not None]
     codes = iter(_CODEC.encode(flat) if flat else [])
     encoded = [
-        [None if w is None else (w.size / 24000.0, next(codes)) for w in waves]
+        [None if w is None else (w.size / SAMPLE_RATE, next(codes)) for w in waves]
         for waves in all_waves
     ]
     return {"encoded": encoded, "errors": errors}
@@ -293,7 +292,7 @@ class _Pending:
 
 def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> list[UnitCache]:
     """Run (or resume) the codec stage for every unit; returns their complete caches."""
-    caches = [unit_cache(codes_dir, u, cfg) for u in units]
+    caches = unit_caches(codes_dir, units, cfg)
     todo = [(u, c) for u, c in zip(units, caches) if not c.is_complete()]
     if not todo:
         logger.info("encode: all %d units already cached in %s", len(units), codes_dir)
@@ -357,9 +356,12 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-        elif saved_threads is not None:
-            import torch
+        else:  # in-process: free the codec before the token stage, restore torch's threads
+            global _CODEC
+            _CODEC = None
+            if saved_threads is not None:
+                import torch
 
-            torch.set_num_threads(saved_threads)
+                torch.set_num_threads(saved_threads)
         progress.close()
     return caches

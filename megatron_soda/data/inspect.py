@@ -8,7 +8,7 @@ import os
 import sys
 
 from megatron_soda.data.shards import ShardError, read_document, validate_shard
-from megatron_soda.tokenizer import KIND_NAMES, SodaTokenizer, TokenLayout
+from megatron_soda.tokenizer import KIND_NAMES, SodaTokenizer, TokenizerError, TokenLayout
 
 
 def inspect_main(argv: list[str] | None = None) -> int:
@@ -34,12 +34,12 @@ def inspect_main(argv: list[str] | None = None) -> int:
         tok = SodaTokenizer.load(
             args.tokenizer, num_codebooks=layout.num_codebooks if layout else 8
         )
-        if layout is not None and tok.layout != layout:
-            print(
-                f"inspect_shards: error: {args.tokenizer} does not match the layout in {stats_path}",
-                file=sys.stderr,
-            )
-            return 2
+        if layout is not None:
+            try:
+                tok.check_layout(layout, where=f"{stats_path} vs --tokenizer {args.tokenizer}")
+            except TokenizerError as e:
+                print(f"inspect_shards: error: {e}", file=sys.stderr)
+                return 2
         layout = tok.layout
     try:
         summary = validate_shard(

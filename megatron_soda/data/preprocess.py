@@ -10,11 +10,12 @@ Outputs for ``--output-prefix P`` (``P`` gains ``_{I:05d}_of_{K:05d}`` with ``--
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 
-from megatron_soda.data.encode_stage import EncodeConfig, encode_units, unit_cache
+from megatron_soda.data.encode_stage import EncodeConfig, encode_units, unit_caches
 from megatron_soda.data.shards import ShardWriter, write_json_atomic, write_jsonl_atomic
 from megatron_soda.data.sources import INPUT_FORMATS
 from megatron_soda.data.tokenize_stage import (
@@ -56,7 +57,6 @@ class PreprocessConfig:
     json_keys: tuple[str, ...] = ("text",)
     max_error_rate: float = 0.01
     chunk_utterances: int = 128
-    extra: dict = field(default_factory=dict)
 
     @property
     def shard_prefix(self) -> str:
@@ -111,7 +111,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         if cfg.stage in ("all", "encode"):
             caches = encode_units(units, cfg.resolved_codes_dir, ecfg)
         else:
-            caches = [unit_cache(cfg.resolved_codes_dir, u, ecfg) for u in units]
+            caches = unit_caches(cfg.resolved_codes_dir, units, ecfg)
             missing = [c.description["input"] for c in caches if not c.is_complete()]
             if missing:
                 raise PreprocessError(
@@ -133,6 +133,19 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         out.abort()
         raise
     return write_reports(cfg, tokenizer, out)
+
+
+# What describes how a shard was made (its header in P.stats.json); merging keeps these.
+HEADER_KEYS = (
+    "codec_precision",
+    "format",
+    "interleave",
+    "codec",
+    "num_codebooks",
+    "layout",
+    "tokenizer_sha256",
+    "split_fraction",
+)
 
 
 def _header(cfg: PreprocessConfig, tokenizer: SodaTokenizer) -> dict:
@@ -190,8 +203,6 @@ def write_reports(cfg: PreprocessConfig, tokenizer: SodaTokenizer, out: OutputSe
 
 def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
     """Combine shard outputs (in the order given) into one prefix, splits kept apart."""
-    import json
-
     if not prefixes:
         raise PreprocessError("merge: no input prefixes")
     stats = []
@@ -222,20 +233,7 @@ def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
         except BaseException:
             w.abort()
             raise
-    header = {
-        k: v
-        for k, v in stats[0].items()
-        if k
-        in (
-            "format",
-            "interleave",
-            "codec",
-            "num_codebooks",
-            "layout",
-            "tokenizer_sha256",
-            "split_fraction",
-        )
-    }
+    header = {k: v for k, v in stats[0].items() if k in HEADER_KEYS}
     header["merged_from"] = [os.path.basename(p) for p in prefixes]
     errors: list[dict] = []
     for p in prefixes:
@@ -253,7 +251,3 @@ def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
     write_json_atomic(output_prefix + ".stats.json", summary)
     write_jsonl_atomic(output_prefix + ".errors.jsonl", errors)
     return summary
-
-
-def config_dict(cfg: PreprocessConfig) -> dict:
-    return asdict(cfg)

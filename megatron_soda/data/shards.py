@@ -16,11 +16,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from megatron_soda import atomic_files
+
 with warnings.catch_warnings():  # megatron.core warns about absent TE/apex on import
     warnings.simplefilter("ignore")
-    from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
 
 _IDX_MAGIC = b"MMIDIDX\x00\x00"
+_IDX_HEADER_BYTES = 9 + 8 + 1 + 8 + 8  # magic, version, dtype code, sequences, documents
 _TMP = ".tmp-inprogress"
 
 
@@ -29,19 +32,15 @@ class ShardError(ValueError):
 
 
 def write_json_atomic(path: str, obj: object) -> None:
-    tmp = path + _TMP
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=2, ensure_ascii=False, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    """A report (``P.stats.json``): readable, keys sorted, non-ASCII text kept."""
+    atomic_files.write_json_atomic(
+        path, obj, tmp_suffix=_TMP, end="\n", indent=2, ensure_ascii=False, sort_keys=True
+    )
 
 
 def write_jsonl_atomic(path: str, rows: list[dict]) -> None:
-    tmp = path + _TMP
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    atomic_files.write_text_atomic(path, text, tmp_suffix=_TMP)
 
 
 class ShardWriter:
@@ -79,6 +78,29 @@ class ShardWriter:
                 os.remove(p)
 
 
+def read_index(idx_path: str) -> tuple[np.dtype, np.ndarray, np.ndarray, int]:
+    """Token dtype, sequence lengths, byte pointers and document count of a Megatron ``.idx``,
+    after checking its header and that the file is as long as the header promises."""
+    size = os.path.getsize(idx_path)
+    with open(idx_path, "rb") as f:
+        head = f.read(_IDX_HEADER_BYTES)
+    if len(head) < _IDX_HEADER_BYTES or head[:9] != _IDX_MAGIC:
+        raise ShardError(f"{idx_path}: not a Megatron index file (bad or truncated header)")
+    version, code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:])
+    if version != 1 or code not in {d.value for d in DType}:
+        raise ShardError(f"{idx_path}: unsupported index version {version} / dtype code {code}")
+    need = _IDX_HEADER_BYTES + n_seq * (4 + 8) + n_doc * 8
+    if size < need:
+        raise ShardError(
+            f"{idx_path}: truncated index ({size} bytes, header promises {need} for {n_seq} sequences)"
+        )
+    lengths = np.fromfile(idx_path, dtype=np.int32, count=n_seq, offset=_IDX_HEADER_BYTES)
+    pointers = np.fromfile(
+        idx_path, dtype=np.int64, count=n_seq, offset=_IDX_HEADER_BYTES + 4 * n_seq
+    )
+    return np.dtype(DType.dtype_from_code(code)), lengths, pointers, n_doc
+
+
 @dataclass
 class ShardSummary:
     prefix: str
@@ -101,17 +123,8 @@ def validate_shard(
     for p in (idx, bin_):
         if not os.path.isfile(p):
             raise ShardError(f"{p}: missing (expected the pair {prefix}.idx/.bin)")
-    with open(idx, "rb") as f:
-        head = f.read(9 + 8 + 1 + 8 + 8)
-    if len(head) < 34 or head[:9] != _IDX_MAGIC:
-        raise ShardError(f"{idx}: not a Megatron index file (bad header)")
-    version, dtype_code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:34])
-    expected_idx = 34 + n_seq * 4 + n_seq * 8 + n_doc * 8
-    if os.path.getsize(idx) < expected_idx:
-        raise ShardError(
-            f"{idx}: truncated ({os.path.getsize(idx)} bytes, header implies {expected_idx})"
-        )
-    if n_seq == 0:  # a legitimately empty shard (e.g. a split side that got no recording)
+    _, lengths, _, n_doc = read_index(idx)
+    if len(lengths) == 0:  # a legitimately empty shard (e.g. a split side that got no recording)
         if os.path.getsize(bin_) != 0:
             raise ShardError(f"{bin_}: {os.path.getsize(bin_)} bytes, but the index describes none")
         return ShardSummary(prefix, max(0, n_doc - 1), 0, 0, 0, 0)

@@ -109,10 +109,11 @@ def read_webdataset(path: str) -> Iterator[Recording | InputError]:
         return
     pending: dict[str, dict] = {}  # key -> {"audio": (ext, bytes), "json": dict}
     current: Recording | None = None
+    current_spk: str | None = None  # the speaker of `current` (its id may carry a #n suffix)
     spk_seen: dict[str, int] = {}
 
     def flush_key(key: str) -> Iterator[Recording | InputError]:
-        nonlocal current
+        nonlocal current, current_spk
         parts = pending.pop(key)
         if "audio" not in parts:
             yield InputError(path, key, "metadata json without an audio member")
@@ -138,12 +139,13 @@ def read_webdataset(path: str) -> Iterator[Recording | InputError]:
             else None,
         )
         spk = _speaker_of(meta, key)
-        if current is None or current.utterances and current.id.split("#")[0] != spk:
+        if spk != current_spk:
             if current is not None:
                 yield current
             n = spk_seen.get(spk, 0) + 1
             spk_seen[spk] = n
             current = Recording(spk if n == 1 else f"{spk}#{n}", path)
+            current_spk = spk
         current.utterances.append(Utterance(str(meta.get("id", key)), text, ref))
 
     last_key = None

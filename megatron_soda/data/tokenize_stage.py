@@ -255,15 +255,10 @@ def tokenize_text_units(
 
     for unit in units:
         batch: list[TextDocument] = []
-        position = 0
-        for item in read_text_jsonl(unit.path, json_keys):
+        for item in unit.select(read_text_jsonl(unit.path, json_keys)):
             if isinstance(item, InputError):
-                if unit.offset == 0:
-                    out.errors.append(item)
-                    out.attempted += 1
-                continue
-            position += 1
-            if not unit.takes(position - 1):
+                out.errors.append(item)
+                out.attempted += 1
                 continue
             out.attempted += 1
             batch.append(item)

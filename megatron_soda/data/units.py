@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TypeVar
+
+from megatron_soda.data.records import InputError
+
+T = TypeVar("T")
 
 EXTENSIONS = {
     "jsonl": (".jsonl", ".json"),
@@ -47,9 +52,7 @@ def expand_inputs(inputs: list[str], fmt: str) -> list[str]:
             if not found:
                 raise InputSpecError(f"{spec}: no such file, directory or glob match")
         out.extend(os.path.abspath(p) for p in found)
-    seen: set[str] = set()
-    unique = [p for p in out if not (p in seen or seen.add(p))]
-    return unique
+    return list(dict.fromkeys(out))  # first occurrence of each, in order
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,22 @@ class WorkUnit:
     def takes(self, position: int) -> bool:
         return position % self.stride == self.offset
 
+    def select(self, items: Iterable[T | InputError]) -> Iterator[T | InputError]:
+        """This unit's share of a reader's items: the records at its positions, and the read
+        errors (bad lines), which only slice 0 reports so that merged slices count them once."""
+        position = 0
+        for item in items:
+            if isinstance(item, InputError):
+                if self.offset == 0:
+                    yield item
+                continue
+            if self.takes(position):
+                yield item
+            position += 1
+
     def describe(self) -> dict:
         st = os.stat(self.path)
-        d = {
+        return {
             "input": self.path,
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
@@ -72,7 +88,6 @@ class WorkUnit:
             "stride": self.stride,
             "offset": self.offset,
         }
-        return json.loads(json.dumps(d))
 
     @property
     def name(self) -> str:

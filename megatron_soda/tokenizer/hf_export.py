@@ -27,6 +27,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.tokenizer.layout import MARKERS
 from megatron_soda.tokenizer.soda_tokenizer import SodaTokenizer
 
@@ -140,10 +141,7 @@ def export_hf_tokenizer(tok: SodaTokenizer, out_dir: str, model_max_length: int 
 
 
 def _write_json(path: str, obj: dict) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, ensure_ascii=False, indent=1)
-    os.replace(tmp, path)
+    write_json_atomic(path, obj, ensure_ascii=False, indent=1)
 
 
 def hf_ids(hf_tokenizer_json: str, text: str) -> np.ndarray:

@@ -24,6 +24,7 @@ MARKERS = (TEXT_START, TEXT_END, AUDIO_START, AUDIO_END)
 
 CODEBOOK_SIZE = 2048
 MAX_CODEBOOKS = 32
+FRAME_RATE = 12.5  # Mimi frames (one audio token per codebook) per second
 
 # Token kinds, used for statistics and for per-kind training losses.
 KIND_TEXT = 0

@@ -18,7 +18,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
+from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.tokenizer.layout import (
+    FRAME_RATE,
     KIND_ACOUSTIC,
     KIND_MARKER,
     KIND_SEMANTIC,
@@ -172,10 +174,7 @@ class SodaTokenizer:
             "bos_token": self._requested_specials[0],
             "eos_token": self._requested_specials[1],
         }
-        tmp = os.path.join(directory, LAYOUT_FILE + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(meta, f, indent=2)
-        os.replace(tmp, os.path.join(directory, LAYOUT_FILE))
+        write_json_atomic(os.path.join(directory, LAYOUT_FILE), meta, indent=2)
 
     def check_layout(self, other: TokenLayout, where: str = "") -> None:
         """Raise if ``other`` (e.g. recorded in shards or a checkpoint) differs from this layout."""
@@ -277,7 +276,7 @@ class SodaTokenizer:
         frames = codes.shape[1]
         head = " ".join(str(c) for c in codes[0, :max_codes])
         more = " ..." if frames > max_codes else ""
-        return f"[audio {frames} frames = {frames / 12.5:.2f}s x {n} cb | cb0: {head}{more}]"
+        return f"[audio {frames} frames = {frames / FRAME_RATE:.2f}s x {n} cb | cb0: {head}{more}]"
 
     def __repr__(self) -> str:
         lay = self.layout

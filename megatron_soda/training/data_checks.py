@@ -11,38 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 import numpy as np
 
+from megatron_soda.data.shards import ShardError, read_index
 from megatron_soda.tokenizer import SodaTokenizer, TokenLayout
-
-_INDEX_HEADER = b"MMIDIDX\x00\x00"
-_DTYPES = {1: np.uint8, 2: np.int8, 3: np.int16, 4: np.int32, 5: np.int64, 6: np.float64, 7: np.float32, 8: np.uint16}
-_HEADER_BYTES = 9 + 8 + 1 + 8 + 8
 
 
 class DataError(ValueError):
     """A data shard that cannot be trained on."""
-
-
-def read_index(idx_path: str) -> tuple[np.dtype, np.ndarray, np.ndarray]:
-    """dtype, sequence lengths and byte pointers of an .idx file (validated against its size)."""
-    size = os.path.getsize(idx_path)
-    with open(idx_path, "rb") as f:
-        head = f.read(_HEADER_BYTES)
-    if len(head) < _HEADER_BYTES or head[:9] != _INDEX_HEADER:
-        raise DataError(f"{idx_path}: not a megatron IndexedDataset index (bad or truncated header)")
-    version, code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:])
-    if version != 1 or code not in _DTYPES:
-        raise DataError(f"{idx_path}: unsupported index version {version} / dtype code {code}")
-    body = n_seq * (4 + 8) + n_doc * 8
-    if size < _HEADER_BYTES + body:
-        raise DataError(f"{idx_path}: truncated index ({size} bytes, header promises "
-                        f"{_HEADER_BYTES + body} for {n_seq} sequences)")
-    lengths = np.fromfile(idx_path, dtype=np.int32, count=n_seq, offset=_HEADER_BYTES)
-    pointers = np.fromfile(idx_path, dtype=np.int64, count=n_seq, offset=_HEADER_BYTES + 4 * n_seq)
-    return np.dtype(_DTYPES[code]), lengths, pointers
 
 
 def check_prefix(prefix: str, tokenizer: SodaTokenizer, mode: str = "full", max_scan_gib: float = 4.0) -> dict:
@@ -54,7 +31,10 @@ def check_prefix(prefix: str, tokenizer: SodaTokenizer, mode: str = "full", max_
         if not os.path.isfile(p):
             raise DataError(f"{p}: missing (data prefix {prefix!r}; expected {prefix}.bin and {prefix}.idx "
                             "from tools/preprocess)")
-    dtype, lengths, pointers = read_index(idx_path)
+    try:
+        dtype, lengths, pointers, _ = read_index(idx_path)
+    except ShardError as e:
+        raise DataError(str(e)) from None
     expected = int(lengths.astype(np.int64).sum()) * dtype.itemsize
     actual = os.path.getsize(bin_path)
     if actual != expected:
