@@ -59,6 +59,27 @@ def test_fp8_needs_bf16(capsys, monkeypatch):
     assert "--fp8-format needs --bf16" in parse_error(argv, capsys)
 
 
+def test_context_parallel_is_refused_until_implemented(capsys, monkeypatch):
+    import megatron_soda.training.flags.precision as precision
+
+    monkeypatch.setattr(precision, "te_available", lambda: True)
+    argv = [a if a != "cpu" else "cuda" for a in INTERFACE] + ["--bf16", "--context-parallel-size", "2"]
+    assert "--context-parallel-size 2: not implemented yet" in parse_error(argv, capsys)
+
+
+def test_batch_ramp_up_is_checked(capsys):
+    from megatron_soda.training.errors import ConfigError
+    from megatron_soda.training.flags.optim import check_batch
+
+    assert "--rampup-batch-size 4 3 100: needs" in parse_error(INTERFACE + ["--rampup-batch-size", "4", "3", "100"],
+                                                               capsys)  # 8 - 4 is not a multiple of 3
+    args = parse_args(INTERFACE + ["--rampup-batch-size", "2", "2", "100"])  # 2, 4, 6, 8
+    check_batch(args, 1)
+    with pytest.raises(ConfigError, match="ramp-up start batch 2 is not a multiple of micro batch 2 x "
+                                          "data-parallel size 2"):
+        check_batch(args, 2)
+
+
 def test_inconsistent_flags_are_refused(capsys):
     assert "--bf16 and --fp16" in parse_error(INTERFACE + ["--bf16", "--fp16"], capsys)
     assert "needs --save" in parse_error(INTERFACE + ["--save-interval", "6"], capsys)
@@ -74,6 +95,17 @@ def test_virtual_pipeline_stages_from_layers_per_stage():
     args = parse_args(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-virtual-stages-per-pipeline-rank", "3"])
     with pytest.raises(ValueError, match="do not split"):
         resolve_virtual_stages(args, num_layers=4)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--num-layers-per-virtual-pipeline-stage", "1"], "virtual pipeline stages need --pipeline-model-parallel-size > 1"),
+    (["--pipeline-model-parallel-size", "2", "--num-virtual-stages-per-pipeline-rank", "0"],
+     "--num-virtual-stages-per-pipeline-rank must be >= 1"),
+    (["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "-1"],
+     "--num-layers-per-virtual-pipeline-stage must be >= 1"),
+])
+def test_bad_virtual_pipeline_flags_are_refused(capsys, extra, message):
+    assert message in parse_error(INTERFACE + extra, capsys)
 
 
 def test_blend_syntax_and_held_out_prefixes():

@@ -80,6 +80,12 @@ def test_document_ids_positions_and_packed_boundaries():
     assert packed.packed_seq_params.cu_seqlens_q.tolist() == [0, 3, 5, 8, 9, 14, 16]
     assert packed.packed_seq_params.max_seqlen_q == 5
     assert packed.loss_mask.view(2, 8)[tokens == EOS].sum() == 0  # --eod-mask-loss
+    assert packed.packed_seq_params.cu_seqlens_q.dtype == torch.int32
+    per_sample = make_batch(raw, EOS, torch.device("cpu"), reset_attention_mask=False,
+                            reset_position_ids=True, eod_mask_loss=False, packed=True)
+    assert per_sample.packed_seq_params.cu_seqlens_q.tolist() == [0, 8, 16]
+    assert per_sample.packed_seq_params.cu_seqlens_q.dtype == torch.int32
+    assert per_sample.packed_seq_params.max_seqlen_q == 8
     dense = make_batch(raw, EOS, torch.device("cpu"), reset_attention_mask=True, reset_position_ids=True,
                        eod_mask_loss=False, packed=False)
     allowed = ~dense.attention_mask[0, 0]

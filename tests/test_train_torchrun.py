@@ -165,6 +165,14 @@ def test_missing_data_prefix_is_reported_with_its_path(work):
     assert f"pretrain_soda.py: error: {missing}.idx: missing" in proc.stderr
 
 
+def test_global_batch_that_does_not_split_into_micro_batches_is_reported(work):
+    _, proc = launch(work, "bad_batch", 1, "--micro-batch-size", "3", check=False)
+    assert proc.returncode != 0
+    assert "AssertionError" not in proc.stderr  # stopped before megatron's calculator asserts
+    assert ("pretrain_soda.py: error: global batch 8 is not a multiple of micro batch 3 x data-parallel "
+            "size 1") in proc.stderr
+
+
 def test_non_finite_loss_stops_or_skips(work):
     flags = ["--lr", "1e30", "--lr-warmup-iters", "0", "--train-iters", "3"]
     _, proc = launch(work, "nan_stop", 1, *flags, check=False)

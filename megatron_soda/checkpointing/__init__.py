@@ -1,13 +1,31 @@
-"""Crash-safe, layout-independent checkpoints with megatron's dist_checkpointing."""
+"""Crash-safe, layout-independent checkpoints with megatron's dist_checkpointing.
 
-from megatron_soda.checkpointing.io import check_compatible, load_checkpoint, save_checkpoint
+``layout`` (directories, tracker, atomic commit) is light; the save/load side imports
+megatron-core, so it is loaded on first use: conversion to Hugging Face reads checkpoints
+through ``layout`` alone and never imports megatron."""
+
 from megatron_soda.checkpointing.layout import (
     CheckpointError,
     find_checkpoint,
     iteration_dir,
     read_tracker,
 )
-from megatron_soda.checkpointing.state import TrainState
+
+_LAZY = {
+    "check_compatible": "megatron_soda.checkpointing.io",
+    "load_checkpoint": "megatron_soda.checkpointing.io",
+    "save_checkpoint": "megatron_soda.checkpointing.io",
+    "TrainState": "megatron_soda.checkpointing.state",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "CheckpointError",

@@ -29,6 +29,7 @@ from megatron.core.dist_checkpointing.validation import StrictHandling
 from megatron_soda.checkpointing import layout
 from megatron_soda.checkpointing.state import (
     TrainState,
+    inner_optimizers,
     load_optimizer_state,
     model_keys,
     restore_rng,
@@ -101,8 +102,7 @@ def save_checkpoint(root: str, state: TrainState, model: list, optimizer, schedu
 def optimizer_kind(optimizer) -> str:
     from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-    inner = getattr(optimizer, "chained_optimizers", [optimizer])
-    return "distributed" if any(isinstance(o, DistributedOptimizer) for o in inner) else "plain"
+    return "distributed" if any(isinstance(o, DistributedOptimizer) for o in inner_optimizers(optimizer)) else "plain"
 
 
 def check_compatible(ckpt: str, meta: dict[str, Any], model_cfg: SodaModelConfig, tokenizer: SodaTokenizer) -> None:

@@ -81,6 +81,12 @@ def restore_rng(states: list[dict[str, Any]]) -> None:
     tensor_parallel.get_cuda_rng_tracker().set_states(state["tracker"])
 
 
+def inner_optimizers(optimizer) -> list:
+    """The optimizers inside megatron's ChainedOptimizer (one per parameter group kind), or the
+    optimizer itself."""
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
 def prime_optimizer_state(optimizer) -> None:
     """Make the inner torch optimizers hold state before a load.
 
@@ -89,7 +95,7 @@ def prime_optimizer_state(optimizer) -> None:
     (``_init_optimizer_states_with_dummy_values``) runs one Adam step on zero gradients; it is
     done here with every learning rate at 0 so that not even weight decay touches a parameter
     (all values are then overwritten by the checkpoint)."""
-    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+    for opt in inner_optimizers(optimizer):
         init = getattr(opt, "_init_optimizer_states_with_dummy_values", None)
         if init is None or opt.optimizer is None or len(opt.optimizer.state):
             continue
@@ -108,7 +114,7 @@ def load_optimizer_state(optimizer, state: dict[str, Any]) -> None:
     checkpoint side deliberately has no per-parameter ``step`` (it is restored from the param
     groups) -> ``KeyError: 'step'``.  The parameter state is therefore loaded with ``step``
     hidden, after the rest of the state (which sets ``step``) has been loaded."""
-    optimizers = getattr(optimizer, "chained_optimizers", [optimizer])
+    optimizers = inner_optimizers(optimizer)
     states = [state] if len(optimizers) == 1 else [state[i] for i in range(len(optimizers))]
     for opt, sd in zip(optimizers, states):
         if not (isinstance(sd, dict) and sd.get("param_state_sharding_type") == "fully_reshardable"):

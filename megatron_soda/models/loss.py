@@ -13,7 +13,13 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.cross_entropy import VocabParallelCrossEntropy
 
-from megatron_soda.tokenizer import KIND_NAMES, TokenLayout
+from megatron_soda.tokenizer import (
+    KIND_ACOUSTIC,
+    KIND_MARKER,
+    KIND_NAMES,
+    KIND_SEMANTIC,
+    TokenLayout,
+)
 
 
 def mask_padded_vocab_(logits: torch.Tensor, vocab_size: int, vocab_start: int) -> None:
@@ -74,10 +80,10 @@ def token_kinds(ids: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
     """Torch twin of :meth:`TokenLayout.token_kinds` (same kinds, computed on the ids' device)."""
     a0 = layout.audio_offset
     kinds = torch.zeros_like(ids, dtype=torch.uint8)
-    kinds[(ids >= a0) & (ids < a0 + layout.codebook_size)] = 1
-    kinds[ids >= a0 + layout.codebook_size] = 2
-    kinds[(ids >= layout.base_vocab_size) & (ids < a0)] = 3
-    kinds[(ids == layout.bos_id) | (ids == layout.eos_id)] = 3
+    kinds[(ids >= a0) & (ids < a0 + layout.codebook_size)] = KIND_SEMANTIC
+    kinds[ids >= a0 + layout.codebook_size] = KIND_ACOUSTIC
+    kinds[(ids >= layout.base_vocab_size) & (ids < a0)] = KIND_MARKER
+    kinds[(ids == layout.bos_id) | (ids == layout.eos_id)] = KIND_MARKER
     return kinds
 
 

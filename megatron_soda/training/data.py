@@ -125,12 +125,18 @@ def document_ids(tokens: torch.Tensor, eod: int) -> torch.Tensor:
     return torch.cumsum(is_eod, dim=-1) - is_eod
 
 
+def document_starts(doc: torch.Tensor) -> torch.Tensor:
+    """True where a document (or a sample) begins."""
+    starts = torch.ones_like(doc, dtype=torch.bool)
+    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    return starts
+
+
 def restarted_positions(doc: torch.Tensor) -> torch.Tensor:
     """Position of each token within its document."""
     s = doc.size(-1)
     ar = torch.arange(s, device=doc.device).expand_as(doc)
-    starts = torch.ones_like(doc, dtype=torch.bool)
-    starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
+    starts = document_starts(doc)
     start_pos = torch.where(starts, ar, torch.zeros_like(ar)).cummax(dim=-1).values
     return ar - start_pos
 
@@ -158,7 +164,10 @@ def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mas
     else:
         position_ids = torch.arange(s, device=device).expand(b, s).contiguous()
     if packed:
-        return _packed_batch(tokens, labels, loss_mask, position_ids, doc if reset_attention_mask else None)
+        # boundaries from the host copy of the tokens: no device sync before the step
+        params = packed_seq_params(raw["tokens"], eod if reset_attention_mask else None, device)
+        return Batch(tokens.reshape(1, -1), labels.reshape(1, -1), loss_mask.reshape(1, -1),
+                     position_ids.reshape(1, -1), attention_mask=None, packed_seq_params=params)
     if reset_attention_mask:
         mask = document_causal_mask(doc)
     else:
@@ -166,41 +175,21 @@ def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mas
     return Batch(tokens, labels, loss_mask, position_ids, attention_mask=mask)
 
 
-def _packed_batch(tokens, labels, loss_mask, position_ids, doc) -> Batch:
-    """THD layout for Transformer Engine: the micro-batch flattened to one row with
-    ``cu_seqlens`` at every sample and (with document masking) every document boundary."""
+def packed_seq_params(host_tokens: torch.Tensor, eod: int | None, device: torch.device):
+    """THD layout for Transformer Engine (the micro-batch flattened to one row): ``cu_seqlens``
+    at every sample and, with document masking (``eod`` given), every document boundary.
+    Computed on the host tokens, so building it never waits for the device."""
     from megatron.core.packed_seq_params import PackedSeqParams
 
-    b, s = tokens.shape
-    if doc is None:
-        starts = torch.zeros(b, s, dtype=torch.bool, device=tokens.device)
+    b, s = host_tokens.shape
+    if eod is None:
+        cu = torch.arange(0, b * s + 1, s, dtype=torch.int32)
+        max_len = s
     else:
-        starts = torch.zeros_like(doc, dtype=torch.bool)
-        starts[:, 1:] = doc[:, 1:] != doc[:, :-1]
-    starts[:, 0] = True
-    flat_starts = torch.nonzero(starts.reshape(-1)).squeeze(-1)
-    cu = torch.cat([flat_starts, torch.tensor([b * s], device=tokens.device)]).to(torch.int32)
-    max_len = int((cu[1:] - cu[:-1]).max().item())
-    params = PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
-                             max_seqlen_q=max_len, max_seqlen_kv=max_len)
-    return Batch(tokens.reshape(1, -1), labels.reshape(1, -1), loss_mask.reshape(1, -1),
-                 position_ids.reshape(1, -1), attention_mask=None, packed_seq_params=params)
-
-
-def context_parallel_slice(batch: Batch) -> Batch:
-    """This rank's share of the sequence under context parallelism (bshd layout): the sequence is
-    cut into 2*cp chunks and rank r keeps chunks r and 2*cp-1-r, which balances causal work."""
-    cp = parallel_state.get_context_parallel_world_size()
-    if cp == 1:
-        return batch
-    if batch.packed_seq_params is not None or batch.attention_mask is not None:
-        raise NotImplementedError("context parallelism is implemented for plain causal attention only")
-    r = parallel_state.get_context_parallel_rank()
-
-    def cut(t: torch.Tensor) -> torch.Tensor:
-        b, s = t.shape[:2]
-        chunks = t.view(b, 2 * cp, s // (2 * cp), *t.shape[2:])
-        idx = torch.tensor([r, 2 * cp - 1 - r], device=t.device)
-        return chunks.index_select(1, idx).reshape(b, -1, *t.shape[2:])
-
-    return Batch(cut(batch.tokens), cut(batch.labels), cut(batch.loss_mask), cut(batch.position_ids))
+        starts = document_starts(document_ids(host_tokens, eod))
+        flat_starts = torch.nonzero(starts.reshape(-1)).squeeze(-1)
+        cu = torch.cat([flat_starts, torch.tensor([b * s])]).to(torch.int32)
+        max_len = int((cu[1:] - cu[:-1]).max())
+    cu = cu.to(device, non_blocking=True)
+    return PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu, cu_seqlens_kv=cu,
+                           max_seqlen_q=max_len, max_seqlen_kv=max_len)

@@ -16,6 +16,7 @@ import torch
 from megatron_soda import compat
 from megatron_soda.compat.allocator import tune_cpu_allocator
 from megatron_soda.training.errors import ConfigError
+from megatron_soda.training.flags.optim import check_batch
 
 
 def _select_device(args: argparse.Namespace) -> torch.device:
@@ -60,15 +61,15 @@ def distributed_runtime(args: argparse.Namespace) -> Iterator[torch.device]:
             init_num_microbatches_calculator,
         )
 
-        vpp = args.virtual_pipeline_model_parallel_size
         parallel_state.initialize_model_parallel(
             tensor_model_parallel_size=args.tensor_model_parallel_size,
             pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-            virtual_pipeline_model_parallel_size=vpp if vpp and vpp > 0 else None,
+            virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
             context_parallel_size=args.context_parallel_size,
             distributed_timeout_minutes=args.distributed_timeout_minutes,
         )
         dp = parallel_state.get_data_parallel_world_size()
+        check_batch(args, dp)  # megatron's calculator would only assert
         init_num_microbatches_calculator(
             torch.distributed.get_rank(),
             args.rampup_batch_size,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -33,13 +33,11 @@ class Run:
         from megatron_soda.checkpointing import TrainState, find_checkpoint, load_checkpoint
         from megatron_soda.models import paper_learning_rate
         from megatron_soda.training import data, model_setup
-        from megatron_soda.training.flags.optim import check_batch
         from megatron_soda.training.metrics import MetricsLogger, peak_tflops
         from megatron_soda.training.step import StepContext
 
         self.args, self.tokenizer, self.model_cfg, self.device = args, tokenizer, model_cfg, device
         self.logger = MetricsLogger(args, vars(args))
-        check_batch(args, parallel_state.get_data_parallel_world_size())
         _check_data(args, tokenizer)
         self.lr = args.lr if args.lr is not None else paper_learning_rate(args.global_batch_size, model_cfg.hidden_size)
         self.config = model_setup.transformer_config(args, model_cfg)
@@ -91,16 +89,23 @@ class Run:
         except StopIteration:
             raise DataError(f"training data exhausted at consumed samples {self.state.consumed_samples}") from None
 
-    def valid_batches(self) -> list[list]:
+    def valid_batches(self) -> Iterator[list]:
         """The same first --eval-iters global batches of the held-out data at every evaluation,
-        so that evaluation losses are comparable along the run (and across resumes)."""
+        so that evaluation losses are comparable along the run (and across resumes); one
+        global batch on the device at a time."""
         from megatron.core.num_microbatches_calculator import get_num_microbatches
 
         from megatron_soda.training.data import data_loader
 
         it = data_loader(self.valid_ds, 0, self.args.micro_batch_size, 0)
         n = get_num_microbatches()
-        return [[self._batch(next(it)) for _ in range(n)] for _ in range(self.args.eval_iters)]
+        for i in range(self.args.eval_iters):
+            try:
+                raw = [next(it) for _ in range(n)]
+            except StopIteration:
+                raise DataError(f"held-out data exhausted at evaluation batch {i + 1} of "
+                                f"--eval-iters {self.args.eval_iters}") from None
+            yield [self._batch(r) for r in raw]
 
     def train_record(self, window) -> dict[str, Any]:
         tokens_per_sec = window.tokens / window.seconds if window.seconds else 0.0
@@ -143,15 +148,13 @@ def _training_flops_per_token(model_cfg) -> float:
 
 def _check_data(args: argparse.Namespace, tokenizer: SodaTokenizer) -> None:
     """Shard checks on rank 0; the verdict is broadcast so that every rank stops together."""
-    from megatron.core.datasets.utils import get_blend_from_list
-
-    from megatron_soda.training.data import all_prefixes
+    from megatron_soda.training.data import all_prefixes, blends
 
     verdict: list[str | None] = [None]
     if torch.distributed.get_rank() == 0:
         try:
-            split_prefixes = set(get_blend_from_list(args.data_path)[0]) if args.data_path and not (
-                args.valid_data_path or args.test_data_path) else set()
+            b = blends(args)
+            split_prefixes = set(b["blend"][0]) if "blend" in b else set()  # --split divides these
             for prefix in all_prefixes(args):
                 summary = check_prefix(prefix, tokenizer, args.data_check, args.data_check_max_gib)
                 if prefix in split_prefixes and summary:

@@ -33,7 +33,7 @@ from megatron_soda.models.loss import (
     REPORT_TOKENS,
     REPORT_Z,
 )
-from megatron_soda.tokenizer import KIND_NAMES
+from megatron_soda.tokenizer import KIND_ACOUSTIC, KIND_NAMES, KIND_SEMANTIC
 
 # Dense bf16 peak TFLOP/s (fp8: x2) of GPUs MFU is usually quoted against.
 _PEAK_BF16 = {
@@ -72,7 +72,7 @@ def losses_from_report(vec: torch.Tensor, z_loss_weight: float) -> dict[str, Any
         out[f"loss_{KIND_NAMES[k]}"] = float(vec[REPORT_KIND_CE + k]) / n if n else None
         out[f"tokens_{KIND_NAMES[k]}"] = int(n)
     # Speech NLL (semantic + acoustic targets): SODA's scaling-law target on held-out data.
-    audio = [KIND_NAMES.index("semantic"), KIND_NAMES.index("acoustic")]
+    audio = [KIND_SEMANTIC, KIND_ACOUSTIC]
     n_audio = sum(float(vec[REPORT_KIND_TOKENS + k]) for k in audio)
     out["loss_audio"] = (
         sum(float(vec[REPORT_KIND_CE + k]) for k in audio) / n_audio if n_audio else None

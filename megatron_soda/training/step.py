@@ -7,7 +7,7 @@ exactly the mean over the global batch whatever the TP/PP/DP layout and micro-ba
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,7 +18,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 
 from megatron_soda.models.loss import REPORT_CE, REPORT_SIZE, REPORT_Z, loss_report
 from megatron_soda.tokenizer import TokenLayout
-from megatron_soda.training.data import Batch, context_parallel_slice
+from megatron_soda.training.data import Batch
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,7 +43,7 @@ def _loss_func(batch: Batch, ctx: StepContext, output: torch.Tensor):
 
 
 def _forward_step(ctx: StepContext, data_iterator: Iterator[Batch], model: torch.nn.Module):
-    batch = context_parallel_slice(next(data_iterator))
+    batch = next(data_iterator)
     output = model(**batch.model_kwargs())
     return output, partial(_loss_func, batch, ctx)
 
@@ -112,7 +112,7 @@ def train_step(ctx: StepContext, optimizer, scheduler, batches: list[Batch], on_
 
 
 @torch.no_grad()
-def evaluate(ctx: StepContext, global_batches: list[list[Batch]]) -> torch.Tensor:
+def evaluate(ctx: StepContext, global_batches: Iterable[list[Batch]]) -> torch.Tensor:
     """Summed report over the given global batches (forward only)."""
     for chunk in ctx.model:
         chunk.eval()

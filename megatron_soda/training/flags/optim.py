@@ -41,6 +41,13 @@ def finalize(args: argparse.Namespace) -> None:
     for name in ("micro_batch_size", "global_batch_size", "train_iters"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+    if args.rampup_batch_size:
+        start, increment, samples = args.rampup_batch_size
+        if not (1 <= start <= args.global_batch_size and increment >= 1 and samples >= 0
+                and (args.global_batch_size - start) % increment == 0):
+            raise ValueError(f"--rampup-batch-size {start} {increment} {samples}: needs 1 <= START <= "
+                             f"--global-batch-size {args.global_batch_size}, INCR >= 1 with "
+                             "(global - START) a multiple of INCR, and SAMPLES >= 0")
     if args.lr_warmup_fraction is not None and args.lr_warmup_iters is not None:
         raise ValueError("give --lr-warmup-fraction or --lr-warmup-iters, not both")
     if args.lr_warmup_fraction is None and args.lr_warmup_iters is None:
@@ -57,9 +64,14 @@ def finalize(args: argparse.Namespace) -> None:
 
 
 def check_batch(args: argparse.Namespace, data_parallel_size: int) -> None:
+    """What megatron's micro-batch calculator would assert, as a clear error: every global batch
+    of the run (the ramp-up's too) is a whole number of micro batches on every DP rank."""
     unit = args.micro_batch_size * data_parallel_size
-    sizes = [args.global_batch_size] + ([args.rampup_batch_size[0]] if args.rampup_batch_size else [])
-    for size in sizes:
+    sizes = {"global batch": args.global_batch_size}
+    if args.rampup_batch_size:  # then every ramp-up size START + k * INCR is a multiple too
+        sizes.update({"ramp-up start batch": args.rampup_batch_size[0],
+                      "ramp-up increment": args.rampup_batch_size[1]})
+    for what, size in sizes.items():
         if size % unit:
-            raise ConfigError(f"global batch {size} is not a multiple of micro batch "
+            raise ConfigError(f"{what} {size} is not a multiple of micro batch "
                              f"{args.micro_batch_size} x data-parallel size {data_parallel_size}")

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="model chunks per pipeline rank (interleaved 1F1B schedule)")
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None)
     g.add_argument("--sequence-parallel", action="store_true")
-    g.add_argument("--context-parallel-size", type=int, default=1, help="needs Transformer Engine")
+    g.add_argument("--context-parallel-size", type=int, default=1, help="1 only for now (>1: not implemented, refused)")
     g.add_argument("--use-distributed-optimizer", action="store_true")
     g.add_argument("--overlap-grad-reduce", action="store_true")
     g.add_argument("--overlap-param-gather", action="store_true")
@@ -37,13 +37,15 @@ def finalize(args: argparse.Namespace) -> None:
         args.sequence_parallel = False  # as Megatron-LM: nothing to split
     if args.overlap_param_gather and not args.use_distributed_optimizer:
         raise ValueError("--overlap-param-gather needs --use-distributed-optimizer")
-    if args.num_layers_per_virtual_pipeline_stage is not None:
-        if args.virtual_pipeline_model_parallel_size is not None:
-            raise ValueError("give --num-layers-per-virtual-pipeline-stage or "
-                             "--num-virtual-stages-per-pipeline-rank, not both")
-        args.virtual_pipeline_model_parallel_size = -args.num_layers_per_virtual_pipeline_stage  # resolved later
-    vpp = args.virtual_pipeline_model_parallel_size
-    if vpp is not None and vpp > 0 and args.pipeline_model_parallel_size == 1:
+    vpp, per_stage = args.virtual_pipeline_model_parallel_size, args.num_layers_per_virtual_pipeline_stage
+    if vpp is not None and per_stage is not None:
+        raise ValueError("give --num-layers-per-virtual-pipeline-stage or "
+                         "--num-virtual-stages-per-pipeline-rank, not both")
+    for flag, value in (("--num-virtual-stages-per-pipeline-rank", vpp),
+                        ("--num-layers-per-virtual-pipeline-stage", per_stage)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1")
+    if (vpp is not None or per_stage is not None) and args.pipeline_model_parallel_size == 1:
         raise ValueError("virtual pipeline stages need --pipeline-model-parallel-size > 1")
     if vpp == 1:
         args.virtual_pipeline_model_parallel_size = None
@@ -55,13 +57,12 @@ def resolve_virtual_stages(args: argparse.Namespace, num_layers: int) -> None:
     pp = args.pipeline_model_parallel_size
     if num_layers % pp:
         raise ValueError(f"--num-layers {num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
-    vpp = args.virtual_pipeline_model_parallel_size
-    if vpp is not None and vpp < 0:
-        per_stage = -vpp
-        if (num_layers // pp) % per_stage:
-            raise ValueError(f"{num_layers // pp} layers per pipeline rank do not split into virtual "
-                             f"stages of {per_stage}")
-        vpp = (num_layers // pp) // per_stage
+    per_rank = num_layers // pp
+    vpp, per_stage = args.virtual_pipeline_model_parallel_size, args.num_layers_per_virtual_pipeline_stage
+    if per_stage is not None:
+        if per_rank % per_stage:
+            raise ValueError(f"{per_rank} layers per pipeline rank do not split into virtual stages of {per_stage}")
+        vpp = per_rank // per_stage
         args.virtual_pipeline_model_parallel_size = vpp if vpp > 1 else None
-    elif vpp is not None and (num_layers // pp) % vpp:
-        raise ValueError(f"{num_layers // pp} layers per pipeline rank do not split into {vpp} virtual stages")
+    elif vpp is not None and per_rank % vpp:
+        raise ValueError(f"{per_rank} layers per pipeline rank do not split into {vpp} virtual stages")

@@ -59,6 +59,12 @@ def finalize(args: argparse.Namespace) -> None:
         raise ValueError(f"{', '.join(needs_te)}: {why}. megatron-core's local spec has no "
                          "FP8, context-parallel or fused/flash attention path (flash-attn is used "
                          "through Transformer Engine).")
+    if args.context_parallel_size > 1:
+        raise ValueError(
+            f"--context-parallel-size {args.context_parallel_size}: not implemented yet. Document "
+            "masking runs Transformer Engine on packed THD batches, and splitting those across "
+            "context-parallel ranks (each document padded to a multiple of 2 x CP) is not built; "
+            "for long sequences use --tensor-model-parallel-size with --sequence-parallel.")
     if args.fp8_format and not (args.bf16 or args.fp16):
         raise ValueError("--fp8-format needs --bf16 (FP8 GEMMs with bf16 everywhere else)")
     if args.recompute_method and args.recompute_granularity != "full":
