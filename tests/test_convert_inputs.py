@@ -269,6 +269,37 @@ def test_unsupported_architectures(soda, tmp_path, changes, message):
         convert_from_hf(hf, str(tmp_path / "out"), **QUIET)
 
 
+def test_rope_theta_the_trainer_cannot_take_is_refused(soda, tmp_path):
+    from megatron_soda.convert.from_hf import trainer_flags
+
+    flags = trainer_flags(soda["cfg"].with_overrides(rotary_base=5e5), "TOK", 8)
+    assert flags[flags.index("--rotary-base") + 1] == "500000"
+    hf = copy_hf(soda, tmp_path)
+    theta = 1e6 + 0.5
+    edit_json(
+        os.path.join(hf, "config.json"),
+        rope_theta=theta,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+    )
+    with pytest.raises(
+        ConversionError, match=r"rope_theta 1000000\.5 is not supported.*--rotary-base"
+    ):
+        convert_from_hf(hf, str(tmp_path / "out"), **QUIET)
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_loss_check_tracker_naming_a_missing_iteration(tmp_path, capsys):
+    from megatron_soda.convert.loss_check import check_hf_loss
+
+    run = str(tmp_path / "run")
+    os.makedirs(run)
+    layout.write_tracker(run, 7)
+    with pytest.raises(ConversionError, match=r"names iteration 7, but .*iter_0000007 is missing"):
+        check_hf_loss(str(tmp_path), load=run)
+    assert load_tool("check_hf_loss").main(["--hf", str(tmp_path), "--load", run]) == 1
+    assert "FAIL: " in capsys.readouterr().out
+
+
 class _Exploit:
     def __init__(self, path: str) -> None:
         self.path = path

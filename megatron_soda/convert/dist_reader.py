@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import torch
 
 from megatron_soda.convert.errors import ConversionError
+from megatron_soda.convert.safetensors_io import tensor_nbytes
 
 _DCP_MODULES = (
     "torch.distributed.checkpoint.metadata",
@@ -160,10 +161,7 @@ class DistCheckpointReader:
         return self._dtypes[key]
 
     def nbytes(self, key: str) -> int:
-        n = 1
-        for s in self._shapes[key]:
-            n *= s
-        return n * self._dtypes[key].itemsize
+        return tensor_nbytes(self._shapes[key], self._dtypes[key])
 
     def read(self, key: str, index: int | None = None) -> torch.Tensor:
         """The global tensor ``key``, or its slice ``[index]`` along the first (layer) axis."""

@@ -21,6 +21,7 @@ import time
 from typing import Any
 
 from megatron_soda.checkpointing import layout
+from megatron_soda.convert import names
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.convert.hf_config import hf_dir_config, model_config_from_hf
 from megatron_soda.convert.hf_tokenizer import resolve_tokenizer
@@ -38,7 +39,8 @@ SHAPE_FLAGS = (
 
 
 def trainer_flags(cfg: SodaModelConfig, tokenizer_dir: str, num_codebooks: int) -> list[str]:
-    """pretrain_soda.py model flags that rebuild exactly this model."""
+    """pretrain_soda.py model flags that rebuild exactly this model (refuses a RoPE base the
+    trainer's integer ``--rotary-base`` cannot express)."""
     shape = {k: getattr(cfg, k) for k in SHAPE_FLAGS}
     preset = next(
         (n for n, p in PRESETS.items() if all(getattr(p, k) == v for k, v in shape.items())), None
@@ -46,8 +48,16 @@ def trainer_flags(cfg: SodaModelConfig, tokenizer_dir: str, num_codebooks: int) 
     flags = ["--model-size", preset or "tiny"]
     base = PRESETS[preset or "tiny"]
     for k in (*SHAPE_FLAGS, "rotary_base", "norm_epsilon"):
-        if getattr(base, k) != getattr(cfg, k):
-            flags += ["--" + k.replace("_", "-"), str(getattr(cfg, k))]
+        value = getattr(cfg, k)
+        if getattr(base, k) == value:
+            continue
+        if k == "rotary_base":
+            if not float(value).is_integer():
+                raise ConversionError(
+                    f"rope_theta {value} is not supported: the trainer's --rotary-base is an integer"
+                )
+            value = int(value)
+        flags += ["--" + k.replace("_", "-"), str(value)]
     return flags + ["--tokenizer", tokenizer_dir, "--num-codebooks", str(num_codebooks)]
 
 
@@ -86,6 +96,8 @@ def convert_from_hf(
             f"--pipeline-model-parallel-size {pipeline_parallel} does not divide the "
             f"{cfg.num_layers} layers"
         )
+    ckpt = layout.iteration_dir(save, 0)
+    flags = trainer_flags(cfg, os.path.join(ckpt, "tokenizer"), tok.layout.num_codebooks)
     tied = bool(config.get("tie_word_embeddings", False))
     copy_rows = tok.vocab_size if resolved.soda_source else tok.layout.base_vocab_size
     weights = HFWeights(load, cfg, tied=tied, copy_rows=copy_rows)
@@ -114,19 +126,16 @@ def convert_from_hf(
             from safetensors.torch import save_file
 
             new = tok.vocab_size - copy_rows
-            ext = {}
-            for key, hf_name in (
-                ("embedding.word_embeddings.weight", "model.embed_tokens.weight"),
-                ("output_layer.weight", "model.embed_tokens.weight" if tied else "lm_head.weight"),
-            ):
-                ext[key] = extension_rows(
-                    weights.st.get(hf_name)[:copy_rows], new, new_row_noise, seed, key
-                )
+            ext, base = {}, None
+            for key in (names.EMBEDDING, names.OUTPUT):
+                if base is None or not tied:  # tied: one HF tensor for both
+                    base = weights.base_rows(key)
+                ext[key] = extension_rows(base, new, new_row_noise, seed, key)
             extension_path = os.path.join(work, "extension.safetensors")
             save_file(ext, extension_path)
-            del ext
+            del ext, base
             log(
-                f"warm start: {new} new vocabulary rows ({tok.vocab_size - copy_rows - 4 - tok.layout.num_audio_tokens}"
+                f"warm start: {new} new vocabulary rows ({new - 4 - tok.layout.num_audio_tokens}"
                 f" specials, 4 markers, {tok.layout.num_audio_tokens} audio tokens): mean of the {copy_rows} "
                 f"existing rows + {new_row_noise} x their std of noise"
             )
@@ -166,7 +175,6 @@ def convert_from_hf(
             run(plan, 0)
         else:
             _spawn(plan, world, work)
-    ckpt = layout.iteration_dir(save, 0)
     meta = layout.read_meta(ckpt)
     meta.update(
         weights_only=True,
@@ -177,7 +185,6 @@ def convert_from_hf(
         },
     )
     layout.write_json_atomic(os.path.join(ckpt, layout.META), meta)
-    flags = trainer_flags(cfg, os.path.join(ckpt, "tokenizer"), tok.layout.num_codebooks)
     seconds = time.perf_counter() - start
     log(
         f"converted {load} -> {ckpt} (TP {tensor_parallel}, PP {pipeline_parallel}, weights only) in {seconds:.1f} s\n"

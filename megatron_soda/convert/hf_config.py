@@ -68,7 +68,7 @@ def write_json(path: str, obj: dict[str, Any]) -> None:
 
 def read_json(path: str) -> dict[str, Any]:
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise ConversionError(f"{path}: missing") from None

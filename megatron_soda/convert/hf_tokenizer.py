@@ -21,11 +21,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from megatron_soda.convert.errors import ConversionError
-from megatron_soda.tokenizer import MARKERS, TEXT_START, SodaTokenizer, TokenizerError, TokenLayout
+from megatron_soda.convert.hf_config import read_json
+from megatron_soda.tokenizer import (
+    CODEBOOK_SIZE,
+    MARKERS,
+    TEXT_START,
+    SodaTokenizer,
+    TokenizerError,
+    TokenLayout,
+)
 from megatron_soda.tokenizer.hf_export import PUA_BASE, hf_ids, to_hf_string
 from megatron_soda.tokenizer.soda_tokenizer import DEFAULT_ADDED_BOS, DEFAULT_ADDED_EOS
 
-SODA_TOKENIZER_DIR = "soda_tokenizer"
+SODA_TOKENIZER_DIR = "soda_tokenizer"  # the trainer's tokenizer (base tokenizer.json + layout)
 
 
 @dataclass
@@ -43,13 +51,7 @@ def _token_name(value: object) -> str | None:
 
 
 def _read_optional_json(path: str) -> dict:
-    if not os.path.isfile(path):
-        return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{path}: not valid JSON ({e})") from None
+    return read_json(path) if os.path.isfile(path) else {}
 
 
 def _derived_layout(spec: dict, where: str) -> TokenLayout | None:
@@ -66,12 +68,17 @@ def _derived_layout(spec: dict, where: str) -> TokenLayout | None:
         for c, i in added.items()
         if len(c) == 1 and ord(c) >= PUA_BASE and i == audio + ord(c) - PUA_BASE
     )
-    if n == 0 or n % 2048:
+    if n == 0 or n % CODEBOOK_SIZE:
         raise ConversionError(
-            f"{where}: {n} audio characters found after the markers (expected a multiple of 2048)"
+            f"{where}: {n} audio characters found after the markers (expected a multiple of "
+            f"{CODEBOOK_SIZE})"
         )
     return TokenLayout(
-        base_vocab_size=start, bos_id=-1, eos_id=-1, marker_offset=start, num_codebooks=n // 2048
+        base_vocab_size=start,
+        bos_id=-1,
+        eos_id=-1,
+        marker_offset=start,
+        num_codebooks=n // CODEBOOK_SIZE,
     )
 
 
@@ -146,7 +153,7 @@ def verify_against_hf(tok: SodaTokenizer, tokenizer_json: str) -> None:
     markers, text, audio characters of every codebook, EOS)."""
     lay = tok.layout
     text = "Hello world, this is a test."
-    codes = np.array([[0, 2047, 5]] * lay.num_codebooks)
+    codes = np.array([[0, CODEBOOK_SIZE - 1, 5]] * lay.num_codebooks)
     audio = tok.encode_audio(codes).tolist()
     head = [tok.bos, lay.text_start_id]
     tail = [lay.text_end_id, lay.audio_start_id, *audio, lay.audio_end_id, tok.eos]
@@ -197,7 +204,7 @@ def resolve_tokenizer(
                 f"{hf_dir}: a SODA model with {known.num_codebooks} codebooks, "
                 f"--num-codebooks {num_codebooks} given"
             )
-        tmp = None
+        tmp, verified = None, False
         saved = os.path.join(hf_dir, SODA_TOKENIZER_DIR)
         if base_tokenizer is not None:
             tok, how = (
@@ -212,7 +219,7 @@ def resolve_tokenizer(
         else:
             tmp = tempfile.TemporaryDirectory(prefix="soda_base_tok_")
             tok = _recover(spec, tok_cfg, declared, known, tmp.name, tok_json)
-            how = f"base tokenizer recovered from {tok_json}"
+            how, verified = f"base tokenizer recovered from {tok_json}", True  # _recover checked it
     except TokenizerError as e:
         raise ConversionError(f"{hf_dir}: {e}") from None
     lay = tok.layout
@@ -226,6 +233,6 @@ def resolve_tokenizer(
             f"{hf_dir}: the tokenizer from {how} puts the markers at {lay.marker_offset}, "
             f"tokenizer.json at {known.marker_offset}"
         )
-    if spec:
+    if spec and not verified:
         verify_against_hf(tok, tok_json)
     return ResolvedTokenizer(tok, True, how, tmp)

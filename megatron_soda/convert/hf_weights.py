@@ -8,8 +8,6 @@ padded rows up to ``padded_vocab_size`` are zero (never used: never looked up, l
 
 from __future__ import annotations
 
-import hashlib
-
 import torch
 
 from megatron_soda.convert import names
@@ -33,10 +31,11 @@ def extension_rows(
     step 0 and no new token starts out over-predicted; a new input row at the mean is a
     "typical" embedding the pretrained layers already handle.  The noise only makes the rows
     distinct (deterministic: seeded by ``seed`` and the tensor name)."""
+    from megatron_soda.models.init import seed_for  # (a megatron import: kept local)
+
     old = old.float()
     mean, std = old.mean(dim=0), old.std(dim=0)
-    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
-    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    gen = torch.Generator().manual_seed(seed_for(seed, name))
     return mean + noise * std * torch.randn(count, old.shape[1], generator=gen)
 
 
@@ -55,10 +54,7 @@ class HFWeights:
         self.st = SafetensorsReader(hf_dir)
         self.cfg, self.tied, self.copy_rows = cfg, tied, copy_rows
         self.extension = extension or {}
-        self._layer_params = {}
-        for p in names.LAYER_PARAMS:
-            for n in (p.key, *p.aliases):
-                self._layer_params[names.layer_key(p, n)] = p
+        self._layer_params = {k: p for p in names.LAYER_PARAMS for k in p.megatron_keys}
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
     def hf_vocab_rows(self) -> int:
@@ -68,13 +64,13 @@ class HFWeights:
         """Every tensor present with the shape the config implies, nothing unknown."""
         cfg, st, where = self.cfg, self.st, self.st.hf_dir
         problems = []
-        expected: dict[str, tuple[int, ...]] = {}
-        for i in range(cfg.num_layers):
-            for p in names.LAYER_PARAMS:
-                for n, shape in zip(p.hf, names.hf_layer_shapes(p, cfg)):
-                    expected[n.format(i=i)] = shape
-        expected[names.HF_FINAL_NORM] = (cfg.hidden_size,)
         vocab_names = [names.HF_EMBEDDING] + ([] if self.tied else [names.HF_OUTPUT])
+        # the vocabulary tensors are checked below (rows: at least the tokenizer's copied ids)
+        expected = {
+            n: shape
+            for n, shape in names.hf_specs(cfg)
+            if n not in (names.HF_EMBEDDING, names.HF_OUTPUT)
+        }
         for name, shape in expected.items():
             if name not in st:
                 problems.append(f"missing {name}")
@@ -104,9 +100,17 @@ class HFWeights:
                 + "; ".join(problems[:8])
             )
 
+    def _hf_vocab_name(self, key: str) -> str:
+        """The HF tensor of vocabulary key ``key`` (a tied output head reads the embedding)."""
+        return names.HF_EMBEDDING if key == names.EMBEDDING or self.tied else names.HF_OUTPUT
+
+    def base_rows(self, key: str) -> torch.Tensor:
+        """The ``copy_rows`` HF rows of vocabulary key ``key`` (embedding or output head)."""
+        return self.st.get(self._hf_vocab_name(key))[: self.copy_rows]
+
     def _vocab_tensor(self, key: str, out: torch.Tensor | None) -> torch.Tensor:
         cfg = self.cfg
-        hf_name = names.HF_EMBEDDING if key == names.EMBEDDING or self.tied else names.HF_OUTPUT
+        hf_name = self._hf_vocab_name(key)
         if out is None or out.dtype != self.st.dtype(hf_name):
             out = torch.empty(cfg.padded_vocab_size, cfg.hidden_size, dtype=self.st.dtype(hf_name))
         self.st.get(hf_name, out=out[: self.copy_rows])  # read in place: no second copy

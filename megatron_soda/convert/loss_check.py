@@ -148,7 +148,10 @@ def check_hf_loss(
 
     if load is None:
         load = read_json(os.path.join(hf_dir, PROVENANCE_FILE)).get("source_checkpoint")
-    ckpt = layout.find_checkpoint(load) if load and os.path.isdir(load) else None
+    try:
+        ckpt = layout.find_checkpoint(load) if load and os.path.isdir(load) else None
+    except layout.CheckpointError as e:  # the tracker names a missing/incomplete iteration
+        raise ConversionError(str(e)) from None
     if ckpt is None:
         raise ConversionError(f"{load}: no megatron_soda checkpoint (pass --load CKPT_DIR)")
     meta = layout.read_meta(ckpt)
@@ -175,7 +178,8 @@ def check_hf_loss(
         reset_position_ids=bool(run_args.get("reset_position_ids", True)),
         eod_mask_loss=bool(run_args.get("eod_mask_loss")),
     )
-    hf_dtype = read_json(os.path.join(hf_dir, "config.json")).get("dtype", "float32")
+    config = read_json(os.path.join(hf_dir, "config.json"))
+    hf_dtype = config.get("dtype") or config.get("torch_dtype", "float32")
     low = bool(run_args.get("bf16") or run_args.get("fp16")) or hf_dtype != "float32"
     atol = atol if atol is not None else (ATOL_LOW_PRECISION if low else ATOL_FP32)
     loss = total / count if count else float("nan")

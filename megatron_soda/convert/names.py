@@ -43,6 +43,11 @@ class LayerParam:
     kind: str = "copy"  # copy | qkv | fc1
     aliases: tuple[str, ...] = ()
 
+    @property
+    def megatron_keys(self) -> tuple[str, ...]:
+        """Checkpoint keys this tensor may be stored under (its own name first, then aliases)."""
+        return tuple(layer_key(self, n) for n in (self.key, *self.aliases))
+
 
 LAYER_PARAMS: tuple[LayerParam, ...] = (
     LayerParam(
@@ -99,6 +104,16 @@ def hf_layer_shapes(param: LayerParam, cfg: SodaModelConfig) -> list[tuple[int, 
     if param.kind == "fc1":
         return [(cfg.ffn_hidden_size, h)] * 2
     return [megatron_layer_shape(param, cfg)]
+
+
+def hf_specs(cfg: SodaModelConfig) -> list[tuple[str, tuple[int, ...]]]:
+    """(HF name, shape) of every HF tensor, in the order the converter writes them."""
+    vocab = (cfg.vocab_size, cfg.hidden_size)
+    specs = [(HF_EMBEDDING, vocab)]
+    for i in range(cfg.num_layers):
+        for p in LAYER_PARAMS:
+            specs += [(n.format(i=i), s) for n, s in zip(p.hf, hf_layer_shapes(p, cfg))]
+    return specs + [(HF_FINAL_NORM, (cfg.hidden_size,)), (HF_OUTPUT, vocab)]
 
 
 def megatron_layer_shape(param: LayerParam, cfg: SodaModelConfig) -> tuple[int, ...]:
@@ -173,21 +188,3 @@ def fuse(param: LayerParam, parts: list[torch.Tensor], cfg: SodaModelConfig) -> 
     if param.kind == "fc1":
         return merge_fc1(*parts)
     return parts[0]
-
-
-def hf_names_in_order(num_layers: int) -> list[str]:
-    """Every HF tensor name, in the order the converter writes them."""
-    names = [HF_EMBEDDING]
-    for i in range(num_layers):
-        names += [n.format(i=i) for p in LAYER_PARAMS for n in p.hf]
-    return names + [HF_FINAL_NORM, HF_OUTPUT]
-
-
-def mapping_table() -> list[tuple[str, str, str]]:
-    """(megatron key, HF name(s), transformation) rows, for the documentation."""
-    rows = [(EMBEDDING, HF_EMBEDDING, "drop padded rows")]
-    for p in LAYER_PARAMS:
-        how = {"qkv": "split per KV group", "fc1": "split [gate; up]"}.get(p.kind, "copy")
-        rows.append((layer_key(p) + "[i]", ", ".join(p.hf).replace("{i}", "i"), how))
-    rows += [(FINAL_NORM, HF_FINAL_NORM, "copy"), (OUTPUT, HF_OUTPUT, "drop padded rows")]
-    return rows

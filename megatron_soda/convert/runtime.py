@@ -12,8 +12,6 @@ import torch
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.models.config import SodaModelConfig
 
-SHARDING_METADATA = {"distrib_optim_sharding_type": "fully_reshardable"}
-
 
 @contextlib.contextmanager
 def megatron_runtime(
@@ -107,14 +105,13 @@ def fill_stage(chunk: torch.nn.Module, global_tensor: Callable[..., torch.Tensor
     tensor of a checkpoint key, or of one layer of a stacked key); every element must be written.
     When this rank holds the whole tensor, ``out`` is the parameter itself and the source may
     write into it directly (saving a temporary copy of, e.g., the embedding)."""
-    from megatron_soda.models.init import _iter_sharded_tensors
+    from megatron_soda.checkpointing.state import model_state
+    from megatron_soda.models.init import copy_local_slice, parameter_shards
 
     written = 0
-    for sh in _iter_sharded_tensors(chunk.sharded_state_dict(metadata=dict(SHARDING_METADATA))):
-        if sh.data is None or not sh.data.is_floating_point() or sh.key.endswith("_extra_state"):
-            continue
+    for sh in parameter_shards(model_state([chunk]), ConversionError):
         p = sh.prepend_axis_num
-        if p > 1 or sh.flattened_range is not None:
+        if p > 1:
             raise ConversionError(f"unsupported sharding of {sh.key}")
         whole = tuple(sh.local_shape) == tuple(sh.global_shape[p:]) and sh.data.is_contiguous()
         out = sh.data.view(sh.local_shape) if whole else None
@@ -126,8 +123,7 @@ def fill_stage(chunk: torch.nn.Module, global_tensor: Callable[..., torch.Tensor
             raise ConversionError(
                 f"{sh.key}: source tensor {tuple(full.shape)}, model expects {tuple(sh.global_shape[p:])}"
             )
-        local = full[tuple(slice(o, o + n) for o, n in zip(sh.global_offset[p:], sh.local_shape))]
-        sh.data.copy_(local.reshape(sh.data.shape))
+        copy_local_slice(sh, full)
         written += sh.data.numel()
     total = sum(t.numel() for t in chunk.parameters())
     if written != total:
@@ -138,8 +134,9 @@ def load_stage(chunk: torch.nn.Module, ckpt: str) -> None:
     """Load the model weights of checkpoint ``ckpt`` into ``chunk`` (no optimizer, RNG or train state)."""
     from megatron.core import dist_checkpointing
 
-    sd = {"model": chunk.sharded_state_dict(metadata=dict(SHARDING_METADATA))}
-    loaded = dist_checkpointing.load(sd, ckpt)
+    from megatron_soda.checkpointing.state import model_state
+
+    loaded = dist_checkpointing.load(model_state([chunk]), ckpt)
     chunk.load_state_dict(loaded["model"], strict=True)
 
 
@@ -172,26 +169,23 @@ def checkpoint_logits(ckpt: str, tokens: torch.Tensor) -> torch.Tensor:
 
 def random_weights(
     cfg: SodaModelConfig, seed: int, scale: float = 0.05
-) -> Callable[[str, int | None], torch.Tensor]:
+) -> Callable[..., torch.Tensor]:
     """A ``global_tensor`` function for :func:`fill_stage` giving deterministic random weights,
     the same under every layout: norm weights ``1 + N(0, 0.1)`` (so that a swapped norm would
     show), matrices ``N(0, scale)``.  For tests and benchmarks."""
-    import hashlib
-
     from megatron_soda.convert import names
+    from megatron_soda.models.init import seed_for
 
     shapes = {
-        names.layer_key(p, n): names.megatron_layer_shape(p, cfg)
-        for p in names.LAYER_PARAMS
-        for n in (p.key, *p.aliases)
+        k: names.megatron_layer_shape(p, cfg) for p in names.LAYER_PARAMS for k in p.megatron_keys
     }
     shapes.update({k: names.megatron_global_shape(k, cfg) for k in names.GLOBAL_PARAMS})
 
     def make(key: str, layer: int | None, out: torch.Tensor | None = None) -> torch.Tensor:
-        digest = hashlib.sha256(f"{seed}/{key}/{layer}".encode()).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-        out = torch.randn(shapes[key], generator=gen)
-        return out.mul_(0.1).add_(1.0) if "norm" in key else out.mul_(scale)
+        # ``out`` (fill_stage's in-place target) is not used: a fresh tensor is returned
+        gen = torch.Generator().manual_seed(seed_for(seed, f"{key}/{layer}"))
+        t = torch.randn(shapes[key], generator=gen)
+        return t.mul_(0.1).add_(1.0) if "norm" in key else t.mul_(scale)
 
     return make
 

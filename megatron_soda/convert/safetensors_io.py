@@ -19,17 +19,25 @@ import torch
 
 from megatron_soda.convert.errors import ConversionError
 
-DTYPE_NAMES = {
-    torch.float32: "F32",
-    torch.bfloat16: "BF16",
-    torch.float16: "F16",
-    torch.float64: "F64",
+_READ_DTYPES = {
+    "F32": torch.float32,
+    "BF16": torch.bfloat16,
+    "F16": torch.float16,
+    "F64": torch.float64,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }
+DTYPE_NAMES = {dtype: name for name, dtype in _READ_DTYPES.items()}
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 
 
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+def tensor_nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes of a tensor of ``shape`` and ``dtype``."""
     n = dtype.itemsize
     for s in shape:
         n *= s
@@ -53,7 +61,7 @@ class SafetensorsWriter:
         shards: list[list[int]] = [[]]
         size = 0
         for i, (_, shape, dtype) in enumerate(specs):
-            n = _nbytes(shape, dtype)
+            n = tensor_nbytes(shape, dtype)
             if shards[-1] and size + n > max_shard_bytes:
                 shards.append([])
                 size = 0
@@ -69,14 +77,14 @@ class SafetensorsWriter:
         self._next = 0
         self._shard = -1
         self._f = None
-        self.total_bytes = sum(_nbytes(s, d) for _, s, d in specs)
+        self.total_bytes = sum(tensor_nbytes(s, d) for _, s, d in specs)
 
     def _open_shard(self, k: int) -> None:
         header: dict[str, object] = {"__metadata__": self.metadata}
         offset = 0
         for i in self.shards[k]:
             name, shape, dtype = self.specs[i]
-            n = _nbytes(shape, dtype)
+            n = tensor_nbytes(shape, dtype)
             header[name] = {
                 "dtype": DTYPE_NAMES[dtype],
                 "shape": list(shape),
@@ -127,20 +135,6 @@ class SafetensorsWriter:
                 )
 
 
-_READ_DTYPES = {
-    "F32": torch.float32,
-    "BF16": torch.bfloat16,
-    "F16": torch.float16,
-    "F64": torch.float64,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-}
-
-
 class _File:
     """One safetensors file: its header, and tensors read straight into their own memory (no
     memory map, so reading a tensor costs exactly its size and nothing stays resident)."""
@@ -166,7 +160,7 @@ class _File:
                 shape = tuple(int(x) for x in e["shape"])
             except (KeyError, TypeError, ValueError):
                 raise ConversionError(f"{path}: bad header entry for {name}") from None
-            if end - begin != _nbytes(shape, dtype) or self.data_start + end > size:
+            if end - begin != tensor_nbytes(shape, dtype) or self.data_start + end > size:
                 raise ConversionError(f"{path}: {name} has inconsistent offsets {begin}..{end}")
             self.entries[name] = (dtype, shape, begin, end)
 

@@ -22,14 +22,12 @@ from megatron_soda.convert import names
 from megatron_soda.convert.dist_reader import DistCheckpointReader
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.convert.hf_config import generation_config, hf_config, write_json
+from megatron_soda.convert.hf_tokenizer import SODA_TOKENIZER_DIR
 from megatron_soda.convert.safetensors_io import SafetensorsWriter
 from megatron_soda.models.config import SodaModelConfig
 from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-SODA_TOKENIZER_DIR = (
-    "soda_tokenizer"  # the trainer's tokenizer (base tokenizer.json + layout), verbatim
-)
 PROVENANCE_FILE = "soda_conversion.json"
 _IGNORED = re.compile(r"^(optimizer\.|rng_state)|_extra_state")
 
@@ -115,10 +113,7 @@ class MegatronSource:
         keys: dict[str, str] = {}
         problems = []
         for p in names.LAYER_PARAMS:
-            found = next(
-                (names.layer_key(p, n) for n in (p.key, *p.aliases) if names.layer_key(p, n) in r),
-                None,
-            )
+            found = next((k for k in p.megatron_keys if k in r), None)
             if found is None:
                 problems.append(f"missing {names.layer_key(p)}")
                 continue
@@ -162,7 +157,7 @@ class MegatronSource:
         )
 
     def hf_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
-        """(HF name, tensor) in :func:`names.hf_names_in_order` order, one read at a time."""
+        """(HF name, tensor) in :func:`names.hf_specs` order, one read at a time."""
         cfg, r, vocab = self.cfg, self.reader, self.cfg.vocab_size
         yield names.HF_EMBEDDING, r.read(names.EMBEDDING)[:vocab]
         for i in range(cfg.num_layers):
@@ -172,20 +167,6 @@ class MegatronSource:
                     yield name.format(i=i), t
         yield names.HF_FINAL_NORM, r.read(names.FINAL_NORM)
         yield names.HF_OUTPUT, r.read(names.OUTPUT)[:vocab]
-
-    def hf_specs(self, dtype: torch.dtype) -> list[tuple[str, tuple[int, ...], torch.dtype]]:
-        cfg = self.cfg
-        specs = [(names.HF_EMBEDDING, (cfg.vocab_size, cfg.hidden_size), dtype)]
-        for i in range(cfg.num_layers):
-            for p in names.LAYER_PARAMS:
-                specs += [
-                    (n.format(i=i), s, dtype) for n, s in zip(p.hf, names.hf_layer_shapes(p, cfg))
-                ]
-        specs += [
-            (names.HF_FINAL_NORM, (cfg.hidden_size,), dtype),
-            (names.HF_OUTPUT, (cfg.vocab_size, cfg.hidden_size), dtype),
-        ]
-        return specs
 
 
 def convert_to_hf(
@@ -211,7 +192,7 @@ def convert_to_hf(
     os.makedirs(tmp)
     writer = SafetensorsWriter(
         tmp,
-        src.hf_specs(TORCH_DTYPES[dtype]),
+        [(name, shape, TORCH_DTYPES[dtype]) for name, shape in names.hf_specs(src.cfg)],
         parse_size(max_shard_size),
         metadata={"source": "megatron_soda"},
     )
@@ -226,7 +207,7 @@ def convert_to_hf(
     write_json(os.path.join(tmp, "config.json"), hf_config(cfg, tok, dtype))
     write_json(os.path.join(tmp, "generation_config.json"), generation_config(tok))
     export_hf_tokenizer(tok, tmp, model_max_length=cfg.seq_length)
-    tok.save(os.path.join(tmp, SODA_TOKENIZER_DIR))
+    tok.save(os.path.join(tmp, SODA_TOKENIZER_DIR))  # the trainer's tokenizer, verbatim
     train_state = src.meta.get("train_state", {})
     write_json(
         os.path.join(tmp, PROVENANCE_FILE),

@@ -68,7 +68,7 @@ def _child(plan: dict, rank: int, log_path: str) -> None:
 def launch(plan_path: str) -> int:
     import megatron.core.dist_checkpointing  # noqa: F401  (imported once, before forking)
 
-    import megatron_soda.checkpointing  # noqa: F401
+    import megatron_soda.checkpointing.io  # noqa: F401
     import megatron_soda.convert.runtime  # noqa: F401
     import megatron_soda.models.gpt  # noqa: F401
 

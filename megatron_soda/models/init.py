@@ -39,9 +39,31 @@ def _iter_sharded_tensors(obj: object) -> Iterator[ShardedTensor]:
             yield from _iter_sharded_tensors(v)
 
 
-def _seed_for(seed: int, key: str) -> int:
+def seed_for(seed: int, key: str) -> int:
+    """A generator seed for the tensor named ``key`` (a non-negative 63-bit int)."""
     digest = hashlib.sha256(f"{seed}/{key}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def parameter_shards(
+    sharded: object, error: type[Exception] = NotImplementedError
+) -> Iterator[ShardedTensor]:
+    """The floating-point parameter shards of a sharded state dict (no ``_extra_state``, no
+    empty entries); a flattened shard raises ``error``."""
+    for sh in _iter_sharded_tensors(sharded):
+        if sh.data is None or not sh.data.is_floating_point() or sh.key.endswith("_extra_state"):
+            continue
+        if sh.flattened_range is not None:
+            raise error(f"flattened sharded tensor {sh.key}")
+        yield sh
+
+
+def copy_local_slice(sh: ShardedTensor, full: torch.Tensor) -> None:
+    """Copy this rank's slice of ``full`` (the global tensor without the prepended axes) into
+    the shard's data."""
+    p = sh.prepend_axis_num
+    local = full[tuple(slice(o, o + n) for o, n in zip(sh.global_offset[p:], sh.local_shape))]
+    sh.data.copy_(local.reshape(sh.data.shape))
 
 
 def init_std(key: str, std: float, num_layers: int) -> float | None:
@@ -54,29 +76,18 @@ def init_std(key: str, std: float, num_layers: int) -> float | None:
 
 
 @torch.no_grad()
-def initialize_parameters(model_chunks: list[torch.nn.Module], seed: int, std: float, num_layers: int) -> int:
-    """Initialise every parameter of ``model_chunks`` (unwrapped megatron modules) in place.
-
-    Returns the number of parameter elements written on this rank (for a sanity check)."""
-    written = 0
+def initialize_parameters(model_chunks: list[torch.nn.Module], seed: int, std: float, num_layers: int) -> None:
+    """Initialise every parameter of ``model_chunks`` (unwrapped megatron modules) in place."""
     for chunk in model_chunks:
         sharded = chunk.sharded_state_dict(metadata={"non_homogeneous_layers": True})
-        for sh in _iter_sharded_tensors(sharded):
-            if sh.data is None or not sh.data.is_floating_point() or sh.key.endswith("_extra_state"):
-                continue
-            if sh.flattened_range is not None:
-                raise NotImplementedError(f"flattened sharded tensor {sh.key}")
+        for sh in parameter_shards(sharded):
             scale = init_std(sh.key, std, num_layers)
             if scale is None:
                 sh.data.fill_(0.0 if sh.key.endswith("bias") else 1.0)
-                written += sh.data.numel()
                 continue
             p = sh.prepend_axis_num
             key = sh.key + "".join(f"[{o}]" for o in sh.global_offset[:p])
-            gen = torch.Generator(device=sh.data.device).manual_seed(_seed_for(seed, key))
+            gen = torch.Generator(device=sh.data.device).manual_seed(seed_for(seed, key))
             full = torch.empty(sh.global_shape[p:], dtype=torch.float32, device=sh.data.device)
             full.normal_(0.0, scale, generator=gen)
-            local = full[tuple(slice(o, o + n) for o, n in zip(sh.global_offset[p:], sh.local_shape))]
-            sh.data.copy_(local.reshape(sh.data.shape))
-            written += sh.data.numel()
-    return written
+            copy_local_slice(sh, full)
