@@ -37,13 +37,14 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
+from bench_paths import REPO
 from load_meter import QUIET_CORES, OthersLoad, other_busy_processes
 from speech_corpus import make_corpus, read_manifest
 
 if TYPE_CHECKING:
     import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
 
 
 # ----------------------------------------------------------------------------- runners

@@ -33,7 +33,7 @@ import threading
 import time
 
 from bench_paths import DEFAULT_TOKENIZER, REPO
-from load_meter import busy_s, own_s
+from load_meter import OthersLoad
 
 sys.path.insert(0, REPO)
 
@@ -97,13 +97,10 @@ def measure(step: str, *args: str) -> dict:
 
     cmd = [sys.executable, os.path.abspath(__file__), "--child", step, *args]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    busy0, own0 = busy_s(), own_s()  # own: this process (the sampler) and its children
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     peak = [0]
     done = threading.Event()
 
-    def sample() -> None:
+    def sample(proc: subprocess.Popen) -> None:
         try:
             root = psutil.Process(proc.pid)
         except psutil.NoSuchProcess:
@@ -116,22 +113,22 @@ def measure(step: str, *args: str) -> dict:
                 pass
             time.sleep(0.05)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    stdout, stderr = proc.communicate()
-    done.set()
-    thread.join()
-    wall = time.perf_counter() - t0
-    own = own_s() - own0
+    # own CPU time: this process (the sampler) and its children
+    with OthersLoad() as load:
+        proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        thread = threading.Thread(target=sample, args=(proc,), daemon=True)
+        thread.start()
+        stdout, stderr = proc.communicate()
+        done.set()
+        thread.join()
     if proc.returncode != 0:
         raise RuntimeError(f"{step} failed:\n{stderr[-3000:]}")
     line = next(x for x in stdout.splitlines() if x.startswith("RESULT "))
     res = json.loads(line[len("RESULT ") :])
     res.update(
-        peak_tree_rss=peak[0],
-        cpu_s=own,
-        wall_s=wall,
-        others_cores=max(0.0, (busy_s() - busy0 - own) / wall),
+        peak_tree_rss=peak[0], cpu_s=load.own_cpu_s, wall_s=load.wall_s, others_cores=load.cores
     )
     return res
 

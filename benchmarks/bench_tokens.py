@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
-from bench_paths import DEFAULT_TOKENIZER
+from bench_paths import DEFAULT_TOKENIZER, REPO
 from load_meter import QUIET_CORES, OthersLoad
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from megatron_soda.tokenizer import SodaTokenizer
     from megatron_soda.tokenizer.layout import TokenLayout
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, REPO)
 
 WORDS = (
     "the north wind and sun were disputing which was stronger when a traveler came along "
@@ -106,16 +106,20 @@ def run_ours(cache: UnitCache, tokenizer: SodaTokenizer, prefix: str) -> int:
     return sum(w.tokens for w in out.writers.values())
 
 
-def _pua_string(lay: TokenLayout, codes: np.ndarray) -> str:
-    """Audio codes -> SODA's private-use characters, frame-major (vectorised, so the baseline
-    pays for tokenisation, not for a Python loop over characters)."""
-    idx = (codes[: lay.num_codebooks].astype(np.uint32) + 0xE000).T
+def _pua_string(lay: TokenLayout, codes: np.ndarray, pua_base: int) -> str:
+    """Audio codes -> SODA's private-use characters (``pua_base``: hf_export.PUA_BASE),
+    frame-major (vectorised, so the baseline pays for tokenisation, not for a Python loop over
+    characters)."""
+    idx = (codes[: lay.num_codebooks].astype(np.uint32) + pua_base).T
     idx += (np.arange(lay.num_codebooks, dtype=np.uint32) * lay.codebook_size)[None, :]
     return idx.astype("<u4").tobytes().decode("utf-32-le")
 
 
 def soda_documents(cache: UnitCache, tokenizer: SodaTokenizer) -> Iterator[list[str]]:
     """SODA strings of every document (text-first and audio-first), in our order."""
+    from megatron_soda.tokenizer.hf_export import PUA_BASE
+    from megatron_soda.tokenizer.layout import AUDIO_END, AUDIO_START, TEXT_END, TEXT_START
+
     lay = tokenizer.layout
     bos, eos = tokenizer.special_name(lay.bos_id), tokenizer.special_name(lay.eos_id)
     for chunk in cache.chunks():
@@ -123,8 +127,8 @@ def soda_documents(cache: UnitCache, tokenizer: SodaTokenizer) -> Iterator[list[
         for rec in chunk.recordings:
             spans = [
                 (
-                    "<|text_start|>" + u.text + "<|text_end|>",
-                    "<|audio_start|>" + _pua_string(lay, u.codes) + "<|audio_end|>",
+                    TEXT_START + u.text + TEXT_END,
+                    AUDIO_START + _pua_string(lay, u.codes, PUA_BASE) + AUDIO_END,
                 )
                 for u in rec.utterances
             ]

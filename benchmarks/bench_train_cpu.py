@@ -196,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     data_path = a.data_path or synthetic_blend(
         os.path.join(a.workdir, "shards"), a.tokenizer, a.num_codebooks
     )
+    from megatron_soda.tokenizer import SodaTokenizer
+
+    # the FLOPs per token of the summary: the vocabulary the runs load (tokenizer + codebooks)
+    vocab_size = SodaTokenizer.load(a.tokenizer, num_codebooks=a.num_codebooks).vocab_size
     kinds = [k for k in a.kinds.split(",") if k]
     results: dict[str, Any] = {"runs": [], "summary": {}}
     print(
@@ -252,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 if res.get("profile"):
                     print(res["profile"], flush=True)
-        results["summary"][model] = summarize(model, d, per_kind, a.baseline, a.repeats)
+        results["summary"][model] = summarize(model, d, per_kind, a.baseline, vocab_size)
     for seq in [int(s) for s in a.data_seq_lengths.split(",") if s]:
         spec = dict(
             model="tiny",

@@ -38,7 +38,6 @@ import json
 import os
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ from typing import Any
 from bench_paths import DEFAULT_TOKENIZER, REPO, TORCHRUN
 from pretrain_command import pretrain_flags, torchrun_command
 from synthetic_shards import blend_args, synthetic_blend
+from train_summary import stats
 
 sys.path.insert(0, REPO)
 
@@ -156,11 +156,7 @@ def summarize_metrics(path: str, warmup: int) -> dict[str, Any]:
     out: dict[str, Any] = {"iterations": [r["iteration"] for r in timed]}
     for key in ("tokens_per_sec", "tflops_per_device", "mfu", "step_time_s"):
         values = [r[key] for r in timed if isinstance(r.get(key), (int, float))]
-        out[key] = (
-            {"median": statistics.median(values), "min": min(values), "max": max(values)}
-            if values
-            else None
-        )
+        out[key] = stats(values) if values else None
     out["lm_loss_first_last"] = [recs[0]["lm_loss"], recs[-1]["lm_loss"]]
     return out
 
@@ -177,12 +173,15 @@ def _failure_reason(log_text: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def run_one(a: argparse.Namespace, size: str, precision: str, layout: dict[str, int]) -> dict:
+def run_one(
+    a: argparse.Namespace, size: str, precision: str, layout: dict[str, int], te: bool
+) -> dict:
+    """One (size, precision) run; ``te``: Transformer Engine is installed."""
     tag = f"{size}-{precision}"
     metrics = os.path.join(a.workdir, f"metrics-{tag}.jsonl")
     log_path = os.path.join(a.workdir, f"log-{tag}.txt")
     row: dict[str, Any] = {"size": size, "precision": precision}
-    if precision == "fp8" and not a.dry_run and not te_available():
+    if precision == "fp8" and not a.dry_run and not te:
         row["status"] = "skipped: TE not installed"
         return row
     try:
@@ -349,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         layout = dict(LAYOUTS[size], **overrides.get(size, {}))
         for precision in precisions:
-            rows.append(run_one(a, size, precision, layout))
+            rows.append(run_one(a, size, precision, layout, te))
     if not a.dry_run:
         print_table(rows, device_name)
     if a.json:

@@ -12,15 +12,18 @@ QUIET_CORES = 0.15  # a run counts as quiet when other processes took less than 
 
 class OthersLoad:
     """CPU time that other processes (not this one or its children) took during a span, in
-    cores: 0 = the machine was ours, 1 = another job held a whole core."""
+    cores: 0 = the machine was ours, 1 = another job held a whole core.  After the span also
+    ``wall_s`` (its seconds) and ``own_cpu_s`` (CPU seconds of this process and the children
+    it waited for)."""
 
     def __enter__(self) -> OthersLoad:
         self.t0, self.busy0, self.own0 = time.perf_counter(), busy_s(), own_s()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        wall = max(time.perf_counter() - self.t0, 1e-9)
-        self.cores = max(0.0, (busy_s() - self.busy0 - (own_s() - self.own0)) / wall)
+        self.wall_s = max(time.perf_counter() - self.t0, 1e-9)
+        self.own_cpu_s = own_s() - self.own0
+        self.cores = max(0.0, (busy_s() - self.busy0 - self.own_cpu_s) / self.wall_s)
 
 
 def busy_s() -> float:

@@ -3,11 +3,8 @@ tokens per CPU-second and the ratios against the baseline kind, as JSON and as a
 
 from __future__ import annotations
 
-import os
 import statistics
 from typing import Any
-
-from bench_paths import DEFAULT_TOKENIZER
 
 
 def stats(values: list[float]) -> dict[str, float]:
@@ -21,19 +18,14 @@ def fmt_range(s: dict[str, float], spec: str = ".0f") -> str:
 
 
 def summarize(
-    model: str, d: dict, per_kind: dict[str, list[dict]], baseline: str, repeats: int
+    model: str, d: dict, per_kind: dict[str, list[dict]], baseline: str, vocab_size: int
 ) -> dict:
-    """One model's summary: its config, FLOPs per token and per kind of run the statistics."""
+    """One model's summary: its config, FLOPs per token and per kind of run the statistics.
+    ``vocab_size``: the unpadded vocabulary of the tokenizer the runs used."""
     from megatron_soda.models import preset
     from megatron_soda.scaling.flops import training_flops_per_token
-    from megatron_soda.tokenizer import SodaTokenizer
 
-    vocab = (
-        SodaTokenizer.load(DEFAULT_TOKENIZER).vocab_size
-        if os.path.isfile(DEFAULT_TOKENIZER)
-        else 144644
-    )
-    shape = preset(model).with_overrides(seq_length=d["seq_length"], vocab_size=vocab).shape()
+    shape = preset(model).with_overrides(seq_length=d["seq_length"], vocab_size=vocab_size).shape()
     fpt = training_flops_per_token(shape)
     out: dict[str, Any] = {"config": d, "training_flops_per_token": fpt, "kinds": {}}
     for kind, runs in per_kind.items():

@@ -22,7 +22,7 @@ def sweep(tmp_path):
     rule = load_rule("tiny").with_overrides({"vocab_size": 2566}, {"widths": [64, 128, 192, 256]})
     p = plan([1e13], rule)
     cfg = LaunchConfig(out_dir=str(tmp_path / "sweep"), launcher="python", data_path="/data/shards",
-                       tokenizer="tok.json", num_codebooks=1)  # fmt: skip
+                       tokenizer="tok.json", num_codebooks=1, eval_samples=64)  # fmt: skip
     write_sweep(p.runs, cfg)
     return tmp_path / "sweep", p.runs
 
@@ -171,6 +171,16 @@ def test_partial_last_line_is_ignored(tmp_path):
     assert len(m.train) == 1 and "partial last line" in m.notes[0]
 
 
+def test_partial_last_line_note_reaches_the_run_status(sweep):
+    root, runs = sweep
+    fin = runs[0]
+    _write(root / fin.name / "metrics.jsonl", _good_log(fin.steps), tail='{"iteration": 9')
+    _, statuses = collect([str(root)])
+    by_name = {s.name: s for s in statuses}
+    assert by_name[fin.name].ok and "partial last line" in by_name[fin.name].notes[0]
+    assert all(not s.notes for s in statuses if s.name != fin.name)
+
+
 def test_collect_errors(tmp_path):
     with pytest.raises(ScalingError, match="does not exist"):
         collect([str(tmp_path / "nope")])
@@ -213,3 +223,23 @@ def test_micro_batch_per_data_parallel_rank(tmp_path):
         write_sweep(
             runs, LaunchConfig(out_dir=str(tmp_path / "dp3"), micro_batch_size=0, data_parallel=3)
         )
+
+
+def test_rejected_launch_writes_nothing(tmp_path):
+    rule = load_rule("tiny").with_overrides({"vocab_size": 2566}, {"widths": [64, 128, 192, 256]})
+    runs = plan([1e13], rule).runs
+    bad = [
+        (LaunchConfig(out_dir=str(tmp_path / "dp3"), micro_batch_size=0, data_parallel=3),
+         "not divisible by --data-parallel 3"),
+        (LaunchConfig(out_dir=str(tmp_path / "dp0"), data_parallel=0), "--data-parallel must be >= 1"),
+        (LaunchConfig(out_dir=str(tmp_path / "ev0"), eval_samples=0),
+         "--eval-samples must be a positive number of sequences"),
+        (LaunchConfig(out_dir=str(tmp_path / "evneg"), eval_samples=-4), "--eval-samples must be"),
+    ]  # fmt: skip
+    for cfg, message in bad:
+        with pytest.raises(ScalingError, match=message):
+            write_sweep(runs, cfg)
+        assert not os.path.exists(cfg.out_dir)
+    with pytest.raises(ScalingError, match="duplicate run names"):
+        write_sweep([runs[0], runs[0]], LaunchConfig(out_dir=str(tmp_path / "dup")))
+    assert not os.path.exists(tmp_path / "dup")

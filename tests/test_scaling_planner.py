@@ -67,6 +67,15 @@ def test_budget_too_small_is_a_clear_error():
     assert {r.budget for r in p.runs} == {3e18}
 
 
+def test_close_budgets_get_distinct_run_names():
+    p = plan([1e15, 1.2e15], load_rule("tiny"))
+    names = [r.name for r in p.runs]
+    assert {r.budget for r in p.runs} == {1e15, 1.2e15}
+    assert len(set(names)) == len(names)
+    assert any("-C1e15-" in n for n in names) and any("-C1.2e15-" in n for n in names)
+    assert _run(plan([3e18], load_rule("soda")), 3e18, 768).name == "soda-C3e18-d768-L8-B8"
+
+
 def test_tiny_rule_and_overrides():
     rule = load_rule("tiny").with_overrides(
         {"vocab_size": 16_900, "seq_length": 128, "pad_vocab_to": 1}, {"widths": [64, 128, 192]}

@@ -16,7 +16,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from megatron_soda.scaling import schema
+from megatron_soda.scaling import rules, schema
 from megatron_soda.scaling.errors import ScalingError
 
 
@@ -50,7 +50,7 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--text-vocab-size",
         type=int,
-        default=128_256,
+        default=rules.LLAMA3_TEXT_VOCAB,
         help="text ids for the derived vocab (Llama-3)",
     )
     g.add_argument("--seq-length", type=int)
@@ -68,9 +68,7 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-batch", type=int)
     g.add_argument("--max-steps", type=int)
     g.add_argument("--max-lr", type=float)
-    g.add_argument(
-        "--flop-count", choices=("levanter", "levanter_causal", "6n", "6n_non_embedding")
-    )
+    g.add_argument("--flop-count", choices=rules.FLOP_COUNTS)
     g.add_argument("--flop-tolerance", type=float)
     p.add_argument(
         "--allow-empty",
@@ -251,8 +249,6 @@ def cmd_plan(args: argparse.Namespace) -> int:
 def cmd_launch(args: argparse.Namespace) -> int:
     from megatron_soda.scaling.launcher import LaunchConfig, run_local, write_sweep
 
-    if args.eval_samples is not None and args.eval_samples <= 0:
-        raise ScalingError("--eval-samples must be a positive number of sequences")
     p = _plan(args)
     cfg = LaunchConfig(
         out_dir=args.out, trainer=args.trainer, launcher=args.launcher, data_path=args.data_path or None,
@@ -284,6 +280,9 @@ def cmd_collect(args: argparse.Namespace) -> int:
     skipped = [
         {"name": s.name, "status": s.status, "reason": s.reason} for s in statuses if not s.ok
     ]
+    for s in statuses:
+        for note in s.notes:
+            print(f"note: {note}", file=sys.stderr)
     for s in skipped:
         print(f"skipped {s['name']}: {s['status']}: {s['reason']}", file=sys.stderr)
     if not rows:

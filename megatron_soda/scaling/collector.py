@@ -50,6 +50,7 @@ class RunStatus:
     status: str  # finished | unfinished | diverged | no_eval | malformed
     reason: str = ""
     row: dict | None = None
+    notes: list[str] = field(default_factory=list)  # from reading the metrics (not problems)
 
     @property
     def ok(self) -> bool:
@@ -123,40 +124,37 @@ def inspect_run(
         if on_malformed == "skip":
             return RunStatus(run_dir, name, "malformed", str(e))
         raise
+
+    def status(kind: str, reason: str = "", row: dict | None = None) -> RunStatus:
+        return RunStatus(run_dir, name, kind, reason, row, m.notes)
+
     for rec in m.train:
         for key in schema.FINITE_TRAIN_FIELDS:
             v = rec.get(key)
             if v is not None and not math.isfinite(v):
-                return RunStatus(
-                    run_dir, name, "diverged", f"{key} = {v} at iteration {rec[schema.ITERATION]}"
-                )
+                return status("diverged", f"{key} = {v} at iteration {rec[schema.ITERATION]}")
     for rec in m.eval:
         if rec["_loss"] is None or not math.isfinite(rec["_loss"]):
-            return RunStatus(
-                run_dir,
-                name,
-                "diverged",
-                f"held-out loss {rec['_loss']} at iteration {rec[schema.ITERATION]}",
+            return status(
+                "diverged", f"held-out loss {rec['_loss']} at iteration {rec[schema.ITERATION]}"
             )
     losses = [r[schema.TRAIN_LOSS] for r in m.train if r.get(schema.TRAIN_LOSS) is not None]
     if losses:
         smooth = _moving_mean(losses, max(1, min(20, len(losses) // 10)))
         if smooth[-1] > blowup_ratio * min(smooth):
-            return RunStatus(run_dir, name, "diverged",
-                             f"loss blew up: final {smooth[-1]:.4g} > {blowup_ratio:g} x best {min(smooth):.4g}")  # fmt: skip
+            return status("diverged",
+                          f"loss blew up: final {smooth[-1]:.4g} > {blowup_ratio:g} x best {min(smooth):.4g}")  # fmt: skip
     last = max((int(r[schema.ITERATION]) for r in (*m.train, *m.eval)), default=0)
     if last < planned:
-        return RunStatus(run_dir, name, "unfinished", f"reached iteration {last} of {planned}")
+        return status("unfinished", f"reached iteration {last} of {planned}")
     if not m.eval:
-        return RunStatus(run_dir, name, "no_eval", "no held-out loss record "
-                         f"(eval records carry '{schema.SPLIT}': 'valid' or '{schema.KIND}': 'eval')")  # fmt: skip
+        return status("no_eval", "no held-out loss record "
+                      f"(eval records carry '{schema.SPLIT}': 'valid' or '{schema.KIND}': 'eval')")  # fmt: skip
     final = max(m.eval, key=lambda r: int(r[schema.ITERATION]))
     if int(final[schema.ITERATION]) < min_eval_fraction * planned:
-        return RunStatus(run_dir, name, "no_eval",
-                         f"last held-out eval at iteration {final[schema.ITERATION]}, before the end ({planned})")  # fmt: skip
-    return RunStatus(
-        run_dir, name, "finished", "", _row(meta, final["_loss"], losses, final, params_count)
-    )
+        return status("no_eval",
+                      f"last held-out eval at iteration {final[schema.ITERATION]}, before the end ({planned})")  # fmt: skip
+    return status("finished", "", _row(meta, final["_loss"], losses, final, params_count))
 
 
 def collect(paths: Sequence[str], **kwargs: object) -> tuple[list[dict], list[RunStatus]]:

@@ -145,8 +145,9 @@ def fit_budget(budget: float, params: np.ndarray, tokens: np.ndarray, loss: np.n
     """Parabola of loss vs ln N for the runs of one budget."""
     x = np.log(params)
     fit = BudgetFit(budget, len(x), log_n_range=(float(x.min()), float(x.max())))
-    if len(np.unique(np.round(x, 9))) < 3:
-        fit.reason = f"needs >= 3 distinct model sizes, has {len(np.unique(np.round(x, 9)))}"
+    sizes = len(np.unique(np.round(x, 9)))
+    if sizes < 3:
+        fit.reason = f"needs >= 3 distinct model sizes, has {sizes}"
         return fit
     a, b, c = (float(v) for v in np.polyfit(x, loss, 2))
     fit.coeffs = (a, b, c)

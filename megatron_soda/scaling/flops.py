@@ -68,11 +68,6 @@ def training_flops_per_token(shape: ModelShape, *, attention: str = "full") -> f
     return 3.0 * forward_flops_per_token(shape, attention=attention)
 
 
-def training_flops(shape: ModelShape, tokens: float, *, attention: str = "full") -> float:
-    """Total training FLOPs for ``tokens`` tokens."""
-    return training_flops_per_token(shape, attention=attention) * float(tokens)
-
-
 def param_counts(shape: ModelShape) -> dict[str, int]:
     """Parameter counts.  ``soda`` is SODA's size name convention: everything except the input
     embedding (the output head is counted)."""

@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from megatron_soda.scaling import schema
 from megatron_soda.scaling.errors import ScalingError
@@ -62,6 +62,7 @@ TRAINER_FLAGS: tuple[tuple[str, str], ...] = (
     ("--data-path", "data_path"),
     ("--tokenizer", "tokenizer"),
     ("--num-codebooks", "num_codebooks"),
+    ("--eval-iters", "eval_iters"),  # set only with LaunchConfig.eval_samples
 )
 
 
@@ -95,7 +96,6 @@ class LaunchConfig:
     gpus_per_node: int = 8
     cpus_per_task: int | None = None
     max_concurrent: int | None = None
-    sbatch_extra: tuple[str, ...] = field(default_factory=tuple)
 
 
 def trainer_values(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> dict[str, object]:
@@ -112,11 +112,20 @@ def trainer_values(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> dict[str
         eval_interval=cfg.eval_interval or run.steps,
         save=os.path.join(run_dir, "checkpoints"),
         metrics_jsonl=os.path.join(run_dir, schema.METRICS_FILE),
-        data_path=cfg.data_path,
-        tokenizer=cfg.tokenizer,
-        num_codebooks=cfg.num_codebooks or run.recipe.num_codebooks,
+        **_launch_values(run, cfg),
     )
     return values
+
+
+def _launch_values(run: PlannedRun, cfg: LaunchConfig) -> dict[str, object]:
+    """What the launch config adds to (or overrides in) the plan record, for both the trainer
+    flags and run_meta.json."""
+    return {
+        "num_codebooks": cfg.num_codebooks or run.recipe.num_codebooks,
+        "eval_iters": eval_iters(run, cfg),
+        "data_path": cfg.data_path,
+        "tokenizer": cfg.tokenizer,
+    }
 
 
 def build_argv(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> list[str]:
@@ -129,8 +138,6 @@ def build_argv(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> list[str]:
         if flag in omit or value is None:
             continue
         argv += [flag, _format_value(value)]
-    if cfg.eval_samples:
-        argv += ["--eval-iters", str(eval_iters(run, cfg))]
     return argv + list(cfg.extra_args)
 
 
@@ -173,10 +180,7 @@ def run_metadata(run: PlannedRun, cfg: LaunchConfig, command: str) -> dict:
         schema_version=schema.META_SCHEMA_VERSION,
         metrics_jsonl=schema.METRICS_FILE,  # relative to the run directory: sweeps can move
         save="checkpoints",
-        num_codebooks=cfg.num_codebooks or run.recipe.num_codebooks,
-        eval_iters=eval_iters(run, cfg),
-        data_path=cfg.data_path,
-        tokenizer=cfg.tokenizer,
+        **_launch_values(run, cfg),
         command=command,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
@@ -187,11 +191,11 @@ def write_sweep(runs: Sequence[PlannedRun], cfg: LaunchConfig) -> dict[str, obje
     """Write run directories, command list, local runner and Slurm array; return a summary."""
     if not runs:
         raise ScalingError("nothing to launch: the plan has no runs")
-    out = os.path.abspath(cfg.out_dir)
-    os.makedirs(out, exist_ok=True)
     names = [r.name for r in runs]
     if cfg.data_parallel < 1:
         raise ScalingError("--data-parallel must be >= 1")
+    if cfg.eval_samples is not None and cfg.eval_samples <= 0:
+        raise ScalingError("--eval-samples must be a positive number of sequences")
     if not cfg.micro_batch_size and cfg.data_parallel > 1:
         odd = [r.name for r in runs if r.batch_size % cfg.data_parallel]
         if odd:
@@ -199,6 +203,8 @@ def write_sweep(runs: Sequence[PlannedRun], cfg: LaunchConfig) -> dict[str, obje
                                f"{', '.join(odd)} (raise --min-batch)")  # fmt: skip
     if len(set(names)) != len(names):
         raise ScalingError("duplicate run names in the plan")
+    out = os.path.abspath(cfg.out_dir)
+    os.makedirs(out, exist_ok=True)
     commands, scripts = [], []
     for run in runs:
         run_dir = os.path.join(out, run.name)
@@ -252,7 +258,6 @@ def slurm_array_script(scripts: Sequence[str], cfg: LaunchConfig, out: str) -> s
         lines.append(f"#SBATCH --time={cfg.time_limit}")
     if cfg.cpus_per_task:
         lines.append(f"#SBATCH --cpus-per-task={cfg.cpus_per_task}")
-    lines += [f"#SBATCH {x}" for x in cfg.sbatch_extra]
     lines += [
         "set -euo pipefail",
         "# Export DATA_PATH and TOKENIZER (or edit commands) before sbatch; they reach the tasks.",

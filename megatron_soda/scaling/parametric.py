@@ -69,6 +69,12 @@ class ParametricFit:
                 "n_starts": self.n_starts}  # fmt: skip
 
 
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    """Huber loss of the residuals, elementwise."""
+    absr = np.abs(r)
+    return np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
+
+
 def _objective(
     theta: np.ndarray, log_n: np.ndarray, log_d: np.ndarray, log_l: np.ndarray, delta: float
 ):
@@ -79,8 +85,7 @@ def _objective(
     x0, x1, x2 = np.exp(t0 - m), np.exp(t1 - m), np.exp(e - m)
     s = x0 + x1 + x2
     r = m + np.log(s) - log_l
-    absr = np.abs(r)
-    huber = np.where(absr <= delta, 0.5 * r * r, delta * (absr - 0.5 * delta))
+    huber = _huber(r, delta)
     dh = np.clip(r, -delta, delta) / s  # d huber / d term_k = dh * x_k (softmax weight)
     w0, w1 = dh * x0, dh * x1
     grad = np.array([w0.sum(), w1.sum(), (dh * x2).sum(), -(w0 * log_n).sum(), -(w1 * log_d).sum()])
@@ -90,9 +95,7 @@ def _objective(
 def _grid_objectives(grid: np.ndarray, log_n, log_d, log_l, delta: float) -> np.ndarray:
     a, b, e, alpha, beta = (grid[:, i : i + 1] for i in range(5))
     terms = np.stack(np.broadcast_arrays(a - alpha * log_n, b - beta * log_d, e + 0 * log_n))
-    r = logsumexp(terms, axis=0) - log_l
-    absr = np.abs(r)
-    return np.where(absr <= delta, 0.5 * r**2, delta * (absr - 0.5 * delta)).sum(axis=1)
+    return _huber(logsumexp(terms, axis=0) - log_l, delta).sum(axis=1)
 
 
 def fit_parametric(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from megatron_soda.scaling.errors import ScalingError
 from megatron_soda.scaling.flops import ModelShape, forward_flops_per_token, param_counts
@@ -118,9 +118,6 @@ class DroppedRun:
     reason: str
     kind: str = "shape"  # min_batch | lr_cap | max_steps | too_small | tolerance | shape
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass
 class Plan:
@@ -129,9 +126,10 @@ class Plan:
 
 
 def run_name(rule: str, budget: float, shape: ModelShape, batch: int) -> str:
-    return f"{rule}-C{budget:.0e}-d{shape.hidden_size}-L{shape.num_layers}-B{batch}".replace(
-        "+", ""
-    )
+    """``<rule>-C<budget>-d<width>-L<layers>-B<batch>``; the budget to 3 significant digits
+    without the exponent's '+' (3e18 -> C3e18, 1.2e15 -> C1.2e15)."""
+    c = f"{budget:.3g}".replace("+", "")
+    return f"{rule}-C{c}-d{shape.hidden_size}-L{shape.num_layers}-B{batch}"
 
 
 def plan_candidate(budget: float, cand: Candidate, rule: Rule) -> PlannedRun | DroppedRun:
@@ -229,7 +227,7 @@ def plan(budgets: list[float], rule: Rule, *, allow_empty: bool = False) -> Plan
 
 def format_table(runs: list[PlannedRun]) -> str:
     """Fixed-width text table of the plan (params = total count)."""
-    rows = [[_fmt(r.to_dict()[c]) for c in PLAN_COLUMNS] for r in runs]
+    rows = [[_fmt(d[c]) for c in PLAN_COLUMNS] for d in (r.to_dict() for r in runs)]
     widths = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(PLAN_COLUMNS)]
     line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
     return "\n".join([line(PLAN_COLUMNS), *(line(row) for row in rows)])

@@ -159,6 +159,6 @@ def _diag(ax, values: list[float]) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_all(res: Results, fit: FitResult, out_dir: str, heldout: dict | None = None) -> list[str]:
+def plot_all(res: Results, fit: FitResult, out_dir: str) -> list[str]:
     return [*plot_isoflop(res, fit, out_dir), *plot_frontiers(fit, out_dir),
-            *plot_predicted_vs_achieved(res, fit, out_dir, heldout)]  # fmt: skip
+            *plot_predicted_vs_achieved(res, fit, out_dir)]  # fmt: skip

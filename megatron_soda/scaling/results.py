@@ -41,14 +41,19 @@ class Results:
                        [n for n, k in zip(self.names, mask) if k], self.source)  # fmt: skip
 
     @classmethod
-    def from_rows(cls, rows: Sequence[dict], source: str = "<memory>") -> Results:
+    def from_rows(
+        cls, rows: Sequence[dict], source: str = "<memory>", lines: Sequence[int] | None = None
+    ) -> Results:
+        """Validate and convert rows; errors name ``source: row i``, or ``source:line`` for
+        the file lines given in ``lines``."""
         if not rows:
             raise ScalingError(f"{source}: the results table is empty (no finished runs?)")
         cols = {c: [] for c in schema.REQUIRED_COLUMNS}
         names = []
         for i, row in enumerate(rows):
+            where = f"{source}:{lines[i]}" if lines is not None else f"{source}: row {i + 1}"
             for c in schema.REQUIRED_COLUMNS:
-                cols[c].append(_positive(row.get(c), c, f"{source}: row {i + 1}"))
+                cols[c].append(_positive(row.get(c), c, where))
             names.append(str(row.get("name") or f"run{i + 1}"))
         return cls(
             *(np.asarray(cols[c], dtype=float) for c in schema.REQUIRED_COLUMNS), names, source
@@ -70,17 +75,15 @@ def read_results(path: str) -> Results:
             raise ScalingError(
                 f"{path}: missing column(s) {', '.join(missing)}; need {', '.join(schema.REQUIRED_COLUMNS)}"
             )
-        rows = []
+        rows, lines = [], []
         for row in reader:
             if not any((v or "").strip() for v in row.values() if isinstance(v, str)):
                 continue
-            line = reader.line_num
-            for c in schema.REQUIRED_COLUMNS:
-                row[c] = _positive(row.get(c), c, f"{path}:{line}")
             rows.append(row)
+            lines.append(reader.line_num)
     if not rows:
         raise ScalingError(f"{path}: the results table is empty (header only)")
-    return Results.from_rows(rows, source=path)
+    return Results.from_rows(rows, source=path, lines=lines)
 
 
 def write_results(rows: Sequence[dict], path: str) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 # ---- trainer metrics JSONL: one JSON object per line -------------------------------------
 ITERATION = "iteration"
 TRAIN_LOSS = "lm_loss"
-LR = "lr"
 GRAD_NORM = "grad_norm"
-TOKENS_PER_SEC = "tokens_per_sec"
 # Eval records are told apart by either marker below; any other record is a training record.
 SPLIT = "split"
 EVAL_SPLITS = ("valid", "validation", "eval", "test")
