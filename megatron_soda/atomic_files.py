@@ -4,18 +4,29 @@ rename it over the target (atomic on POSIX)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
+from typing import TextIO
 
 
-def write_text_atomic(path: str, text: str, *, durable: bool = False, tmp_suffix: str = ".tmp") -> None:
+@contextlib.contextmanager
+def atomic_open(path: str, *, durable: bool = False, tmp_suffix: str = ".tmp") -> Iterator[TextIO]:
+    """A text file (UTF-8) that replaces ``path`` when the block completes; after an exception
+    ``path`` is untouched (the temporary is overwritten by the next attempt)."""
     tmp = path + tmp_suffix
     with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
+        yield f
         if durable:
             f.flush()
             os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_text_atomic(path: str, text: str, *, durable: bool = False, tmp_suffix: str = ".tmp") -> None:
+    with atomic_open(path, durable=durable, tmp_suffix=tmp_suffix) as f:
+        f.write(text)
 
 
 def write_json_atomic(
@@ -27,6 +38,9 @@ def write_json_atomic(
     end: str = "",
     **dump_kwargs,
 ) -> None:
-    """``json.dump(obj, **dump_kwargs)`` (+ ``end``) into ``path``, atomically."""
-    text = json.dumps(obj, **dump_kwargs) + end
-    write_text_atomic(path, text, durable=durable, tmp_suffix=tmp_suffix)
+    """``json.dump(obj, **dump_kwargs)`` (+ ``end``) into ``path``, atomically.  Streamed to the
+    file: an exported ``tokenizer.json`` would be a ~40 MB str (UCS-4: its audio characters lie
+    past U+FFFF) if it were built in memory first."""
+    with atomic_open(path, durable=durable, tmp_suffix=tmp_suffix) as f:
+        json.dump(obj, f, **dump_kwargs)
+        f.write(end)
