@@ -40,7 +40,21 @@ setup(
     version="0.1.0",
     description="Native audio foundation models (SODA) on megatron-core",
     packages=find_packages(include=["megatron_soda", "megatron_soda.*"]),
-    package_data={"megatron_soda.data": ["sample_text/*.txt", "sample_text/*.md"]},
+    package_data={"megatron_soda.testing": ["sample_text/*.txt", "sample_text/*.md"]},
+    # the tools/ scripts, installed: each is the package's own main (tools/*.py are shims of it)
+    entry_points={
+        "console_scripts": [
+            "soda-pretrain = megatron_soda.training.main:main",
+            "soda-preprocess = megatron_soda.data.cli:preprocess_main",
+            "soda-merge-shards = megatron_soda.data.cli:merge_main",
+            "soda-inspect-shards = megatron_soda.data.inspect:inspect_main",
+            "soda-make-sample-data = megatron_soda.testing.cli:main",
+            "soda-convert-to-hf = megatron_soda.convert.cli:to_hf_main",
+            "soda-convert-from-hf = megatron_soda.convert.cli:from_hf_main",
+            "soda-check-hf-loss = megatron_soda.convert.cli:check_hf_loss_main",
+            "soda-scaling = megatron_soda.scaling.cli:main",
+        ]
+    },
     python_requires=">=3.10",
     install_requires=CORE,
     extras_require=EXTRAS,

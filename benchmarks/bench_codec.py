@@ -37,14 +37,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
-from bench_paths import REPO
 from load_meter import QUIET_CORES, OthersLoad, other_busy_processes
 from speech_corpus import make_corpus, read_manifest
 
 if TYPE_CHECKING:
     import torch
-
-sys.path.insert(0, REPO)
 
 
 # ----------------------------------------------------------------------------- runners
@@ -123,7 +120,7 @@ def one_measurement(job: dict) -> dict:
     if job["kind"] == "naive":
         from megatron_soda.audio.codec import MimiCodec
 
-        model = MimiCodec(job["codec"], num_codebooks=8).model  # not timed
+        model = MimiCodec(job["codec"]).model  # not timed
         rows = read_manifest(job["manifest"])
         dt, codes = naive_loop(rows, model, job["threads"])
         np.savez(job["codes_out"], **{r["id"]: c for r, c in zip(rows, codes)})

@@ -32,10 +32,8 @@ import tempfile
 import threading
 import time
 
-from bench_paths import DEFAULT_TOKENIZER, REPO
+from bench_paths import DEFAULT_TOKENIZER
 from load_meter import OthersLoad
-
-sys.path.insert(0, REPO)
 
 
 # ---------------------------------------------------------------------------- child side
@@ -59,12 +57,13 @@ def child(step: str, args: list[str]) -> None:
         pass
     elif step == "make":
         from megatron_soda.models import preset
+        from megatron_soda.testing.checkpoints import save_random_checkpoint
         from megatron_soda.tokenizer import SodaTokenizer
 
         shape, tokenizer, save = args
-        tok = SodaTokenizer(tokenizer, num_codebooks=8)
+        tok = SodaTokenizer.load(tokenizer)
         cfg = preset(shape).with_overrides(vocab_size=tok.vocab_size)
-        runtime.save_random_checkpoint(save, cfg, tok, seed=1, iteration=1)
+        save_random_checkpoint(save, cfg, tok, seed=1, iteration=1)
     elif step == "to_hf":
         out["summary"] = to_hf.convert_to_hf(args[0], args[1], dtype="fp32", **quiet)
     elif step == "from_hf":

@@ -36,17 +36,17 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
-from bench_paths import DEFAULT_TOKENIZER, REPO
+from bench_paths import DEFAULT_TOKENIZER
 from load_meter import QUIET_CORES, OthersLoad
+
+from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
     from megatron_soda.data.codes_cache import UnitCache
+    from megatron_soda.format import TokenLayout
     from megatron_soda.tokenizer import SodaTokenizer
-    from megatron_soda.tokenizer.layout import TokenLayout
-
-sys.path.insert(0, REPO)
 
 WORDS = (
     "the north wind and sun were disputing which was stronger when a traveler came along "
@@ -71,7 +71,7 @@ def make_cache(
     )
 
     shutil.rmtree(directory, ignore_errors=True)
-    cache = UnitCache(directory, {"cache_codebooks": 8, "bench": "tokens"})
+    cache = UnitCache(directory, {"cache_codebooks": DEFAULT_NUM_CODEBOOKS, "bench": "tokens"})
     cache.open_for_writing()
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
@@ -117,8 +117,8 @@ def _pua_string(lay: TokenLayout, codes: np.ndarray, pua_base: int) -> str:
 
 def soda_documents(cache: UnitCache, tokenizer: SodaTokenizer) -> Iterator[list[str]]:
     """SODA strings of every document (text-first and audio-first), in our order."""
+    from megatron_soda.format import AUDIO_END, AUDIO_START, TEXT_END, TEXT_START
     from megatron_soda.tokenizer.hf_export import PUA_BASE
-    from megatron_soda.tokenizer.layout import AUDIO_END, AUDIO_START, TEXT_END, TEXT_START
 
     lay = tokenizer.layout
     bos, eos = tokenizer.special_name(lay.bos_id), tokenizer.special_name(lay.eos_id)
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_soda.tokenizer.hf_export import export_hf_tokenizer
 
     os.makedirs(args.workdir, exist_ok=True)
-    tok = SodaTokenizer(args.tokenizer, num_codebooks=8)
+    tok = SodaTokenizer(args.tokenizer, num_codebooks=DEFAULT_NUM_CODEBOOKS)
     hf_dir = os.path.join(args.workdir, "hf")
     export_hf_tokenizer(tok, hf_dir)
     hf = Tokenizer.from_file(os.path.join(hf_dir, "tokenizer.json"))

@@ -10,10 +10,10 @@ repeat to the next) and the ratios are taken between runs of the same repeat.
 Kinds of run:
 
 * ``megatron``: the trainer's real pieces in-process, 1 process (gloo, world size 1) under the
-  CPU compatibility layer, fp32: ``parse_args`` with pretrain_soda.py's flags,
-  ``distributed_runtime``, ``Run`` (SodaGPTModel from the presets, megatron DDP,
+  CPU compatibility layer, fp32: ``parse_argv`` with pretrain_soda.py's flags, the
+  ``Trainer``'s set-up (SodaGPTModel from the presets, megatron DDP,
   ``get_megatron_optimizer``, WSD scheduler, BlendedMegatronDatasetBuilder/GPTDataset over a
-  95/5 speech/text blend), then per iteration what ``loop.train`` does: fetch the micro-batches
+  95/5 speech/text blend), then per iteration what ``Trainer.train`` does: fetch the micro-batches
   (GPTDataset through the DataLoader, then ``make_batch``: document masks from EOS, restarted
   position ids) and ``train_step`` (megatron's forward_backward schedule + optimizer step).
   Data time and step time are timed separately.
@@ -70,7 +70,8 @@ from megatron_runs import run_data, run_megatron, run_megatron_e2e
 from synthetic_shards import synthetic_blend
 from train_summary import fmt_range, print_summary, stats, summarize
 
-sys.path.insert(0, REPO)
+from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
+
 PYTHON = sys.executable
 
 # Per model: sequence length, micro-batch size, global batch size (micro-batches per step =
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         "in every run, so big temporaries do not cost fresh zeroed pages each time",
     )
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
-    p.add_argument("--num-codebooks", type=int, default=8)
+    p.add_argument("--num-codebooks", type=int, default=DEFAULT_NUM_CODEBOOKS)
     p.add_argument(
         "--data-path",
         nargs="*",

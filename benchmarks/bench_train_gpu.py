@@ -49,7 +49,7 @@ from pretrain_command import pretrain_flags, torchrun_command
 from synthetic_shards import blend_args, synthetic_blend
 from train_summary import stats
 
-sys.path.insert(0, REPO)
+from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
 # Per size on 80 GB GPUs at seq 4096 (the same as examples/pretrain_soda.sh): tensor/pipeline
 # parallel size, micro-batch size, distributed optimizer.  The output layer's logits
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         help="--fp8-recipe for the FP8 runs (trainer default: delayed)",
     )
     p.add_argument("--tokenizer", default=DEFAULT_TOKENIZER)
-    p.add_argument("--num-codebooks", type=int, default=8)
+    p.add_argument("--num-codebooks", type=int, default=DEFAULT_NUM_CODEBOOKS)
     p.add_argument("--data-path", nargs="*", default=None, help="real shards (blend syntax)")
     p.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "soda_bench_train_gpu"))
     p.add_argument("--torchrun", default=TORCHRUN)

@@ -29,7 +29,7 @@ def _hf_batches(
     position ids from EOS (the trainer's own helper), built before any timing."""
     import torch
 
-    from megatron_soda.data.shards import read_index
+    from megatron_soda.format import read_index
     from megatron_soda.training.data import document_ids, restarted_positions
 
     prefixes = spec["data_path"][1::2] if len(spec["data_path"]) > 1 else spec["data_path"]

@@ -1,7 +1,7 @@
 """The megatron_soda runs of bench_train_cpu.py, each in the process it is called in.
 
-* ``run_megatron``: the trainer's real pieces in-process (``parse_args`` with pretrain_soda.py's
-  flags, ``distributed_runtime``, ``Run``), then per iteration what ``loop.train`` does, with
+* ``run_megatron``: the trainer's real pieces in-process (``parse_argv`` with pretrain_soda.py's
+  flags, ``Trainer``'s set-up), then per iteration what ``Trainer.train`` does, with
   data time (GPTDataset fetch, ``make_batch``) and step time (``train_step``) timed apart;
 * ``run_megatron_e2e``: ``torchrun --nproc_per_node 1 pretrain_soda.py`` itself, read back
   from its metrics JSONL;
@@ -51,22 +51,15 @@ def _init_single_process_env() -> None:
 
 
 def run_megatron(spec: dict[str, Any]) -> dict[str, Any]:
-    """The trainer's Run + the body of loop.train, timed: data (fetch, make_batch) and step."""
+    """The trainer's set-up + the body of Trainer.train, timed: data (fetch, make_batch) and step."""
     import torch
 
-    from megatron_soda.tokenizer import SodaTokenizer
-    from megatron_soda.training.flags import parse_args
-    from megatron_soda.training.flags.model import model_config
-    from megatron_soda.training.flags.parallel import resolve_virtual_stages
-    from megatron_soda.training.initialize import distributed_runtime
-    from megatron_soda.training.main import Run
+    from megatron_soda.config.cli import parse_argv
+    from megatron_soda.training.trainer import Trainer
 
     _init_single_process_env()
     warmup, steps = spec["warmup"], spec["steps"]
-    args = parse_args(trainer_flags(dict(spec, train_iters=warmup + steps + 1)))  # +1: --profile
-    tokenizer = SodaTokenizer.load(args.tokenizer, num_codebooks=args.num_codebooks)
-    model_cfg = model_config(args, tokenizer.vocab_size)
-    resolve_virtual_stages(args, model_cfg.num_layers)
+    config = parse_argv(trainer_flags(dict(spec, train_iters=warmup + steps + 1)))  # +1: --profile
     from megatron.core.num_microbatches_calculator import (
         get_current_global_batch_size,
         get_num_microbatches,
@@ -76,9 +69,8 @@ def run_megatron(spec: dict[str, Any]) -> dict[str, Any]:
     from megatron_soda.training.step import train_step
 
     fetch, make, step, cpu, losses = [], [], [], [], []
-    with distributed_runtime(args) as device:
-        t_build = time.perf_counter()
-        run = Run(args, tokenizer, model_cfg, device)
+    t_build = time.perf_counter()
+    with Trainer(config) as run:
         build_s = time.perf_counter() - t_build
         state = run.state
         with OthersLoad() as load:
@@ -86,7 +78,7 @@ def run_megatron(spec: dict[str, Any]) -> dict[str, Any]:
                 update_num_microbatches(state.consumed_samples, consistency_check=True)
                 n = get_num_microbatches()
                 t0 = time.perf_counter()
-                # what run.train_batches(n) does, split in its two halves
+                # what run._train_batches(n) does, split in its two halves
                 raw = [next(run._train_iter) for _ in range(n)]
                 t1 = time.perf_counter()
                 batches = [run._batch(r) for r in raw]
@@ -96,7 +88,7 @@ def run_megatron(spec: dict[str, Any]) -> dict[str, Any]:
                     run.optimizer,
                     run.scheduler,
                     batches,
-                    args.on_nonfinite_loss,
+                    config.optim.on_nonfinite_loss,
                     lambda: f"iteration {state.iteration + 1}",
                 )
                 t3, c3 = time.perf_counter(), time.process_time()
@@ -116,12 +108,11 @@ def run_megatron(spec: dict[str, Any]) -> dict[str, Any]:
                         run.step,
                         run.optimizer,
                         run.scheduler,
-                        run.train_batches(n),
+                        run._train_batches(n),
                         "stop",
                         lambda: "profiled step",
                     )
                 )
-        run.logger.close()
         threads = torch.get_num_threads()
     return {
         "step_s": step,
@@ -164,23 +155,17 @@ def run_megatron_e2e(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_data(spec: dict[str, Any]) -> dict[str, Any]:
-    """The trainer's data pipeline only (a tiny model is built because Run builds one)."""
-    from megatron_soda.tokenizer import SodaTokenizer
-    from megatron_soda.training.flags import parse_args
-    from megatron_soda.training.flags.model import model_config
-    from megatron_soda.training.initialize import distributed_runtime
-    from megatron_soda.training.main import Run
+    """The trainer's data pipeline only (a tiny model is built because the Trainer builds one)."""
+    from megatron_soda.config.cli import parse_argv
+    from megatron_soda.training.data import make_batch
+    from megatron_soda.training.trainer import Trainer
 
     _init_single_process_env()
     n = spec["steps"] + spec["warmup"]
-    args = parse_args(trainer_flags(dict(spec, model="tiny", train_iters=n)))
-    tokenizer = SodaTokenizer.load(args.tokenizer, num_codebooks=args.num_codebooks)
-    model_cfg = model_config(args, tokenizer.vocab_size)
-    from megatron_soda.training.data import make_batch
-
+    config = parse_argv(trainer_flags(dict(spec, model="tiny", train_iters=n)))
     fetch, make, packed, docs = [], [], [], []
-    with distributed_runtime(args) as device:
-        run = Run(args, tokenizer, model_cfg, device)
+    with Trainer(config) as run:
+        tokenizer, device = run.tokenizer, run.device
         with OthersLoad() as load:
             for i in range(n):
                 t0 = time.perf_counter()
@@ -206,7 +191,6 @@ def run_data(spec: dict[str, Any]) -> dict[str, Any]:
                     docs.append(
                         int((batch.tokens == tokenizer.eod).sum()) / batch.tokens.size(0) + 1
                     )
-        run.logger.close()
     return {
         "fetch_s": fetch,
         "make_batch_s": make,

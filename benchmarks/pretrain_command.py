@@ -34,48 +34,14 @@ def pretrain_flags(
     lr: str | None = None,
     metrics_jsonl: str | None = None,
 ) -> list[str]:
-    """pretrain_soda.py's flags for one benchmark run; ``parallel`` (model-parallel flags)
-    goes after the sequence length, ``lr`` (default: the trainer's) after the iterations."""
-    flags = [
-        "--device",
-        device,
-        "--model-size",
-        model_size,
-        "--tokenizer",
-        tokenizer,
-        "--num-codebooks",
-        str(num_codebooks),
-        "--data-path",
-        *data_path,
-        "--data-cache-path",
-        data_cache_path,
-        "--seq-length",
-        str(seq_length),
-        *parallel,
-        "--micro-batch-size",
-        str(micro_batch_size),
-        "--global-batch-size",
-        str(global_batch_size),
-        "--train-iters",
-        str(train_iters),
-    ]
-    if lr:
-        flags += ["--lr", lr]
-    flags += [
-        "--seed",
-        "1",
-        "--log-interval",
-        "1",
-        "--eval-iters",
-        "0",
-        "--split",
-        "100,0,0",
-        "--data-check",
-        "quick",
-    ]
-    if metrics_jsonl:
-        flags += ["--metrics-jsonl", metrics_jsonl]
-    return flags
+    """pretrain_soda.py's flags for one benchmark run (spelled by the trainer's command
+    builder), then ``parallel`` (model-parallel flags as given); ``lr`` default: the trainer's."""
+    given = {k: v for k, v in locals().items() if k not in ("parallel", "lr", "data_path")}  # named as config fields
+    from megatron_soda.config.cli import flags_for
+
+    short_run = {"seed": 1, "log_interval": 1, "eval_iters": 0, "split": "100,0,0", "data_check": "quick"}
+    lr_value = float(lr) if lr else None
+    return [*flags_for({**given, **short_run, "data_path": list(data_path), "lr": lr_value}), *parallel]
 
 
 def torchrun_command(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from megatron_soda.tokenizer.layout import TokenLayout
+    from megatron_soda.format import TokenLayout
 
 SPEECH_SPLIT = (("yodas2_en", 131), ("emilia_yodas_en", 73), ("emilia_en", 37))  # SODA's B tokens
 TEXT_PREFIX = "nemotron_cc_hq"
@@ -89,7 +89,7 @@ def blend_args(root: str, text_weight: float = 0.05) -> list[str]:
 def synthetic_blend(
     root: str,
     tokenizer_path: str,
-    num_codebooks: int = 8,
+    num_codebooks: int | None = None,
     tokens_per_prefix: int = 400_000,
     text_weight: float = 0.05,
 ) -> list[str]:

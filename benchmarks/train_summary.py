@@ -23,9 +23,9 @@ def summarize(
     """One model's summary: its config, FLOPs per token and per kind of run the statistics.
     ``vocab_size``: the unpadded vocabulary of the tokenizer the runs used."""
     from megatron_soda.models import preset
-    from megatron_soda.scaling.flops import training_flops_per_token
+    from megatron_soda.scaling.flops import model_shape, training_flops_per_token
 
-    shape = preset(model).with_overrides(seq_length=d["seq_length"], vocab_size=vocab_size).shape()
+    shape = model_shape(preset(model).with_overrides(seq_length=d["seq_length"], vocab_size=vocab_size))
     fpt = training_flops_per_token(shape)
     out: dict[str, Any] = {"config": d, "training_flops_per_token": fpt, "kinds": {}}
     for kind, runs in per_kind.items():

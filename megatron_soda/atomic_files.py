@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TextIO
 
 
@@ -44,3 +44,17 @@ def write_json_atomic(
     with atomic_open(path, durable=durable, tmp_suffix=tmp_suffix) as f:
         json.dump(obj, f, **dump_kwargs)
         f.write(end)
+
+
+def write_jsonl_atomic(
+    path: str,
+    rows: Iterable[object],
+    *,
+    durable: bool = False,
+    tmp_suffix: str = ".tmp",
+    **dump_kwargs,
+) -> None:
+    """One ``json.dumps(row, **dump_kwargs)`` line per row into ``path``, atomically."""
+    with atomic_open(path, durable=durable, tmp_suffix=tmp_suffix) as f:
+        for row in rows:
+            f.write(json.dumps(row, **dump_kwargs) + "\n")

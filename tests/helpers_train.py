@@ -61,14 +61,20 @@ def make_dataset(root: str, tok: SodaTokenizer, speech_docs: int = 400, text_doc
     return speech, text
 
 
+def tiny_run(tokenizer_path: str, speech: str, text: str, metrics: str) -> dict:
+    """The config fields of the issue's command line: tiny model on CPU, a 95/5 speech/text blend."""
+    return dict(device="cpu", model_size="tiny", tokenizer=tokenizer_path, num_codebooks=8,
+                data_path=["0.95", speech, "0.05", text], seq_length=256, micro_batch_size=2,
+                global_batch_size=8, train_iters=12, lr=1e-3, seed=1, log_interval=1,
+                metrics_jsonl=metrics, eval_iters=1)
+
+
 def base_args(tokenizer_path: str, speech: str, text: str, metrics: str, *extra: str) -> list[str]:
-    """The issue's command line, then ``extra`` flags (argparse: a repeated flag's last value wins)."""
-    return [
-        "--device", "cpu", "--model-size", "tiny", "--tokenizer", tokenizer_path, "--num-codebooks", "8",
-        "--data-path", "0.95", speech, "0.05", text, "--seq-length", "256", "--micro-batch-size", "2",
-        "--global-batch-size", "8", "--train-iters", "12", "--lr", "1e-3", "--seed", "1", "--log-interval", "1",
-        "--metrics-jsonl", metrics, "--eval-iters", "1", *extra,
-    ]
+    """The issue's command line (spelled by the trainer's command builder), then ``extra`` flags
+    (argparse: a repeated flag's last value wins)."""
+    from megatron_soda.config.cli import flags_for
+
+    return [*flags_for(tiny_run(tokenizer_path, speech, text, metrics)), *extra]
 
 
 def torchrun(nproc: int, args: list[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
@@ -133,12 +139,14 @@ class SingleProcessMegatron:
 
 def build_tiny_model(vocab_size: int, seed: int = 1, **overrides):
     """A tiny SodaGPTModel (TP=PP=1), initialised like the trainer does."""
+    from megatron_soda.config import ParallelConfig, PrecisionConfig
     from megatron_soda.models import preset
-    from megatron_soda.models.gpt import build_model_chunk, make_transformer_config
+    from megatron_soda.models.gpt import build_model_chunk
     from megatron_soda.models.init import initialize_parameters
+    from megatron_soda.training.model_setup import transformer_config
 
     cfg = preset("tiny").with_overrides(vocab_size=vocab_size, **overrides)
-    config = make_transformer_config(cfg, False, use_cpu_initialization=True, pipeline_dtype=torch.float32)
+    config = transformer_config(cfg, ParallelConfig(device="cpu"), PrecisionConfig())
     model = build_model_chunk(cfg, config, False, True, True)
     initialize_parameters([model], seed, cfg.init_method_std, cfg.num_layers)
     return model, cfg

@@ -35,9 +35,9 @@ from megatron_soda.convert import names
 from megatron_soda.convert.dist_reader import DistCheckpointReader
 from megatron_soda.convert.from_hf import convert_from_hf
 from megatron_soda.convert.loss_check import check_hf_loss
-from megatron_soda.convert.runtime import checkpoint_logits, save_random_checkpoint
 from megatron_soda.convert.to_hf import convert_to_hf
 from megatron_soda.models import preset
+from megatron_soda.testing.checkpoints import checkpoint_logits, save_random_checkpoint
 from megatron_soda.tokenizer import SodaTokenizer
 from megatron_soda.tokenizer.hf_export import to_hf_string
 

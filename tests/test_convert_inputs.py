@@ -13,15 +13,16 @@ import shutil
 import pytest
 import torch
 
+from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.checkpointing import layout
 from megatron_soda.convert import names
 from megatron_soda.convert.dist_reader import DistCheckpointReader
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.convert.from_hf import convert_from_hf
 from megatron_soda.convert.hf_tokenizer import resolve_tokenizer
-from megatron_soda.convert.runtime import checkpoint_logits, save_random_checkpoint
 from megatron_soda.convert.to_hf import convert_to_hf
 from megatron_soda.models import preset
+from megatron_soda.testing.checkpoints import checkpoint_logits, save_random_checkpoint
 from megatron_soda.tokenizer import SodaTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -203,7 +204,7 @@ def test_checkpoint_config_that_does_not_match_the_weights(soda, tmp_path):
     shutil.copytree(soda["ckpt"], ckpt)
     meta = layout.read_meta(ckpt)
     meta["model"]["ffn_hidden_size"] = 256
-    layout.write_json_atomic(os.path.join(ckpt, layout.META), meta)
+    write_json_atomic(os.path.join(ckpt, layout.META), meta)
     with pytest.raises(
         ConversionError,
         match=r"do not match the model config.*linear_fc1.weight has shape \(4, 384, 64\)",
@@ -272,7 +273,7 @@ def test_unsupported_architectures(soda, tmp_path, changes, message):
 def test_rope_theta_the_trainer_cannot_take_is_refused(soda, tmp_path):
     from megatron_soda.convert.from_hf import trainer_flags
 
-    flags = trainer_flags(soda["cfg"].with_overrides(rotary_base=5e5), "TOK", 8)
+    flags = trainer_flags(soda["cfg"].with_overrides(rotary_base=5e5), "TOK")
     assert flags[flags.index("--rotary-base") + 1] == "500000"
     hf = copy_hf(soda, tmp_path)
     theta = 1e6 + 0.5

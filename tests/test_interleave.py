@@ -1,17 +1,21 @@
 """SODA's document formats and the held-out split."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
-from megatron_soda.data.interleave import interleaved_document, text_document, variants
 from megatron_soda.data.split import heldout_score, is_heldout
+from megatron_soda.format import interleaved_document, text_document, variants
 
 
 @pytest.fixture()
 def spans(soda_tokenizer):
+    """Two utterances of one frame each, under SODA's Llama-3 layout cut to 2 codebooks: audio
+    ids 128260 + code (codebook 0) and 130308 + code (codebook 1)."""
     texts = [[10, 11], [12]]
-    audios = [np.array([128260, 130308 + 5]), np.array([128261, 130308 + 6])]
-    return soda_tokenizer.layout, texts, audios
+    codes = [np.array([[0], [5]], np.int16), np.array([[1], [6]], np.int16)]
+    return dataclasses.replace(soda_tokenizer.layout, num_codebooks=2), texts, codes
 
 
 def test_text_first(spans):

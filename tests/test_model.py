@@ -7,7 +7,7 @@ import torch
 from helpers_train import SingleProcessMegatron, build_tiny_model
 
 from megatron_soda.models import PRESETS, SodaModelConfig, paper_learning_rate
-from megatron_soda.scaling.flops import param_counts
+from megatron_soda.scaling.flops import model_shape, param_counts
 
 LLAMA3_SODA_VOCAB = 144_644  # SODA_SPEC.md section 2
 
@@ -33,7 +33,7 @@ def test_presets_have_the_papers_shapes_and_sizes(name, shape, billions):
            cfg.ffn_hidden_size)
     assert got == shape
     # size names count parameters without the input embedding (SODA_SPEC.md section 4)
-    assert param_counts(cfg.shape())["soda"] == pytest.approx(billions * 1e9, rel=0.05)
+    assert param_counts(model_shape(cfg))["soda"] == pytest.approx(billions * 1e9, rel=0.05)
 
 
 def test_padded_vocab_is_the_same_for_every_tensor_parallel_size():
@@ -59,7 +59,7 @@ def test_config_rejects_heads_not_multiple_of_groups():
 def test_tiny_model_is_a_qwen3_block_stack(megatron):
     model, cfg = build_tiny_model(vocab_size=1000)
     params = dict(model.named_parameters())
-    assert sum(p.numel() for p in params.values()) == param_counts(cfg.shape())["total"]
+    assert sum(p.numel() for p in params.values()) == param_counts(model_shape(cfg))["total"]
     assert not any(n.endswith("bias") for n in params)
     assert model.embedding.word_embeddings.weight is not model.output_layer.weight  # untied
     assert "decoder.layers.0.self_attention.q_layernorm.weight" in params  # QK-norm

@@ -14,8 +14,9 @@ import pytest
 
 from megatron_soda.data.cli import merge_main, preprocess_main
 from megatron_soda.data.inspect import inspect_main
-from megatron_soda.data.sample_data import make_bad_inputs, make_sample_corpus
-from megatron_soda.data.shards import read_document, validate_shard
+from megatron_soda.format import ShardError, read_document, validate_shard
+from megatron_soda.testing.bad_inputs import make_bad_inputs
+from megatron_soda.testing.sample_data import make_sample_corpus
 from megatron_soda.tokenizer import SodaTokenizer
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
@@ -256,7 +257,7 @@ def test_bf16_codec_is_opt_in_and_recorded(corpus, tmp_path, llama3_path):
     assert 0.5 < same < 1.0  # same structure, some codes differ: why it is not the default
 
 
-def test_stages_apart_reuse_the_codes_cache(corpus, tmp_path, llama3_path, soda_tokenizer):
+def test_stages_apart_reuse_the_codes_cache(corpus, tmp_path, llama3_path, soda_tokenizer, capsys):
     root, _, _ = corpus
     src = root / "speech.jsonl"
     prefix = tmp_path / "staged"
@@ -300,6 +301,20 @@ def test_stages_apart_reuse_the_codes_cache(corpus, tmp_path, llama3_path, soda_
     ]
     too_many = ["--stage", "tokenize", "--codes-dir", f"{prefix}.codes", "--num-codebooks", "16"]
     assert run(None, llama3_path, tmp_path / "x", "jsonl", src, too_many) == 2
+    assert "holds 8 codebooks, 16 needed" in capsys.readouterr().err
+    # the cache records its codec: codes from another codec are never taken for this one's
+    other = ["--stage", "tokenize", "--codes-dir", f"{prefix}.codes", "--codec", "random:tiny:7"]
+    assert run(None, llama3_path, tmp_path / "y", "jsonl", src, other) == 2
+    assert "unit.json: made with codec" in capsys.readouterr().err
+    # a saved tokenizer directory carries its number of codebooks; a flag restating it is checked
+    saved = str(tmp_path / "tok1")
+    tok1.save(saved)
+    again = ["--stage", "tokenize", "--codes-dir", f"{prefix}.codes", "--interleave", "text-first"]
+    assert run(None, saved, tmp_path / "dir", "jsonl", src, again) == 0
+    assert open(f"{one}.bin", "rb").read() == open(tmp_path / "dir.bin", "rb").read()
+    assert json.load(open(tmp_path / "dir.stats.json"))["num_codebooks"] == 1
+    assert run(None, saved, tmp_path / "z", "jsonl", src, [*again, "--num-codebooks", "8"]) == 2
+    assert "saved with 1 codebooks, 8 requested" in capsys.readouterr().err
 
 
 def test_split_keeps_both_variants_together(corpus, tmp_path, llama3_path):
@@ -437,8 +452,10 @@ def test_inspect_validates_and_renders(corpus, tmp_path, llama3_path, capsys):
     open(f"{cut}.bin", "wb").write(data[: len(data) // 2])
     assert inspect_main([str(cut)]) == 1
     assert "truncated" in capsys.readouterr().err
-    # ids beyond a smaller vocabulary are caught
-    bad_vocab = np.frombuffer(data, dtype=np.int32).max()
-    assert bad_vocab >= SodaTokenizer(llama3_path, 1).vocab_size
-    with pytest.raises(Exception, match="outside the vocabulary"):
-        validate_shard(str(prefix), vocab_size=SodaTokenizer(llama3_path, 1).vocab_size)
+    # a tokenizer of fewer codebooks is refused (ids out of its range: tests/test_format.py)
+    small = SodaTokenizer(llama3_path, 1)
+    with pytest.raises(ShardError, match=rf"{prefix}\.stats\.json: token layout"):
+        validate_shard(str(prefix), small.layout)
+    small.save(str(tmp_path / "tok1"))
+    assert inspect_main([str(prefix), "--tokenizer", str(tmp_path / "tok1"), "--docs"]) == 2
+    assert "num_codebooks" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from megatron_soda.data import sample_data, sample_text
+from megatron_soda.testing import bad_inputs, sample_data, sample_text
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -35,7 +35,7 @@ def corpus(tmp_path_factory) -> tuple[Path, dict]:
 @pytest.fixture(scope="module")
 def bad(tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("bad")
-    return out, sample_data.make_bad_inputs(out)
+    return out, bad_inputs.make_bad_inputs(out)
 
 
 def _rms(x: np.ndarray) -> float:
@@ -114,7 +114,7 @@ def test_parquet_layout(corpus):
 
     out, _ = corpus
     table = pq.read_table(out / "yodas" / "part-00000.parquet")
-    assert table.schema.equals(sample_data._yodas_schema())
+    assert table.schema.equals(sample_data.yodas_schema())
     rows = table.to_pylist()
     assert len(rows) == N_REC
     for row in rows:

@@ -8,13 +8,14 @@ import os
 
 import pytest
 
+from megatron_soda.config.fields import flag_of
 from megatron_soda.scaling import schema
 from megatron_soda.scaling.collector import collect, inspect_run, read_metrics
 from megatron_soda.scaling.errors import ScalingError
-from megatron_soda.scaling.launcher import TRAINER_FLAGS, LaunchConfig, write_sweep
+from megatron_soda.scaling.launcher import TRAINER_FIELDS, LaunchConfig, write_sweep
 from megatron_soda.scaling.planner import plan
 from megatron_soda.scaling.results import read_results, write_results
-from megatron_soda.scaling.rules import load_rule
+from megatron_soda.scaling.rule_loading import load_rule
 
 
 @pytest.fixture()
@@ -48,8 +49,8 @@ def test_launcher_writes_metadata_commands_and_slurm(sweep):
     assert meta["budget"] == 1e13 and meta["steps"] == run.steps and meta["tokens"] == run.tokens
     assert meta["params_total"] == run.params["total"] and meta["metrics_jsonl"] == "metrics.jsonl"
     script = (root / run.name / schema.LAUNCH_SCRIPT).read_text()
-    for flag, _ in TRAINER_FLAGS:
-        assert f" {flag} " in script, flag
+    for field, _ in TRAINER_FIELDS:
+        assert f" {flag_of(field)} " in script, field
     assert (
         f"--hidden-size {run.shape.hidden_size} " in script
         and f"--train-iters {run.steps} " in script

@@ -9,7 +9,8 @@ import pytest
 
 from megatron_soda.scaling.errors import ScalingError
 from megatron_soda.scaling.planner import plan
-from megatron_soda.scaling.rules import SODA_VOCAB_SIZE, WidthLadder, load_rule, soda_vocab_size
+from megatron_soda.scaling.rule_loading import load_rule
+from megatron_soda.scaling.rules import SODA_VOCAB_SIZE, WidthLadder, soda_vocab_size
 
 
 def _run(p, budget, width):

@@ -5,14 +5,14 @@ import json
 import numpy as np
 import pytest
 
-from megatron_soda.tokenizer import (
+from megatron_soda.format import (
+    DEFAULT_NUM_CODEBOOKS,
     KIND_ACOUSTIC,
     KIND_MARKER,
     KIND_SEMANTIC,
     KIND_TEXT,
-    SodaTokenizer,
-    TokenizerError,
 )
+from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 
 
 def test_llama3_base_reproduces_soda_release_layout(soda_tokenizer):
@@ -137,8 +137,15 @@ def test_save_and_reload(tmp_path, llama3_path):
     assert again.layout == tok.layout
     assert again.unique_identifiers == tok.unique_identifiers
     assert SodaTokenizer.load(str(tmp_path / "tok"), num_codebooks=4).layout == tok.layout
-    with pytest.raises(TokenizerError, match="4 codebooks"):
+    with pytest.raises(TokenizerError, match="saved with 4 codebooks, 8 requested"):
         SodaTokenizer.load(str(tmp_path / "tok"), num_codebooks=8)
+
+
+def test_load_takes_the_codebook_count_from_a_saved_directory(tmp_path, llama3_path):
+    SodaTokenizer(llama3_path, num_codebooks=3).save(str(tmp_path / "tok"))
+    assert SodaTokenizer.load(str(tmp_path / "tok")).layout.num_codebooks == 3
+    assert SodaTokenizer.load(llama3_path, num_codebooks=3).layout.num_codebooks == 3
+    assert SodaTokenizer.load(llama3_path).layout.num_codebooks == DEFAULT_NUM_CODEBOOKS == 8
 
 
 def test_bad_tokenizer_files(tmp_path, llama3_path):

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from megatron_soda.config import ConfigError
+from megatron_soda.config.cli import parse_argv
+from megatron_soda.models import te
 from megatron_soda.models.te import te_available
-from megatron_soda.training.flags import parse_args
-from megatron_soda.training.flags.model import model_config
-from megatron_soda.training.flags.parallel import resolve_virtual_stages
 
 INTERFACE = (
     "--device cpu --model-size tiny --tokenizer tokenizer.json --num-codebooks 8 --data-path 0.95 "
@@ -19,25 +19,26 @@ INTERFACE = (
 
 def parse_error(argv, capsys) -> str:
     with pytest.raises(SystemExit) as e:
-        parse_args(argv)
+        parse_argv(argv)
     assert e.value.code == 2
     return capsys.readouterr().err
 
 
 def test_the_issue_command_line_parses_with_sodas_recipe():
-    args = parse_args(INTERFACE + ["--tensor-model-parallel-size", "2", "--save", "DIR", "--save-interval", "6"])
-    assert args.data_path == ["0.95", "PREFIX_SPEECH", "0.05", "PREFIX_TEXT"]
-    assert (args.adam_beta1, args.adam_beta2, args.weight_decay, args.clip_grad) == (0.98, 0.98, 0.033, 1.0)
-    assert args.z_loss_weight == 1e-4 and args.lr_decay_style == "WSD"
-    assert args.lr_warmup_iters == 1 and args.lr_wsd_decay_iters == 2  # 10% warmup, last 20% decay
-    assert not args.bf16 and args.transformer_impl == "local"  # fp32, local spec on CPU
-    assert args.tensor_model_parallel_size == 2 and args.save_interval == 6
+    c = parse_argv(INTERFACE + ["--tensor-model-parallel-size", "2", "--save", "DIR", "--save-interval", "6"])
+    o = c.optim
+    assert c.data.data_path == ["0.95", "PREFIX_SPEECH", "0.05", "PREFIX_TEXT"]
+    assert (o.adam_beta1, o.adam_beta2, o.weight_decay, o.clip_grad) == (0.98, 0.98, 0.033, 1.0)
+    assert c.model.z_loss_weight == 1e-4 and o.lr_decay_style == "WSD"
+    assert o.lr_warmup_iters == 1 and o.lr_wsd_decay_iters == 2  # 10% warmup, last 20% decay
+    assert not c.precision.bf16 and c.precision.transformer_impl == "local"  # fp32, local spec on CPU
+    assert c.parallel.tensor_model_parallel_size == 2 and c.checkpoint.save_interval == 6
 
 
 def test_preset_fields_are_overridable_with_megatron_flag_names():
-    args = parse_args(INTERFACE + ["--num-layers", "2", "--hidden-size", "128", "--ffn-hidden-size", "320",
-                                   "--num-query-groups", "4", "--kv-channels", "16", "--rotary-base", "10000"])
-    cfg = model_config(args, vocab_size=1000)
+    c = parse_argv(INTERFACE + ["--num-layers", "2", "--hidden-size", "128", "--ffn-hidden-size", "320",
+                                "--num-query-groups", "4", "--kv-channels", "16", "--rotary-base", "10000"])
+    cfg = c.model.architecture_for(vocab_size=1000)
     assert (cfg.num_layers, cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_query_groups, cfg.kv_channels) == (
         2, 128, 320, 4, 16)
     assert cfg.rotary_base == 10000 and cfg.seq_length == 256 and cfg.padded_vocab_size == 1024
@@ -52,32 +53,25 @@ def test_flags_that_need_transformer_engine_fail_clearly(extra, capsys):
 
 
 def test_fp8_needs_bf16(capsys, monkeypatch):
-    import megatron_soda.training.flags.precision as precision
-
-    monkeypatch.setattr(precision, "te_available", lambda: True)
+    monkeypatch.setattr(te, "te_available", lambda: True)
     argv = [a if a != "cpu" else "cuda" for a in INTERFACE] + ["--fp8-format", "e4m3"]
     assert "--fp8-format needs --bf16" in parse_error(argv, capsys)
 
 
 def test_context_parallel_is_refused_until_implemented(capsys, monkeypatch):
-    import megatron_soda.training.flags.precision as precision
-
-    monkeypatch.setattr(precision, "te_available", lambda: True)
+    monkeypatch.setattr(te, "te_available", lambda: True)
     argv = [a if a != "cpu" else "cuda" for a in INTERFACE] + ["--bf16", "--context-parallel-size", "2"]
     assert "--context-parallel-size 2: not implemented yet" in parse_error(argv, capsys)
 
 
 def test_batch_ramp_up_is_checked(capsys):
-    from megatron_soda.training.errors import ConfigError
-    from megatron_soda.training.flags.optim import check_batch
-
     assert "--rampup-batch-size 4 3 100: needs" in parse_error(INTERFACE + ["--rampup-batch-size", "4", "3", "100"],
                                                                capsys)  # 8 - 4 is not a multiple of 3
-    args = parse_args(INTERFACE + ["--rampup-batch-size", "2", "2", "100"])  # 2, 4, 6, 8
-    check_batch(args, 1)
+    c = parse_argv(INTERFACE + ["--rampup-batch-size", "2", "2", "100"])  # 2, 4, 6, 8
+    c.optim.check_batch(1)
     with pytest.raises(ConfigError, match="ramp-up start batch 2 is not a multiple of micro batch 2 x "
                                           "data-parallel size 2"):
-        check_batch(args, 2)
+        c.optim.check_batch(2)
 
 
 def test_inconsistent_flags_are_refused(capsys):
@@ -89,12 +83,11 @@ def test_inconsistent_flags_are_refused(capsys):
 
 
 def test_virtual_pipeline_stages_from_layers_per_stage():
-    args = parse_args(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"])
-    resolve_virtual_stages(args, num_layers=4)
-    assert args.virtual_pipeline_model_parallel_size == 2
-    args = parse_args(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-virtual-stages-per-pipeline-rank", "3"])
-    with pytest.raises(ValueError, match="do not split"):
-        resolve_virtual_stages(args, num_layers=4)
+    c = parse_argv(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"])
+    assert c.parallel.virtual_pipeline_model_parallel_size == 2  # tiny: 4 layers, 2 per rank
+    c = parse_argv(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-virtual-stages-per-pipeline-rank", "2"])
+    with pytest.raises(ConfigError, match="do not split"):
+        c.parallel.resolve_virtual_stages(num_layers=6)
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -103,6 +96,9 @@ def test_virtual_pipeline_stages_from_layers_per_stage():
      "--num-virtual-stages-per-pipeline-rank must be >= 1"),
     (["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "-1"],
      "--num-layers-per-virtual-pipeline-stage must be >= 1"),
+    (["--num-layers", "5", "--pipeline-model-parallel-size", "2"],
+     "--num-layers 5 is not divisible by --pipeline-model-parallel-size 2"),
+    (["--num-query-groups", "3"], "num_attention_heads (4) must be a multiple of num_query_groups (3)"),
 ])
 def test_bad_virtual_pipeline_flags_are_refused(capsys, extra, message):
     assert message in parse_error(INTERFACE + extra, capsys)
@@ -111,9 +107,9 @@ def test_bad_virtual_pipeline_flags_are_refused(capsys, extra, message):
 def test_blend_syntax_and_held_out_prefixes():
     from megatron_soda.training.data import all_prefixes, blends
 
-    args = parse_args(INTERFACE)
-    assert blends(args) == {"blend": (["PREFIX_SPEECH", "PREFIX_TEXT"], [0.95, 0.05]), "split": "99,1,0"}
-    args = parse_args(INTERFACE + ["--valid-data-path", "HELD_OUT_SPEECH"])
-    assert blends(args) == {"blend_per_split": [(["PREFIX_SPEECH", "PREFIX_TEXT"], [0.95, 0.05]),
+    data = parse_argv(INTERFACE).data
+    assert blends(data) == {"blend": (["PREFIX_SPEECH", "PREFIX_TEXT"], [0.95, 0.05]), "split": "99,1,0"}
+    data = parse_argv(INTERFACE + ["--valid-data-path", "HELD_OUT_SPEECH"]).data
+    assert blends(data) == {"blend_per_split": [(["PREFIX_SPEECH", "PREFIX_TEXT"], [0.95, 0.05]),
                                                 (["HELD_OUT_SPEECH"], None), None]}
-    assert all_prefixes(args) == ["PREFIX_SPEECH", "PREFIX_TEXT", "HELD_OUT_SPEECH"]
+    assert all_prefixes(data) == ["PREFIX_SPEECH", "PREFIX_TEXT", "HELD_OUT_SPEECH"]

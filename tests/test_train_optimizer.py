@@ -7,26 +7,25 @@ import pytest
 from helpers_train import SingleProcessMegatron
 from test_train_flags import INTERFACE
 
-from megatron_soda.models import preset
+from megatron_soda.config.cli import parse_argv
 from megatron_soda.training import model_setup
-from megatron_soda.training.flags import parse_args
 
 
 @pytest.fixture(scope="module")
 def built():
-    args = parse_args(INTERFACE)
-    cfg = preset("tiny").with_overrides(vocab_size=1000)
+    config = parse_argv(INTERFACE)
+    arch = config.model.architecture_for(vocab_size=1000)
     with SingleProcessMegatron():
-        config = model_setup.transformer_config(args, cfg)
-        model = model_setup.build_model(args, cfg, config)
-        optimizer = model_setup.build_optimizer(args, model, lr=1e-3)
-        yield args, model, optimizer
+        tc = model_setup.transformer_config(arch, config.parallel, config.precision)
+        model = model_setup.build_model(config, arch, tc)
+        optimizer = model_setup.build_optimizer(config, model, lr=1e-3)
+        yield config, model, optimizer
 
 
 def test_weight_decay_skips_norms_and_the_input_embedding(built):
-    args, model, optimizer = built
+    config, model, optimizer = built
     names = {id(p): n for n, p in model[0].named_parameters()}
-    scheduler = model_setup.build_scheduler(args, optimizer, lr=1e-3)
+    scheduler = model_setup.build_scheduler(config.optim, optimizer, lr=1e-3)
     scheduler.step(1)
     decay = {}
     for group in optimizer.param_groups:
@@ -44,9 +43,9 @@ def test_weight_decay_skips_norms_and_the_input_embedding(built):
 
 @pytest.mark.parametrize("style", ["WSD", "cosine"])
 def test_schedules(built, style):
-    args, _, optimizer = built
-    args = parse_args(INTERFACE + ["--train-iters", "100", "--lr-decay-style", style])
-    scheduler = model_setup.build_scheduler(args, optimizer, lr=1e-3)
+    _, _, optimizer = built
+    config = parse_argv(INTERFACE + ["--train-iters", "100", "--lr-decay-style", style])
+    scheduler = model_setup.build_scheduler(config.optim, optimizer, lr=1e-3)
     lrs = []
     for _ in range(101):
         lrs.append(optimizer.param_groups[0]["lr"])

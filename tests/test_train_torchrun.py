@@ -18,6 +18,8 @@ import pytest
 from helpers_train import base_args, losses, make_dataset, read_metrics, torchrun
 
 from megatron_soda.checkpointing import layout
+from megatron_soda.config import TrainConfig
+from megatron_soda.config.cli import parse_argv
 from megatron_soda.tokenizer import SodaTokenizer
 
 pytestmark = pytest.mark.torchrun
@@ -68,7 +70,7 @@ def wsd_lr(step: int, peak: float, warmup: int, total: int, decay: int) -> float
     return peak if step <= start else peak * (1 - (step - start) / decay)
 
 
-def test_single_process_run_writes_the_metrics_and_checkpoints(baseline):
+def test_single_process_run_writes_the_metrics_and_checkpoints(work, baseline):
     records = read_metrics(baseline["metrics"])
     assert [r["iteration"] for r in records] == list(range(1, ITERS + 1))
     for r in records:
@@ -92,6 +94,15 @@ def test_single_process_run_writes_the_metrics_and_checkpoints(baseline):
     assert meta["model"]["num_layers"] == 4 and meta["model"]["padded_vocab_size"] % 128 == 0
     saved_tok = SodaTokenizer.from_pretrained(os.path.join(layout.iteration_dir(ck, 6), "tokenizer"))
     assert dict(saved_tok.unique_identifiers)["layout"] == meta["tokenizer"]["layout"]
+    # run_args.json: the typed config (it rebuilds the run) and what the run derived from it
+    with open(os.path.join(layout.iteration_dir(ck, 6), "run_args.json")) as f:
+        record = json.load(f)
+    argv = base_args(work["tok"], work["speech"], work["text"], baseline["metrics"], "--save", ck,
+                     "--save-interval", "6")
+    assert TrainConfig.from_dict(record).validate() == parse_argv(argv)
+    derived = record["derived"]
+    assert derived["architecture"] == meta["model"] and derived["lr"] == 1e-3
+    assert (derived["num_codebooks"], derived["data_parallel_size"], derived["num_micro_batches"]) == (8, 1, 4)
 
 
 def test_tensor_parallel_matches_one_process(baseline, tp2):

@@ -37,7 +37,12 @@ import numpy as np
 import torch
 
 from megatron_soda.audio.io import TARGET_SAMPLE_RATE as SAMPLE_RATE
-from megatron_soda.tokenizer.layout import CODEBOOK_SIZE, FRAME_RATE, MAX_CODEBOOKS
+from megatron_soda.format.layout import (
+    CODEBOOK_SIZE,
+    DEFAULT_NUM_CODEBOOKS,
+    FRAME_RATE,
+    MAX_CODEBOOKS,
+)
 
 SAMPLES_PER_FRAME = 1920
 PRECISIONS = ("fp32", "bf16")
@@ -200,7 +205,7 @@ class MimiCodec:
     def __init__(
         self,
         spec: str | CodecSpec,
-        num_codebooks: int = 8,
+        num_codebooks: int = DEFAULT_NUM_CODEBOOKS,
         device: str = "cpu",
         chunk_seconds: float = 60.0,
         batch_seconds: float | None = None,

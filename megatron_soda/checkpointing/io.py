@@ -26,6 +26,7 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import (
 )
 from megatron.core.dist_checkpointing.validation import StrictHandling
 
+from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.checkpointing import layout
 from megatron_soda.checkpointing.state import (
     TrainState,
@@ -36,13 +37,12 @@ from megatron_soda.checkpointing.state import (
     sharded_state_dict,
     unwrap,
 )
-from megatron_soda.models.config import SodaModelConfig
+from megatron_soda.models.config import SHAPE_FIELDS, SodaModelConfig
 from megatron_soda.tokenizer import SodaTokenizer
 
 # Model fields whose difference makes a checkpoint unloadable (the rest, e.g. seq_length or
 # rotary_base, are legitimate to change when continuing training).
-SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
-                "ffn_hidden_size", "padded_vocab_size", "vocab_size")
+CHECKED_FIELDS = (*SHAPE_FIELDS, "padded_vocab_size", "vocab_size")
 
 
 def _barrier() -> None:
@@ -82,7 +82,7 @@ def save_checkpoint(root: str, state: TrainState, model: list, optimizer, schedu
         tokenizer.save(os.path.join(tmp, "tokenizer"))
         with open(os.path.join(tmp, "run_args.json"), "w") as f:
             json.dump(run_args, f, indent=2, sort_keys=True, default=str)
-        layout.write_json_atomic(os.path.join(tmp, layout.META), {
+        write_json_atomic(os.path.join(tmp, layout.META), {
             "format": "megatron_soda/1",
             "megatron_core": megatron.core.__version__,
             "model": model_cfg.to_dict(),
@@ -93,7 +93,7 @@ def save_checkpoint(root: str, state: TrainState, model: list, optimizer, schedu
             "optimizer": optimizer_kind(optimizer),
             "optimizer_sharding": "fully_reshardable",
             "train_state": state.to_dict(),
-        })
+        }, durable=True, indent=2, sort_keys=True)  # fsynced before the rename: a power loss keeps it
         layout.commit(root, state.iteration)
     _barrier()
     return layout.iteration_dir(root, state.iteration)
@@ -108,7 +108,7 @@ def optimizer_kind(optimizer) -> str:
 def check_compatible(ckpt: str, meta: dict[str, Any], model_cfg: SodaModelConfig, tokenizer: SodaTokenizer) -> None:
     saved = meta["model"]
     mine = model_cfg.to_dict()
-    diffs = [f"{k}: checkpoint {saved.get(k)} vs this run {mine[k]}" for k in SHAPE_FIELDS if saved.get(k) != mine[k]]
+    diffs = [f"{k}: checkpoint {saved.get(k)} vs this run {mine[k]}" for k in CHECKED_FIELDS if saved.get(k) != mine[k]]
     if diffs:
         raise layout.CheckpointError(f"{ckpt}: checkpoint of another model shape ({'; '.join(diffs)})")
     theirs, ours = meta["tokenizer"], dict(tokenizer.unique_identifiers)
@@ -116,8 +116,7 @@ def check_compatible(ckpt: str, meta: dict[str, Any], model_cfg: SodaModelConfig
         what = [k for k in ours if theirs.get(k) != ours[k]]
         raise layout.CheckpointError(
             f"{ckpt}: saved with another tokenizer (differs in {', '.join(what)}); train with "
-            f"--tokenizer {os.path.join(ckpt, 'tokenizer')} --num-codebooks {json.loads(theirs['layout'])['num_codebooks']}"
-            " or start a new run"
+            f"--tokenizer {os.path.join(ckpt, 'tokenizer')} (it carries its codebook count) or start a new run"
         )
 
 

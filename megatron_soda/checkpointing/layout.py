@@ -45,11 +45,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def write_json_atomic(path: str, obj: object) -> None:
-    """Checkpoint metadata: durable (fsynced) before it is renamed into place."""
-    atomic_files.write_json_atomic(path, obj, durable=True, indent=2, sort_keys=True)
-
-
 def read_tracker(root: str) -> int | None:
     path = os.path.join(root, TRACKER)
     if not os.path.isfile(path):

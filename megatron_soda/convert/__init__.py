@@ -6,7 +6,8 @@
 * :mod:`~megatron_soda.convert.loss_check`: ``check_hf_loss`` (held-out loss vs the trainer's);
 * building blocks: ``names`` (mapping, fused layouts), ``dist_reader`` (reading ``torch_dist``
   without a process group), ``safetensors_io``, ``hf_config``, ``hf_tokenizer``, ``hf_weights``,
-  ``runtime``/``worker`` (megatron on the CPU).
+  ``runtime``/``worker`` (megatron on the CPU);
+* :mod:`~megatron_soda.convert.cli`: the ``tools/checkpoint/`` scripts' ``main`` functions.
 
 See docs/conversion.md.  Submodules are imported on demand (most need torch, some megatron).
 """

@@ -20,34 +20,28 @@ import tempfile
 import time
 from typing import Any
 
+from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.checkpointing import layout
+from megatron_soda.config.cli import flags_for
 from megatron_soda.convert import names
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.convert.hf_config import hf_dir_config, model_config_from_hf
 from megatron_soda.convert.hf_tokenizer import resolve_tokenizer
 from megatron_soda.convert.hf_weights import HFWeights, extension_rows
-from megatron_soda.models.config import PRESETS, SodaModelConfig
-
-SHAPE_FLAGS = (
-    "num_layers",
-    "hidden_size",
-    "num_attention_heads",
-    "num_query_groups",
-    "kv_channels",
-    "ffn_hidden_size",
-)
+from megatron_soda.models.config import PRESETS, SHAPE_FIELDS, SodaModelConfig
 
 
-def trainer_flags(cfg: SodaModelConfig, tokenizer_dir: str, num_codebooks: int) -> list[str]:
-    """pretrain_soda.py model flags that rebuild exactly this model (refuses a RoPE base the
-    trainer's integer ``--rotary-base`` cannot express)."""
-    shape = {k: getattr(cfg, k) for k in SHAPE_FLAGS}
+def trainer_flags(cfg: SodaModelConfig, tokenizer_dir: str, **fields: Any) -> list[str]:
+    """pretrain_soda.py flags that rebuild exactly this model (the nearest preset and the fields
+    that differ from it; the tokenizer directory carries the codebook count), plus any other
+    config ``fields``; refuses a RoPE base the trainer's integer ``--rotary-base`` cannot express."""
+    shape = cfg.shape_dict()
     preset = next(
         (n for n, p in PRESETS.items() if all(getattr(p, k) == v for k, v in shape.items())), None
     )
-    flags = ["--model-size", preset or "tiny"]
     base = PRESETS[preset or "tiny"]
-    for k in (*SHAPE_FLAGS, "rotary_base", "norm_epsilon"):
+    architecture = {}
+    for k in (*SHAPE_FIELDS, "rotary_base", "norm_epsilon"):
         value = getattr(cfg, k)
         if getattr(base, k) == value:
             continue
@@ -57,8 +51,15 @@ def trainer_flags(cfg: SodaModelConfig, tokenizer_dir: str, num_codebooks: int) 
                     f"rope_theta {value} is not supported: the trainer's --rotary-base is an integer"
                 )
             value = int(value)
-        flags += ["--" + k.replace("_", "-"), str(value)]
-    return flags + ["--tokenizer", tokenizer_dir, "--num-codebooks", str(num_codebooks)]
+        architecture[k] = value
+    return flags_for(
+        dict(
+            model_size=preset or "tiny",
+            architecture=architecture,
+            tokenizer=tokenizer_dir,
+            **fields,
+        )
+    )
 
 
 def convert_from_hf(
@@ -97,7 +98,7 @@ def convert_from_hf(
             f"{cfg.num_layers} layers"
         )
     ckpt = layout.iteration_dir(save, 0)
-    flags = trainer_flags(cfg, os.path.join(ckpt, "tokenizer"), tok.layout.num_codebooks)
+    flags = trainer_flags(cfg, os.path.join(ckpt, "tokenizer"))
     tied = bool(config.get("tie_word_embeddings", False))
     copy_rows = tok.vocab_size if resolved.soda_source else tok.layout.base_vocab_size
     weights = HFWeights(load, cfg, tied=tied, copy_rows=copy_rows)
@@ -184,12 +185,22 @@ def convert_from_hf(
             "warm_start": not resolved.soda_source,
         },
     )
-    layout.write_json_atomic(os.path.join(ckpt, layout.META), meta)
+    write_json_atomic(os.path.join(ckpt, layout.META), meta, durable=True, indent=2, sort_keys=True)
     seconds = time.perf_counter() - start
     log(
         f"converted {load} -> {ckpt} (TP {tensor_parallel}, PP {pipeline_parallel}, weights only) in {seconds:.1f} s\n"
-        f"train from it with: pretrain_soda.py {' '.join(flags)} --load {save} --finetune "
-        f"--tensor-model-parallel-size {tensor_parallel} --pipeline-model-parallel-size {pipeline_parallel} ..."
+        "train from it with: pretrain_soda.py "
+        + " ".join(
+            trainer_flags(
+                cfg,
+                os.path.join(ckpt, "tokenizer"),
+                load=save,
+                finetune=True,
+                tensor_model_parallel_size=tensor_parallel,
+                pipeline_model_parallel_size=pipeline_parallel,
+            )
+        )
+        + " ..."
     )
     return {
         "checkpoint": ckpt,

@@ -60,12 +60,6 @@ def generation_config(tok: SodaTokenizer) -> dict[str, Any]:
     return {"bos_token_id": tok.bos, "eos_token_id": tok.eos, "pad_token_id": tok.eos}
 
 
-def write_json(path: str, obj: dict[str, Any]) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-
-
 def read_json(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:

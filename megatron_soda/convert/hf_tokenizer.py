@@ -22,14 +22,14 @@ import numpy as np
 
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.convert.hf_config import read_json
-from megatron_soda.tokenizer import (
+from megatron_soda.format import (
     CODEBOOK_SIZE,
+    DEFAULT_NUM_CODEBOOKS,
     MARKERS,
     TEXT_START,
-    SodaTokenizer,
-    TokenizerError,
     TokenLayout,
 )
+from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 from megatron_soda.tokenizer.hf_export import PUA_BASE, hf_ids, to_hf_string
 from megatron_soda.tokenizer.soda_tokenizer import DEFAULT_ADDED_BOS, DEFAULT_ADDED_EOS
 
@@ -195,7 +195,7 @@ def resolve_tokenizer(
     try:
         if known is None:  # a text model: warm start
             base = base_tokenizer or tok_json
-            tok = SodaTokenizer(base, num_codebooks=num_codebooks or 8)
+            tok = SodaTokenizer(base, num_codebooks=num_codebooks or DEFAULT_NUM_CODEBOOKS)
             return ResolvedTokenizer(
                 tok, False, f"text tokenizer {base} extended with SODA markers and audio tokens"
             )

@@ -18,7 +18,6 @@ holds rounded weights), while the HF model itself is always run in fp32.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from megatron_soda.checkpointing import layout
+from megatron_soda.config import ConfigError, TrainConfig
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.convert.hf_config import read_json
 from megatron_soda.convert.to_hf import PROVENANCE_FILE
@@ -37,29 +37,12 @@ ATOL_FP32 = 1e-4
 ATOL_LOW_PRECISION = 5e-2
 
 
-def heldout_samples(
-    run_args: dict[str, Any], tokenizer: SodaTokenizer, seq_length: int
-) -> list[dict]:
+def heldout_samples(config: TrainConfig, tokenizer: SodaTokenizer, seq_length: int) -> list[dict]:
     """The samples the trainer's evaluations scored (tokens/labels/loss_mask per sample)."""
     from megatron_soda.training.data import build_datasets
 
-    args = argparse.Namespace(
-        **{
-            k: run_args.get(k)
-            for k in (
-                "seed",
-                "data_cache_path",
-                "data_path",
-                "split",
-                "train_data_path",
-                "valid_data_path",
-                "test_data_path",
-            )
-        }
-    )
-    gbs, eval_iters, train_iters = (
-        int(run_args[k]) for k in ("global_batch_size", "eval_iters", "train_iters")
-    )
+    optim, eval_iters = config.optim, config.checkpoint.eval_iters
+    gbs = optim.global_batch_size
     own_group = not torch.distributed.is_initialized()
     with tempfile.TemporaryDirectory() as tmp:
         if own_group:
@@ -68,7 +51,7 @@ def heldout_samples(
             )
         try:
             _, valid = build_datasets(
-                args, tokenizer, seq_length, train_iters * gbs, eval_iters * gbs
+                config.data, optim.seed, tokenizer, seq_length, optim.train_iters * gbs, eval_iters * gbs
             )
         finally:
             if own_group:
@@ -155,18 +138,20 @@ def check_hf_loss(
     if ckpt is None:
         raise ConversionError(f"{load}: no megatron_soda checkpoint (pass --load CKPT_DIR)")
     meta = layout.read_meta(ckpt)
-    run_args = read_json(os.path.join(ckpt, "run_args.json"))
+    try:
+        run = TrainConfig.from_dict(read_json(os.path.join(ckpt, "run_args.json")))
+    except ConfigError as e:
+        raise ConversionError(f"{ckpt}/run_args.json: {e}") from None
     if data_path:
-        run_args.update(
-            data_path=data_path, train_data_path=None, valid_data_path=None, test_data_path=None
-        )
-    metrics = metrics or run_args.get("metrics_jsonl")
+        run.data.data_path = list(data_path)
+        run.data.train_data_path = run.data.valid_data_path = run.data.test_data_path = None
+    metrics = metrics or run.logging.metrics_jsonl
     if not metrics:
         raise ConversionError("the run wrote no metrics JSONL; pass --metrics-jsonl")
     iteration = meta["train_state"]["iteration"]
     record = _eval_record(metrics, iteration)
     tok = SodaTokenizer.from_pretrained(os.path.join(ckpt, "tokenizer"))
-    samples = heldout_samples(run_args, tok, meta["model"]["seq_length"])
+    samples = heldout_samples(run, tok, meta["model"]["seq_length"])
     model = AutoModelForCausalLM.from_pretrained(
         hf_dir, dtype=torch.float32, local_files_only=True, use_safetensors=True
     ).eval()
@@ -174,13 +159,13 @@ def check_hf_loss(
         model,
         samples,
         tok.eod,
-        reset_attention_mask=bool(run_args.get("reset_attention_mask", True)),
-        reset_position_ids=bool(run_args.get("reset_position_ids", True)),
-        eod_mask_loss=bool(run_args.get("eod_mask_loss")),
+        reset_attention_mask=run.data.reset_attention_mask,
+        reset_position_ids=run.data.reset_position_ids,
+        eod_mask_loss=run.data.eod_mask_loss,
     )
     config = read_json(os.path.join(hf_dir, "config.json"))
     hf_dtype = config.get("dtype") or config.get("torch_dtype", "float32")
-    low = bool(run_args.get("bf16") or run_args.get("fp16")) or hf_dtype != "float32"
+    low = run.precision.bf16 or run.precision.fp16 or hf_dtype != "float32"
     atol = atol if atol is not None else (ATOL_LOW_PRECISION if low else ATOL_FP32)
     loss = total / count if count else float("nan")
     diff = abs(loss - record["lm_loss"])

@@ -1,6 +1,7 @@
 """megatron-core in conversion processes: process group + parallel state, one model stage,
-and moving global tensors in and out of it through its sharded state dict (the same
-key/offset metadata that ``dist_checkpointing`` and the trainer's initialisation use)."""
+and filling it with global tensors through its sharded state dict (the same key/offset
+metadata that ``dist_checkpointing`` and the trainer's initialisation use).  Checkpoints with
+random weights and reference logits for tests are :mod:`megatron_soda.testing.checkpoints`."""
 
 from __future__ import annotations
 
@@ -78,18 +79,17 @@ def build_stage(cfg: SodaModelConfig, dtype: torch.dtype = torch.float32) -> tor
     """This rank's pipeline stage of the SODA model, on the CPU, parameters left uninitialised."""
     from megatron.core import parallel_state
 
-    from megatron_soda.models.gpt import build_model_chunk, make_transformer_config
+    from megatron_soda.config import ParallelConfig, PrecisionConfig
+    from megatron_soda.models.gpt import build_model_chunk
+    from megatron_soda.training.model_setup import transformer_config
 
-    config = make_transformer_config(
-        cfg,
-        False,
+    parallel = ParallelConfig(
+        device="cpu",
         tensor_model_parallel_size=parallel_state.get_tensor_model_parallel_world_size(),
         pipeline_model_parallel_size=parallel_state.get_pipeline_model_parallel_world_size(),
-        params_dtype=dtype,
-        pipeline_dtype=dtype,
-        use_cpu_initialization=True,
-        perform_initialization=False,
     )
+    precision = PrecisionConfig(bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16)
+    config = transformer_config(cfg, parallel, precision, initialize=False)
     return build_model_chunk(
         cfg,
         config,
@@ -128,98 +128,3 @@ def fill_stage(chunk: torch.nn.Module, global_tensor: Callable[..., torch.Tensor
     total = sum(t.numel() for t in chunk.parameters())
     if written != total:
         raise ConversionError(f"wrote {written} of {total} parameter elements of this stage")
-
-
-def load_stage(chunk: torch.nn.Module, ckpt: str) -> None:
-    """Load the model weights of checkpoint ``ckpt`` into ``chunk`` (no optimizer, RNG or train state)."""
-    from megatron.core import dist_checkpointing
-
-    from megatron_soda.checkpointing.state import model_state
-
-    loaded = dist_checkpointing.load(model_state([chunk]), ckpt)
-    chunk.load_state_dict(loaded["model"], strict=True)
-
-
-@torch.no_grad()
-def checkpoint_logits(ckpt: str, tokens: torch.Tensor) -> torch.Tensor:
-    """Logits ``[b, s, vocab]`` (padded vocabulary rows dropped) of the model in checkpoint
-    ``ckpt`` on ``tokens`` ``[b, s]`` (one causal sequence per row), computed by megatron_soda's
-    own model at TP = PP = 1 in this process: the reference the converted HF model must match.
-    It loads through megatron's own ``dist_checkpointing.load`` (as the trainer does), so use
-    it on checkpoints you would train from."""
-    import os
-    import tempfile
-
-    from megatron_soda.checkpointing import layout
-
-    cfg = SodaModelConfig.from_dict(layout.read_meta(ckpt)["model"])
-    b, s = tokens.shape
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        megatron_runtime(0, 1, os.path.join(tmp, "store"), 1, 1),
-    ):
-        chunk = build_stage(cfg, torch.float32)
-        load_stage(chunk, ckpt)
-        chunk.eval()
-        mask = torch.ones(s, s, dtype=torch.bool).triu(1).expand(b, 1, s, s)
-        positions = torch.arange(s).expand(b, s)
-        logits = chunk(input_ids=tokens, position_ids=positions, attention_mask=mask)
-    return logits[..., : cfg.vocab_size].float()
-
-
-def random_weights(
-    cfg: SodaModelConfig, seed: int, scale: float = 0.05
-) -> Callable[..., torch.Tensor]:
-    """A ``global_tensor`` function for :func:`fill_stage` giving deterministic random weights,
-    the same under every layout: norm weights ``1 + N(0, 0.1)`` (so that a swapped norm would
-    show), matrices ``N(0, scale)``.  For tests and benchmarks."""
-    from megatron_soda.convert import names
-    from megatron_soda.models.init import seed_for
-
-    shapes = {
-        k: names.megatron_layer_shape(p, cfg) for p in names.LAYER_PARAMS for k in p.megatron_keys
-    }
-    shapes.update({k: names.megatron_global_shape(k, cfg) for k in names.GLOBAL_PARAMS})
-
-    def make(key: str, layer: int | None, out: torch.Tensor | None = None) -> torch.Tensor:
-        # ``out`` (fill_stage's in-place target) is not used: a fresh tensor is returned
-        gen = torch.Generator().manual_seed(seed_for(seed, f"{key}/{layer}"))
-        t = torch.randn(shapes[key], generator=gen)
-        return t.mul_(0.1).add_(1.0) if "norm" in key else t.mul_(scale)
-
-    return make
-
-
-def save_random_checkpoint(
-    save: str,
-    cfg: SodaModelConfig,
-    tokenizer,
-    seed: int = 1,
-    iteration: int = 1,
-    scale: float = 0.05,
-) -> str:
-    """Write a megatron_soda checkpoint (TP = PP = 1, this process, trainer's save path) of
-    ``cfg`` with :func:`random_weights`; returns its ``iter_N`` directory."""
-    import os
-    import tempfile
-
-    from megatron_soda.checkpointing import TrainState, layout, save_checkpoint
-
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        megatron_runtime(0, 1, os.path.join(tmp, "store"), 1, 1),
-    ):
-        chunk = build_stage(cfg, torch.float32)
-        fill_stage(chunk, random_weights(cfg, seed, scale))
-        save_checkpoint(
-            save,
-            TrainState(iteration=iteration),
-            [chunk],
-            None,
-            None,
-            model_cfg=cfg,
-            tokenizer=tokenizer,
-            run_args={"random_weights_seed": seed},
-            save_optimizer=False,
-        )
-    return layout.iteration_dir(save, iteration)

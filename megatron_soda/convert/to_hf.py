@@ -17,11 +17,12 @@ from typing import Any
 
 import torch
 
+from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.checkpointing import layout
 from megatron_soda.convert import names
 from megatron_soda.convert.dist_reader import DistCheckpointReader
 from megatron_soda.convert.errors import ConversionError
-from megatron_soda.convert.hf_config import generation_config, hf_config, write_json
+from megatron_soda.convert.hf_config import generation_config, hf_config
 from megatron_soda.convert.hf_tokenizer import SODA_TOKENIZER_DIR
 from megatron_soda.convert.safetensors_io import SafetensorsWriter
 from megatron_soda.models.config import SodaModelConfig
@@ -29,6 +30,7 @@ from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PROVENANCE_FILE = "soda_conversion.json"
+HF_JSON = {"indent": 2, "end": "\n"}  # how config.json and the other JSON files are written
 _IGNORED = re.compile(r"^(optimizer\.|rng_state)|_extra_state")
 
 
@@ -204,12 +206,14 @@ def convert_to_hf(
     from megatron_soda.tokenizer.hf_export import export_hf_tokenizer
 
     tok, cfg = src.tokenizer, src.cfg
-    write_json(os.path.join(tmp, "config.json"), hf_config(cfg, tok, dtype))
-    write_json(os.path.join(tmp, "generation_config.json"), generation_config(tok))
+    write_json_atomic(os.path.join(tmp, "config.json"), hf_config(cfg, tok, dtype), **HF_JSON)
+    write_json_atomic(
+        os.path.join(tmp, "generation_config.json"), generation_config(tok), **HF_JSON
+    )
     export_hf_tokenizer(tok, tmp, model_max_length=cfg.seq_length)
     tok.save(os.path.join(tmp, SODA_TOKENIZER_DIR))  # the trainer's tokenizer, verbatim
     train_state = src.meta.get("train_state", {})
-    write_json(
+    write_json_atomic(
         os.path.join(tmp, PROVENANCE_FILE),
         {
             "source_checkpoint": os.path.abspath(ckpt),
@@ -220,6 +224,7 @@ def convert_to_hf(
             "tokenizer": dict(tok.unique_identifiers),
             "dtype": dtype,
         },
+        **HF_JSON,
     )
     if os.path.exists(save):
         shutil.rmtree(save)

@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 
-from megatron_soda.data.interleave import INTERLEAVE_MODES
 from megatron_soda.data.preprocess import (
     STAGES,
     PreprocessConfig,
@@ -17,6 +16,7 @@ from megatron_soda.data.preprocess import (
     run_preprocess,
 )
 from megatron_soda.data.sources import INPUT_FORMATS
+from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, INTERLEAVE_MODES
 
 EXIT_OK, EXIT_ERROR_RATE, EXIT_FATAL = 0, 1, 2
 
@@ -46,7 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--tokenizer", required=True, help="base tokenizer.json (or a saved SodaTokenizer dir)"
     )
     tok.add_argument(
-        "--num-codebooks", type=int, default=8, help="1 = semantic only, 8 = SODA, up to 32"
+        "--num-codebooks",
+        type=int,
+        default=None,
+        help="1 = semantic only, 8 = SODA, up to 32; None: a saved tokenizer directory's own, else "
+        f"{DEFAULT_NUM_CODEBOOKS} (given with a tokenizer directory, it must match it)",
     )
     tok.add_argument("--interleave", default="both", choices=INTERLEAVE_MODES)
     tok.add_argument(
@@ -62,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-codebooks",
         type=int,
         default=None,
-        help="codebooks kept in the codes cache (default max(--num-codebooks, 8))",
+        help=f"codebooks kept in the codes cache (default max(--num-codebooks, {DEFAULT_NUM_CODEBOOKS}))",
     )
     codec.add_argument("--codes-dir", default=None, help="codes cache (default P.codes)")
     codec.add_argument("--device", default="cpu", help="codec device: cpu, cuda, cuda:N")

@@ -4,7 +4,9 @@ The codec pass is the expensive part of preprocessing, so its output is kept and
 later step (re-tokenising, fewer codebooks, another interleave order, another split) reads
 only this cache.  A unit directory holds::
 
-    unit.json               what was encoded: input file (size, mtime), codec, codebooks
+    unit.json               what was encoded: input file (size, mtime), codec (and its
+                            fingerprint), codebooks kept: the cache's own record, which decides
+                            whether a later run may use it
     chunk-000000.npz ...    recordings in input order, written atomically one by one
     done.json               written last: number of chunks; the unit is complete
 
@@ -114,7 +116,27 @@ class UnitCache:
 
     @property
     def cached_codebooks(self) -> int:
-        return int(self.description["cache_codebooks"])
+        """Codebooks the cache holds, as its ``unit.json`` records (before that is written: the
+        description's)."""
+        return int((self.stored_description() or self.description)["cache_codebooks"])
+
+    def mismatch(self) -> str | None:
+        """Why the cache on disk cannot serve this description (None: it can): made from another
+        input or with another codec (fingerprint) or settings, or holding fewer codebooks than
+        the description asks for (more serve any fewer)."""
+        stored = self.stored_description()
+        path = os.path.join(self.dir, "unit.json")
+        if stored is None:
+            return f"{path}: missing"
+        have, want = dict(stored), dict(self.description)
+        held, needed = int(have.pop("cache_codebooks", 0)), int(want.pop("cache_codebooks"))
+        differ = sorted(k for k in have.keys() | want.keys() if have.get(k) != want.get(k))
+        if differ:
+            k = differ[0]
+            return f"{path}: made with {k} {have.get(k)!r}, this run has {want.get(k)!r}"
+        if held < needed:
+            return f"{path}: holds {held} codebooks, {needed} needed"
+        return None
 
     def chunk_path(self, k: int) -> str:
         return os.path.join(self.dir, f"chunk-{k:06d}.npz")
@@ -126,7 +148,8 @@ class UnitCache:
         return os.path.join(self.dir, "done.json")
 
     def is_complete(self) -> bool:
-        return os.path.isfile(self._done_path())
+        """Every chunk is written (``done.json``) and the cache serves this description."""
+        return os.path.isfile(self._done_path()) and self.mismatch() is None
 
     def stored_description(self) -> dict | None:
         path = os.path.join(self.dir, "unit.json")
@@ -142,10 +165,12 @@ class UnitCache:
             for name in os.listdir(self.dir):
                 os.remove(os.path.join(self.dir, name))
         os.makedirs(self.dir, exist_ok=True)
-        _write_json(os.path.join(self.dir, "unit.json"), self.description)
+        write_json_atomic(
+            os.path.join(self.dir, "unit.json"), self.description, indent=1, sort_keys=True
+        )
 
     def mark_complete(self, num_chunks: int) -> None:
-        _write_json(self._done_path(), {"num_chunks": num_chunks})
+        write_json_atomic(self._done_path(), {"num_chunks": num_chunks}, indent=1, sort_keys=True)
 
     def num_chunks(self) -> int:
         with open(self._done_path()) as f:
@@ -154,7 +179,3 @@ class UnitCache:
     def chunks(self) -> Iterator[Chunk]:
         for k in range(self.num_chunks()):
             yield read_chunk(self.chunk_path(k))
-
-
-def _write_json(path: str, obj: dict) -> None:
-    write_json_atomic(path, obj, indent=1, sort_keys=True)

@@ -39,6 +39,7 @@ from megatron_soda.data.codes_cache import (
 from megatron_soda.data.records import InputError, Recording
 from megatron_soda.data.sources import read_source
 from megatron_soda.data.units import WorkUnit
+from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
 logger = logging.getLogger(__name__)
 CPU_JOB_UTTERANCES = 1  # i.e. one recording per job
@@ -47,7 +48,7 @@ CPU_JOB_UTTERANCES = 1  # i.e. one recording per job
 @dataclass(frozen=True)
 class EncodeConfig:
     codec: str = "random:tiny"
-    cache_codebooks: int = 8
+    cache_codebooks: int = DEFAULT_NUM_CODEBOOKS
     device: str = "cpu"
     workers: int = 1  # codec worker processes; <= 0: one per CPU core (1 on a GPU)
     threads_per_worker: int | None = None  # None: 1 on CPU (deterministic), torch's default on GPU

@@ -7,8 +7,8 @@ import json
 import os
 import sys
 
-from megatron_soda.data.shards import ShardError, read_document, validate_shard
-from megatron_soda.tokenizer import KIND_NAMES, SodaTokenizer, TokenizerError, TokenLayout
+from megatron_soda.format import KIND_NAMES, ShardError, read_document, shard_layout, validate_shard
+from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 
 
 def inspect_main(argv: list[str] | None = None) -> int:
@@ -17,7 +17,8 @@ def inspect_main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--tokenizer",
         default=None,
-        help="base tokenizer.json, to render text (and check the layout)",
+        help="base tokenizer.json or a saved tokenizer directory, to render text (and check "
+        "the layout)",
     )
     p.add_argument("--docs", type=int, nargs="*", default=[0], help="document indices to render")
     p.add_argument("--max-codes", type=int, default=8, help="codes shown per audio span")
@@ -28,26 +29,20 @@ def inspect_main(argv: list[str] | None = None) -> int:
     if os.path.isfile(stats_path):
         with open(stats_path) as f:
             stats = json.load(f)
-    layout = TokenLayout.from_dict(stats["layout"]) if stats and "layout" in stats else None
     tok = None
-    if args.tokenizer:
-        tok = SodaTokenizer.load(
-            args.tokenizer, num_codebooks=layout.num_codebooks if layout else 8
-        )
-        if layout is not None:
-            try:
-                tok.check_layout(layout, where=f"{stats_path} vs --tokenizer {args.tokenizer}")
-            except TokenizerError as e:
-                print(f"inspect_shards: error: {e}", file=sys.stderr)
-                return 2
-        layout = tok.layout
     try:
-        summary = validate_shard(
-            args.prefix,
-            vocab_size=layout.vocab_size if layout else None,
-            bos_id=layout.bos_id if layout else None,
-            eos_id=layout.eos_id if layout else None,
-        )
+        layout = shard_layout(args.prefix)
+        if args.tokenizer:  # a base tokenizer.json takes the shard's codebook count
+            base = layout is not None and not os.path.isdir(args.tokenizer)
+            tok = SodaTokenizer.load(args.tokenizer, layout.num_codebooks if base else None)
+            if layout is not None:
+                tok.check_layout(layout, where=f"{stats_path} vs --tokenizer {args.tokenizer}")
+            layout = tok.layout
+    except (TokenizerError, ShardError) as e:
+        print(f"inspect_shards: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        summary = validate_shard(args.prefix, layout, check_boundaries=True)
     except ShardError as e:
         print(f"inspect_shards: invalid: {e}", file=sys.stderr)
         return 1

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+from megatron_soda import atomic_files
+from megatron_soda.data.codes_cache import UnitCache
 from megatron_soda.data.encode_stage import EncodeConfig, encode_units, unit_caches
-from megatron_soda.data.shards import ShardWriter, write_json_atomic, write_jsonl_atomic
+from megatron_soda.data.shards import TMP_SUFFIX, ShardWriter
 from megatron_soda.data.sources import INPUT_FORMATS
 from megatron_soda.data.tokenize_stage import (
     OutputSet,
@@ -24,7 +26,8 @@ from megatron_soda.data.tokenize_stage import (
     tokenize_cached_units,
     tokenize_text_units,
 )
-from megatron_soda.data.units import expand_inputs, plan_units
+from megatron_soda.data.units import WorkUnit, expand_inputs, plan_units
+from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, shard_layout, validate_shard
 from megatron_soda.tokenizer import SodaTokenizer
 
 logger = logging.getLogger(__name__)
@@ -42,8 +45,8 @@ class PreprocessConfig:
     output_prefix: str
     tokenizer: str
     codec: str = "random:tiny"
-    num_codebooks: int = 8
-    cache_codebooks: int | None = None  # default max(num_codebooks, 8)
+    num_codebooks: int | None = None  # None: a saved tokenizer directory's, else the default
+    cache_codebooks: int | None = None  # default max(num_codebooks, DEFAULT_NUM_CODEBOOKS)
     interleave: str = "both"
     workers: int = 1
     threads_per_worker: int | None = None
@@ -68,10 +71,11 @@ class PreprocessConfig:
     def resolved_codes_dir(self) -> str:
         return self.codes_dir or f"{self.output_prefix}.codes"
 
-    def encode_config(self) -> EncodeConfig:
+    def encode_config(self, num_codebooks: int) -> EncodeConfig:
+        """The codec stage's settings, for a tokenizer of ``num_codebooks`` codebooks."""
         return EncodeConfig(
             codec=self.codec,
-            cache_codebooks=self.cache_codebooks or max(self.num_codebooks, 8),
+            cache_codebooks=self.cache_codebooks or max(num_codebooks, DEFAULT_NUM_CODEBOOKS),
             device=self.device,
             workers=self.workers,
             threads_per_worker=self.threads_per_worker,
@@ -107,18 +111,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
 
     caches = []
     if speech:
-        ecfg = cfg.encode_config()
+        ecfg = cfg.encode_config(tokenizer.layout.num_codebooks)
         if cfg.stage in ("all", "encode"):
             caches = encode_units(units, cfg.resolved_codes_dir, ecfg)
         else:
-            caches = unit_caches(cfg.resolved_codes_dir, units, ecfg)
-            missing = [c.description["input"] for c in caches if not c.is_complete()]
-            if missing:
-                raise PreprocessError(
-                    f"--stage tokenize: no complete codes cache in {cfg.resolved_codes_dir} for "
-                    f"{missing[0]} (and {len(missing) - 1} more); run --stage encode (or all) first "
-                    "with the same inputs, codec and --codes-dir"
-                )
+            caches = _cached_units(cfg, units, ecfg, tokenizer.layout.num_codebooks)
     if cfg.stage == "encode":
         return {"stage": "encode", "units": len(units), "codes_dir": cfg.resolved_codes_dir}
 
@@ -133,6 +130,26 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         out.abort()
         raise
     return write_reports(cfg, tokenizer, out)
+
+
+def _cached_units(
+    cfg: PreprocessConfig, units: list[WorkUnit], ecfg: EncodeConfig, num_codebooks: int
+) -> list[UnitCache]:
+    """``--stage tokenize``: the complete caches of the units, each made (its ``unit.json``
+    says) from the same input with the same codec and holding at least the codebooks asked for
+    (``--cache-codebooks`` if given, else the tokenizer's)."""
+    ecfg = replace(ecfg, cache_codebooks=cfg.cache_codebooks or num_codebooks)
+    caches = unit_caches(cfg.resolved_codes_dir, units, ecfg)
+    unusable = [c for c in caches if not c.is_complete()]
+    if unusable:
+        c, more = unusable[0], f" (and {len(unusable) - 1} more)" if len(unusable) > 1 else ""
+        why = c.mismatch() or "the codec stage did not finish"
+        raise PreprocessError(
+            f"--stage tokenize: no usable codes cache in {cfg.resolved_codes_dir} for "
+            f"{c.description['input']}{more}: {why}; run --stage encode (or all) first with the "
+            "same inputs, codec and --codes-dir"
+        )
+    return caches
 
 
 # What describes how a shard was made (its header in P.stats.json); merging keeps these.
@@ -157,7 +174,7 @@ def _header(cfg: PreprocessConfig, tokenizer: SodaTokenizer) -> dict:
         "format": cfg.input_format,
         "interleave": cfg.interleave if cfg.input_format != "text" else "text",
         "codec": cfg.codec if cfg.input_format != "text" else None,
-        "num_codebooks": cfg.num_codebooks,
+        "num_codebooks": tokenizer.layout.num_codebooks,
         "layout": tokenizer.layout.to_dict(),
         "tokenizer_sha256": tokenizer.base_sha256,
         "split_fraction": cfg.split,
@@ -181,17 +198,28 @@ def _summary(
     return summary
 
 
+def _write_reports(
+    prefix: str, header: dict, splits: dict[str, SplitStats], summary: dict, errors: list[dict]
+) -> None:
+    """``P.stats.json`` (and ``P_{split}.stats.json`` per split side) and ``P.errors.jsonl``:
+    readable JSON, keys sorted, non-ASCII text kept."""
+    style = dict(tmp_suffix=TMP_SUFFIX, ensure_ascii=False, sort_keys=True)
+    reports = {}
+    if set(splits) != {"all"}:
+        for name, st in splits.items():
+            reports[f"{prefix}_{name}.stats.json"] = {**header, "split": name, **st.to_dict()}
+    reports[prefix + ".stats.json"] = summary
+    for path, report in reports.items():
+        atomic_files.write_json_atomic(path, report, end="\n", indent=2, **style)
+    atomic_files.write_jsonl_atomic(prefix + ".errors.jsonl", errors, **style)
+
+
 def write_reports(cfg: PreprocessConfig, tokenizer: SodaTokenizer, out: OutputSet) -> dict:
     header = _header(cfg, tokenizer)
     n_err = len(out.errors)
     summary = _summary(header, out.stats, n_err, out.attempted, out.text_collisions)
-    if out.split > 0:
-        for name, prefix in out.prefixes.items():
-            write_json_atomic(
-                prefix + ".stats.json", {**header, "split": name, **out.stats[name].to_dict()}
-            )
-    write_json_atomic(cfg.shard_prefix + ".stats.json", summary)
-    write_jsonl_atomic(cfg.shard_prefix + ".errors.jsonl", [e.to_dict() for e in out.errors])
+    errors = [e.to_dict() for e in out.errors]
+    _write_reports(cfg.shard_prefix, header, out.stats, summary, errors)
     if out.text_collisions:
         logger.warning(
             "%d transcript characters fall in the audio character range U+E000..; ids are correct, "
@@ -220,9 +248,13 @@ def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
             "merge: the shards were made with different tokenizers / codebook counts"
         )
     split_names = sorted(stats[0].get("splits", {}).keys()) or ["all"]
+    suffixes = {name: "" if name == "all" else f"_{name}" for name in split_names}
+    layout = shard_layout(prefixes[0])
+    for p in prefixes:  # a truncated or foreign input would make a corrupt merged shard
+        for suffix in suffixes.values():
+            validate_shard(p + suffix, layout, scan_ids=False)
     merged: dict[str, SplitStats] = {}
-    for name in split_names:
-        suffix = "" if name == "all" else f"_{name}"
+    for name, suffix in suffixes.items():
         w = ShardWriter(output_prefix + suffix)
         merged[name] = SplitStats()
         try:
@@ -242,12 +274,5 @@ def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
     attempted = sum(s["attempted"] for s in stats)
     collisions = sum(s.get("text_audio_char_collisions", 0) for s in stats)
     summary = _summary(header, merged, len(errors), attempted, collisions)
-    if split_names != ["all"]:
-        for name in split_names:
-            write_json_atomic(
-                f"{output_prefix}_{name}.stats.json",
-                {**header, "split": name, **merged[name].to_dict()},
-            )
-    write_json_atomic(output_prefix + ".stats.json", summary)
-    write_jsonl_atomic(output_prefix + ".errors.jsonl", errors)
+    _write_reports(output_prefix, header, merged, summary, errors)
     return summary

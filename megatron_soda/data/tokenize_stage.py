@@ -17,15 +17,20 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megatron_soda.data.codes_cache import Chunk, UnitCache, read_chunk
-from megatron_soda.data.interleave import text_document, variants
 from megatron_soda.data.records import InputError, TextDocument
 from megatron_soda.data.shards import ShardWriter
 from megatron_soda.data.sources import read_text_jsonl
 from megatron_soda.data.split import is_heldout
 from megatron_soda.data.units import WorkUnit
-from megatron_soda.tokenizer import KIND_NAMES, SodaTokenizer
+from megatron_soda.format import (
+    KIND_NAMES,
+    interleaved_document,
+    interleaved_kind_counts,
+    text_document,
+    variants,
+)
+from megatron_soda.tokenizer import SodaTokenizer
 from megatron_soda.tokenizer.hf_export import PUA_BASE, text_audio_char_collisions
-from megatron_soda.tokenizer.layout import TokenLayout
 
 logger = logging.getLogger(__name__)
 TEXT_BATCH = 1024
@@ -111,65 +116,6 @@ class OutputSet:
             w.abort()
 
 
-def _recording_counts(
-    lay: TokenLayout, t_ids: list[np.ndarray], codes: list[np.ndarray], variant: str
-) -> dict[str, int]:
-    """Token kinds of one document, by arithmetic (the same as ``lay.count_kinds(doc)``:
-    base-tokenizer text ids never collide with markers, BOS/EOS or audio ids)."""
-    frames = sum(c.shape[1] for c in codes)
-    text = 0 if variant == "audio-only" else sum(t.size for t in t_ids)
-    markers = 2 + len(codes) * (2 if variant == "audio-only" else 4)
-    return {
-        "text": text,
-        "semantic": frames,
-        "acoustic": frames * (lay.num_codebooks - 1),
-        "markers": markers,
-    }
-
-
-def _documents(
-    lay: TokenLayout, t_ids: list[np.ndarray], codes: list[np.ndarray], variant: str
-) -> np.ndarray:
-    """:func:`interleaved_document` of one recording, filled into one preallocated array
-    straight from the int16 codes (offset, frame-major transpose and int32 cast in one
-    numpy pass per span).  Identical output; ``interleave.py`` stays the reference."""
-    n_cb = lay.num_codebooks
-    offsets = lay.audio_offset + np.arange(n_cb, dtype=np.int32) * lay.codebook_size
-    ts, te, a_s, a_e = lay.marker_ids
-    with_text = variant != "audio-only"
-    total = 2 + sum(c.shape[1] * n_cb + 2 for c in codes)
-    if with_text:
-        total += sum(t.size + 2 for t in t_ids)
-    doc = np.empty(total, np.int32)
-    doc[0] = lay.bos_id
-    pos = 1
-
-    def put_text(pos: int, t: np.ndarray) -> int:
-        doc[pos] = ts
-        doc[pos + 1 : pos + 1 + t.size] = t
-        doc[pos + 1 + t.size] = te
-        return pos + t.size + 2
-
-    def put_audio(pos: int, c: np.ndarray) -> int:
-        n = c.shape[1] * n_cb
-        doc[pos] = a_s
-        np.add(c[:n_cb].T, offsets, out=doc[pos + 1 : pos + 1 + n].reshape(-1, n_cb))
-        doc[pos + 1 + n] = a_e
-        return pos + n + 2
-
-    for t, c in zip(t_ids, codes):
-        if variant == "text-first":
-            pos = put_audio(put_text(pos, t), c)
-        elif variant == "audio-first":
-            pos = put_text(put_audio(pos, c), t)
-        elif variant == "audio-only":
-            pos = put_audio(pos, c)
-        else:
-            raise ValueError(f"unknown document variant {variant!r}")
-    doc[pos] = lay.eos_id
-    return doc
-
-
 def _collisions(texts: list[str], num_audio_tokens: int) -> int:
     """Transcript characters in the audio character range (almost always none: one C-speed
     ``max`` per chunk decides)."""
@@ -232,9 +178,10 @@ def tokenize_cached_units(
             st.utterances += len(rec.utterances)
             st.audio_seconds += sum(u.seconds for u in rec.utterances)
             for variant in kinds:
-                doc = _documents(lay, t_ids, codes, variant)
+                doc = interleaved_document(lay, t_ids, codes, variant)
                 out.writers[side].add(doc)
-                st.add_document(variant, _recording_counts(lay, t_ids, codes, variant), doc.size)
+                counts = interleaved_kind_counts(lay, t_ids, codes, variant)
+                st.add_document(variant, counts, doc.size)
 
 
 def tokenize_text_units(

@@ -1,7 +1,7 @@
 """SODA model shapes (Qwen3 blocks) as dataclasses, with the paper's presets.
 
 Every field can be overridden from the command line with the Megatron-LM flag of the same name
-(``hidden_size`` <-> ``--hidden-size``); see :mod:`megatron_soda.training.flags.model`.
+(``hidden_size`` <-> ``--hidden-size``); see :mod:`megatron_soda.config.model`.
 """
 
 from __future__ import annotations
@@ -10,7 +10,10 @@ import math
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-from megatron_soda.scaling.flops import ModelShape
+# The fields that fix every weight's shape (with the vocabulary): what a checkpoint must match,
+# what a converter recovers from a Hugging Face config, what FLOPs are counted from.
+SHAPE_FIELDS = ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "kv_channels",
+                "ffn_hidden_size")
 
 
 @dataclass(frozen=True)
@@ -68,18 +71,9 @@ class SodaModelConfig:
         if problems:
             raise ValueError("; ".join(problems))
 
-    def shape(self) -> ModelShape:
-        """The shape used for FLOP and parameter accounting (padded vocab: it is computed)."""
-        return ModelShape(
-            hidden_size=self.hidden_size,
-            num_layers=self.num_layers,
-            num_attention_heads=self.num_attention_heads,
-            num_query_groups=self.num_query_groups,
-            kv_channels=self.kv_channels,
-            ffn_hidden_size=self.ffn_hidden_size,
-            vocab_size=self.padded_vocab_size,
-            seq_length=self.seq_length,
-        )
+    def shape_dict(self) -> dict[str, int]:
+        """The :data:`SHAPE_FIELDS` values."""
+        return {k: getattr(self, k) for k in SHAPE_FIELDS}
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -97,14 +91,7 @@ class SodaModelConfig:
 
 
 def _preset(layers: int, hidden: int, heads: int, kv: int, head_dim: int, ffn: int) -> SodaModelConfig:
-    return SodaModelConfig(
-        num_layers=layers,
-        hidden_size=hidden,
-        num_attention_heads=heads,
-        num_query_groups=kv,
-        kv_channels=head_dim,
-        ffn_hidden_size=ffn,
-    )
+    return SodaModelConfig(*(layers, hidden, heads, kv, head_dim, ffn))  # the SHAPE_FIELDS, in order
 
 
 # SODA_SPEC.md section 4.  "tiny" is for tests and laptops: GQA and a head_dim that differs from

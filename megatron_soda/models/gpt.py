@@ -1,4 +1,6 @@
-"""The SODA decoder on megatron-core's GPTModel: layer specs, TransformerConfig, model chunks.
+"""The SODA decoder on megatron-core's GPTModel: layer specs and model chunks (the
+TransformerConfig is assembled from the run configuration in
+:func:`megatron_soda.training.model_setup.transformer_config`).
 
 Two layer specs give the same parameters and the same checkpoint keys:
 
@@ -14,11 +16,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
-from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.spec_utils import ModuleSpec
 from megatron.core.transformer.transformer_block import (
     TransformerBlockSubmodules,
@@ -77,42 +77,6 @@ def block_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None) ->
         layer, final_norm = local_layer_spec(), SodaRMSNorm
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=final_norm)
-
-
-def make_transformer_config(cfg: SodaModelConfig, use_te: bool, **kwargs: Any) -> TransformerConfig:
-    """TransformerConfig for ``cfg``; ``kwargs`` carry parallelism/precision/recompute fields."""
-    base: dict[str, Any] = dict(
-        num_layers=cfg.num_layers,
-        hidden_size=cfg.hidden_size,
-        num_attention_heads=cfg.num_attention_heads,
-        num_query_groups=cfg.num_query_groups,
-        kv_channels=cfg.kv_channels,
-        ffn_hidden_size=cfg.ffn_hidden_size,
-        normalization="RMSNorm",
-        layernorm_epsilon=cfg.norm_epsilon,
-        qk_layernorm=True,
-        gated_linear_unit=True,
-        activation_func=F.silu,
-        add_bias_linear=False,
-        add_qkv_bias=False,
-        hidden_dropout=0.0,
-        attention_dropout=0.0,
-        init_method_std=cfg.init_method_std,
-        # megatron initialises (and, only when it does, tags tensor-parallel parameters, which the
-        # grad norm and DDP rely on); megatron_soda.models.init then overwrites the values.
-        perform_initialization=True,
-        calculate_per_token_loss=True,
-        attention_backend=AttnBackend.auto if use_te else AttnBackend.local,
-        bias_activation_fusion=use_te,
-        bias_dropout_fusion=use_te,
-        apply_rope_fusion=use_te,
-        masked_softmax_fusion=use_te,
-        persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
-        transformer_impl="transformer_engine" if use_te else "local",
-    )
-    base.update(kwargs)
-    return TransformerConfig(**base)
 
 
 class SodaGPTModel(GPTModel):

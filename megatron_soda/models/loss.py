@@ -13,13 +13,7 @@ import torch
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.cross_entropy import VocabParallelCrossEntropy
 
-from megatron_soda.tokenizer import (
-    KIND_ACOUSTIC,
-    KIND_MARKER,
-    KIND_NAMES,
-    KIND_SEMANTIC,
-    TokenLayout,
-)
+from megatron_soda.format import KIND_NAMES, TokenLayout, token_kinds_torch
 
 
 def mask_padded_vocab_(logits: torch.Tensor, vocab_size: int, vocab_start: int) -> None:
@@ -76,17 +70,6 @@ def cross_entropy_and_lse(
     return _VocabParallelCEWithLSE.apply(logits, target, vocab_size)
 
 
-def token_kinds(ids: torch.Tensor, layout: TokenLayout) -> torch.Tensor:
-    """Torch twin of :meth:`TokenLayout.token_kinds` (same kinds, computed on the ids' device)."""
-    a0 = layout.audio_offset
-    kinds = torch.zeros_like(ids, dtype=torch.uint8)
-    kinds[(ids >= a0) & (ids < a0 + layout.codebook_size)] = KIND_SEMANTIC
-    kinds[ids >= a0 + layout.codebook_size] = KIND_ACOUSTIC
-    kinds[(ids >= layout.base_vocab_size) & (ids < a0)] = KIND_MARKER
-    kinds[(ids == layout.bos_id) | (ids == layout.eos_id)] = KIND_MARKER
-    return kinds
-
-
 NUM_KINDS = len(KIND_NAMES)
 # Layout of the per-microbatch report vector (summed over microbatches and data-parallel ranks).
 REPORT_CE, REPORT_Z, REPORT_TOKENS = 0, 1, 2
@@ -102,7 +85,7 @@ def loss_report(
     [ce_sum, z_sum, tokens, ce_sum per kind (4), tokens per kind (4)]."""
     mask = loss_mask.to(torch.float64)
     ce64 = ce.detach().to(torch.float64) * mask
-    kinds = token_kinds(labels, layout)
+    kinds = token_kinds_torch(labels, layout)
     onehot = torch.nn.functional.one_hot(kinds.long(), NUM_KINDS).to(torch.float64) * mask.unsqueeze(-1)
     per_kind_ce = (onehot * ce64.unsqueeze(-1)).reshape(-1, NUM_KINDS).sum(0)
     per_kind_n = onehot.reshape(-1, NUM_KINDS).sum(0)

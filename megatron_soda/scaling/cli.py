@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _rule_from_args(args: argparse.Namespace):
-    from megatron_soda.scaling.rules import load_rule, soda_vocab_size
+    from megatron_soda.scaling.rule_loading import load_rule
+    from megatron_soda.scaling.rules import soda_vocab_size
 
     rule = load_rule(args.rule)
     vocab = args.vocab_size

@@ -19,6 +19,7 @@ that is the count SODA's budgets were defined with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 ATTENTION_MODES = ("full", "causal", "none")
 
@@ -38,6 +39,13 @@ class ModelShape:
     swiglu: bool = True
     qk_norm: bool = True
     tied_embeddings: bool = False
+
+
+def model_shape(arch: Any) -> ModelShape:
+    """The shape of a model architecture (a :class:`megatron_soda.models.config.SodaModelConfig`:
+    anything with ``shape_dict()``, ``padded_vocab_size`` and ``seq_length``) for FLOP and parameter accounting: the *padded* vocabulary,
+    since the padded rows are computed."""
+    return ModelShape(**arch.shape_dict(), vocab_size=arch.padded_vocab_size, seq_length=arch.seq_length)
 
 
 def flops_breakdown(shape: ModelShape, *, attention: str = "full") -> dict[str, float]:

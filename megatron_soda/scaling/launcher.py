@@ -11,8 +11,9 @@ Layout written by :func:`write_sweep` (``<out>`` = the sweep directory)::
     <out>/<run>/metrics.jsonl       written by the trainer (--metrics-jsonl)
     <out>/<run>/checkpoints/        written by the trainer (--save)
 
-The trainer's flag names live in :data:`TRAINER_FLAGS`, one table: adapt it (or pass
-``--omit-flag`` / extra arguments) when the trainer's argument names change.
+The trainer options a sweep sets are listed in :data:`TRAINER_FIELDS` (config field names);
+their flags are spelled by the trainer's own command builder, so a renamed flag needs no change
+here.  ``--omit-flag`` / extra arguments adapt a sweep to another trainer.
 """
 
 from __future__ import annotations
@@ -27,42 +28,46 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from megatron_soda.atomic_files import write_text_atomic
+from megatron_soda.config.cli import flags_for
+from megatron_soda.config.fields import flag_of
 from megatron_soda.scaling import schema
 from megatron_soda.scaling.errors import ScalingError
 from megatron_soda.scaling.planner import PlannedRun
 
-# trainer flag -> key of the value dict built by trainer_values(); a None value omits the flag.
-TRAINER_FLAGS: tuple[tuple[str, str], ...] = (
-    ("--model-size", "model_size"),  # the trainer's preset; every shape field is overridden below
-    ("--num-layers", "layers"),
-    ("--hidden-size", "width"),
-    ("--num-attention-heads", "heads"),
-    ("--num-query-groups", "kv_heads"),
-    ("--kv-channels", "head_dim"),
-    ("--ffn-hidden-size", "ffn"),
-    ("--seq-length", "seq_length"),
-    ("--micro-batch-size", "micro_batch_size"),
-    ("--global-batch-size", "batch_size"),
-    ("--train-iters", "steps"),
-    ("--lr", "lr"),
-    ("--min-lr", "min_lr"),
-    ("--lr-decay-style", "lr_schedule"),
-    ("--lr-warmup-iters", "warmup_iters"),
-    ("--lr-wsd-decay-style", "wsd_decay_style"),
-    ("--lr-wsd-decay-iters", "decay_iters"),
-    ("--adam-beta1", "beta1"),
-    ("--adam-beta2", "beta2"),
-    ("--adam-eps", "eps"),
-    ("--weight-decay", "weight_decay"),
-    ("--clip-grad", "grad_clip"),
-    ("--z-loss-weight", "z_loss"),
-    ("--eval-interval", "eval_interval"),
-    ("--save", "save"),
-    ("--metrics-jsonl", "metrics_jsonl"),
-    ("--data-path", "data_path"),
-    ("--tokenizer", "tokenizer"),
-    ("--num-codebooks", "num_codebooks"),
-    ("--eval-iters", "eval_iters"),  # set only with LaunchConfig.eval_samples
+# trainer config field (megatron_soda.config) -> key of the value dict built by trainer_values();
+# a None value leaves the field out.  The flags are spelled by megatron_soda.config.cli.flags_for.
+TRAINER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("model_size", "model_size"),  # the trainer's preset; every shape field is overridden below
+    ("num_layers", "layers"),
+    ("hidden_size", "width"),
+    ("num_attention_heads", "heads"),
+    ("num_query_groups", "kv_heads"),
+    ("kv_channels", "head_dim"),
+    ("ffn_hidden_size", "ffn"),
+    ("seq_length", "seq_length"),
+    ("micro_batch_size", "micro_batch_size"),
+    ("global_batch_size", "batch_size"),
+    ("train_iters", "steps"),
+    ("lr", "lr"),
+    ("min_lr", "min_lr"),
+    ("lr_decay_style", "lr_schedule"),
+    ("lr_warmup_iters", "warmup_iters"),
+    ("lr_wsd_decay_style", "wsd_decay_style"),
+    ("lr_wsd_decay_iters", "decay_iters"),
+    ("adam_beta1", "beta1"),
+    ("adam_beta2", "beta2"),
+    ("adam_eps", "eps"),
+    ("weight_decay", "weight_decay"),
+    ("clip_grad", "grad_clip"),
+    ("z_loss_weight", "z_loss"),
+    ("eval_interval", "eval_interval"),
+    ("save", "save"),
+    ("metrics_jsonl", "metrics_jsonl"),
+    ("data_path", "data_path"),
+    ("tokenizer", "tokenizer"),
+    ("num_codebooks", "num_codebooks"),
+    ("eval_iters", "eval_iters"),  # set only with LaunchConfig.eval_samples
 )
 
 
@@ -131,14 +136,13 @@ def _launch_values(run: PlannedRun, cfg: LaunchConfig) -> dict[str, object]:
 def build_argv(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> list[str]:
     """The trainer and its arguments for one run (without the launcher prefix)."""
     values = trainer_values(run, cfg, run_dir)
-    argv = [cfg.trainer]
     omit = set(cfg.omit_flags)
-    for flag, key in TRAINER_FLAGS:
-        value = values.get(key)
-        if flag in omit or value is None:
-            continue
-        argv += [flag, _format_value(value)]
-    return argv + list(cfg.extra_args)
+    fields = {
+        name: [values[key]] if name == "data_path" else values[key]  # one word: may be "$VAR"
+        for name, key in TRAINER_FIELDS
+        if values.get(key) is not None and flag_of(name) not in omit
+    }
+    return [cfg.trainer, *flags_for(fields), *cfg.extra_args]
 
 
 def eval_iters(run: PlannedRun, cfg: LaunchConfig) -> int | None:
@@ -210,7 +214,7 @@ def write_sweep(runs: Sequence[PlannedRun], cfg: LaunchConfig) -> dict[str, obje
         run_dir = os.path.join(out, run.name)
         os.makedirs(run_dir, exist_ok=True)
         command = command_line(run, cfg, run_dir)
-        _write(
+        write_text_atomic(
             os.path.join(run_dir, schema.RUN_META_FILE),
             json.dumps(run_metadata(run, cfg, command), indent=2),
         )
@@ -218,21 +222,21 @@ def write_sweep(runs: Sequence[PlannedRun], cfg: LaunchConfig) -> dict[str, obje
         header = (
             f"#!/usr/bin/env bash\n# {run.name}: budget {run.budget:.3g} FLOPs\nset -euo pipefail\n"
         )
-        _write(script, header + _env_checks(cfg) + command + "\n")
+        write_text_atomic(script, header + _env_checks(cfg) + command + "\n")
         os.chmod(script, 0o755)
         commands.append(command)
         scripts.append(script)
-    _write(os.path.join(out, "plan.json"), json.dumps([r.to_dict() for r in runs], indent=2))
-    _write(os.path.join(out, "commands.txt"), "\n".join(commands) + "\n")
+    write_text_atomic(os.path.join(out, "plan.json"), json.dumps([r.to_dict() for r in runs], indent=2))
+    write_text_atomic(os.path.join(out, "commands.txt"), "\n".join(commands) + "\n")
     run_all = os.path.join(out, "run_all.sh")
     body = "".join(
         f"bash {shlex.quote(s)} > {shlex.quote(os.path.dirname(s))}/train.log 2>&1\n"
         for s in scripts
     )
-    _write(run_all, "#!/usr/bin/env bash\nset -euo pipefail\n" + body)
+    write_text_atomic(run_all, "#!/usr/bin/env bash\nset -euo pipefail\n" + body)
     os.chmod(run_all, 0o755)
     sbatch = os.path.join(out, "sweep.sbatch")
-    _write(sbatch, slurm_array_script(scripts, cfg, out))
+    write_text_atomic(sbatch, slurm_array_script(scripts, cfg, out))
     return {"out_dir": out, "runs": len(runs), "commands": os.path.join(out, "commands.txt"),
             "run_all": run_all, "sbatch": sbatch}  # fmt: skip
 
@@ -309,18 +313,3 @@ def _env_checks(cfg: LaunchConfig) -> str:
                 f': "${{{m.group(1)}:?export {m.group(1)} or pass {opt} to the scaling launch command}}"\n'
             )
     return "".join(lines)
-
-
-def _format_value(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value) if value != int(value) or abs(value) >= 1e16 else str(value)
-    return str(value)
-
-
-def _write(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -7,21 +7,18 @@ in a budget range, optionally with a fixed batch/LR), or from a user callable.
 
 Built-in rules: ``soda`` (SODA section 5, exactly) and ``tiny`` (widths 64..512, seq 256, for
 CPU-sized studies).  Rule files (JSON/YAML) and ``module:attr`` / ``file.py:attr`` callables are
-loaded by :func:`load_rule`.
+loaded by :func:`megatron_soda.scaling.rule_loading.load_rule`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
-import json
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from megatron_soda.format import CODEBOOK_SIZE, DEFAULT_NUM_CODEBOOKS, MARKERS
 from megatron_soda.scaling.errors import ScalingError
 from megatron_soda.scaling.flops import (
     ModelShape,
@@ -29,13 +26,14 @@ from megatron_soda.scaling.flops import (
     training_flops_per_token,
 )
 
-CODEBOOK_SIZE = 2048  # Mimi; same constant as megatron_soda.tokenizer.layout (not imported: cheap)
 LLAMA3_TEXT_VOCAB = 128_256
-NUM_MARKERS = 4
+NUM_MARKERS = len(MARKERS)
 
 
 def soda_vocab_size(
-    num_codebooks: int = 8, text_vocab: int = LLAMA3_TEXT_VOCAB, added_specials: int = 0
+    num_codebooks: int = DEFAULT_NUM_CODEBOOKS,
+    text_vocab: int = LLAMA3_TEXT_VOCAB,
+    added_specials: int = 0,
 ) -> int:
     """Unified vocabulary size: text ids (+ added BOS/EOS) + 4 markers + codebooks x 2048."""
     return text_vocab + added_specials + NUM_MARKERS + num_codebooks * CODEBOOK_SIZE
@@ -53,7 +51,7 @@ class Recipe:
 
     seq_length: int = 4096
     vocab_size: int = SODA_VOCAB_SIZE
-    num_codebooks: int = 8  # passed to the trainer; keep consistent with vocab_size
+    num_codebooks: int = DEFAULT_NUM_CODEBOOKS  # passed to the trainer; keep consistent with vocab_size
     # Count the vocabulary padded to a multiple of this (the trainer pads its embedding/output
     # rows to 128 and computes them).  1 for SODA's rule: its published anchor is unpadded.
     pad_vocab_to: int = 1
@@ -203,13 +201,13 @@ class Rule:
         """A copy with some Recipe / WidthLadder fields replaced (None values are ignored)."""
         new = self
         if recipe:
-            new = dataclasses.replace(new, recipe=_replace_checked(new.recipe, recipe, "recipe"))
+            new = dataclasses.replace(new, recipe=replace_checked(new.recipe, recipe, "recipe"))
         if ladder:
             if new.ladder is None:
                 raise ScalingError(
                     f"rule {new.name!r} has no width ladder to override ({sorted(ladder)})"
                 )
-            new = dataclasses.replace(new, ladder=_replace_checked(new.ladder, ladder, "ladder"))
+            new = dataclasses.replace(new, ladder=replace_checked(new.ladder, ladder, "ladder"))
         return new
 
 
@@ -237,7 +235,7 @@ def shape_from_mapping(spec: Mapping[str, Any], rule: Rule) -> ModelShape:
             raise ScalingError(
                 f"unknown shape key {key!r} in rule {rule.name!r}; allowed: {allowed}"
             )
-        vals[name] = value if isinstance(value, bool) else _as_int(value, key, rule.name)
+        vals[name] = value if isinstance(value, bool) else as_int(value, key, rule.name)
     if "hidden_size" not in vals:
         raise ScalingError(f"shape {dict(spec)} in rule {rule.name!r} has no width/hidden_size")
     d = vals["hidden_size"]
@@ -275,108 +273,7 @@ def builtin_rules() -> dict[str, Rule]:
     }
 
 
-def load_rule(spec: str) -> Rule:
-    """``soda`` / ``tiny``, a ``.json``/``.yaml`` rule file, or ``module:attr`` / ``file.py:attr``.
-
-    A callable attr is called as ``attr(budget)`` and returns shapes (ModelShape or mappings);
-    it gets SODA's recipe (CLI overrides still apply).  A Rule attr is used as is.
-    """
-    builtins = builtin_rules()
-    if spec in builtins:
-        return builtins[spec]
-    if spec.lower().endswith((".json", ".yaml", ".yml")):
-        return _rule_from_file(spec)
-    if ":" in spec:
-        return _rule_from_callable(spec)
-    raise ScalingError(
-        f"unknown rule {spec!r}: use one of {sorted(builtins)}, a .json/.yaml rule file, or module:attr"
-    )
-
-
-def _rule_from_file(path: str) -> Rule:
-    if not os.path.isfile(path):
-        raise ScalingError(f"rule file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
-    try:
-        if path.lower().endswith(".json"):
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - any parse error becomes one clear line
-        raise ScalingError(f"rule file {path}: cannot parse: {e}".replace("\n", " ")) from None
-    if not isinstance(data, dict):
-        raise ScalingError(f"rule file {path}: top level must be a mapping")
-    allowed = {"name", "base", "recipe", "ladder", "shapes"}
-    unknown = set(data) - allowed
-    if unknown:
-        raise ScalingError(
-            f"rule file {path}: unknown keys {sorted(unknown)}; allowed {sorted(allowed)}"
-        )
-    base_name = data.get("base", "soda")
-    if base_name not in builtin_rules():
-        raise ScalingError(f"rule file {path}: base must be one of {sorted(builtin_rules())}")
-    rule = dataclasses.replace(
-        builtin_rules()[base_name], name=str(data.get("name", os.path.basename(path)))
-    )
-    if "ladder" in data and data["ladder"] is None:
-        rule = dataclasses.replace(rule, ladder=None)
-    try:
-        rule = rule.with_overrides(data.get("recipe") or None, data.get("ladder") or None)
-    except ScalingError as e:
-        raise ScalingError(f"rule file {path}: {e}") from None
-    fixed = []
-    for i, entry in enumerate(data.get("shapes") or []):
-        if not isinstance(entry, dict):
-            raise ScalingError(f"rule file {path}: shapes[{i}] must be a mapping")
-        entry = dict(entry)
-        extra = {
-            k: entry.pop(k) for k in ("min_budget", "max_budget", "batch_size", "lr") if k in entry
-        }
-        fe = FixedEntry(
-            shape=entry,
-            min_budget=_as_float(extra.get("min_budget", 0.0), "min_budget", path),
-            max_budget=_as_float(extra.get("max_budget", math.inf), "max_budget", path),
-            batch_size=None
-            if "batch_size" not in extra
-            else _as_int(extra["batch_size"], "batch_size", path),
-            lr=None if "lr" not in extra else _as_float(extra["lr"], "lr", path),
-        )
-        shape_from_mapping(fe.shape, rule)  # validate now, not at plan time
-        fixed.append(fe)
-    rule = dataclasses.replace(rule, fixed=tuple(fixed))
-    if rule.ladder is None and not rule.fixed:
-        raise ScalingError(f"rule file {path}: no ladder and no shapes: nothing to plan")
-    return rule
-
-
-def _rule_from_callable(spec: str) -> Rule:
-    target, _, attr = spec.rpartition(":")
-    try:
-        if target.endswith(".py"):
-            if not os.path.isfile(target):
-                raise ScalingError(f"rule module {target} does not exist")
-            mod_spec = importlib.util.spec_from_file_location("soda_user_rule", target)
-            assert mod_spec is not None and mod_spec.loader is not None
-            module = importlib.util.module_from_spec(mod_spec)
-            mod_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except ImportError as e:
-        raise ScalingError(f"cannot import rule module {target!r}: {e}") from None
-    obj = getattr(module, attr, None)
-    if obj is None:
-        raise ScalingError(f"rule module {target!r} has no attribute {attr!r}")
-    if isinstance(obj, Rule):
-        return obj
-    if callable(obj):
-        return Rule(name=attr, ladder=None, generator=obj)
-    raise ScalingError(f"{spec} is neither a Rule nor a callable budget -> shapes")
-
-
-def _replace_checked(obj: Any, updates: Mapping[str, Any], what: str) -> Any:
+def replace_checked(obj: Any, updates: Mapping[str, Any], what: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(obj)}
     clean: dict[str, Any] = {}
     for key, value in updates.items():
@@ -386,7 +283,7 @@ def _replace_checked(obj: Any, updates: Mapping[str, Any], what: str) -> Any:
             raise ScalingError(f"unknown {what} field {key!r}; allowed: {sorted(fields)}")
         current = getattr(obj, key)
         if key == "widths":
-            clean[key] = tuple(_as_int(w, "widths", what) for w in value)
+            clean[key] = tuple(as_int(w, "widths", what) for w in value)
         elif (
             isinstance(current, bool)
             or isinstance(value, str)
@@ -394,25 +291,25 @@ def _replace_checked(obj: Any, updates: Mapping[str, Any], what: str) -> Any:
         ):
             clean[key] = value
         elif isinstance(current, int) and not isinstance(current, bool):
-            clean[key] = _as_int(value, key, what)
+            clean[key] = as_int(value, key, what)
         elif isinstance(current, float) or current is None:
             clean[key] = (
-                _as_float(value, key, what) if key != "kv_heads" else _as_int(value, key, what)
+                as_float(value, key, what) if key != "kv_heads" else as_int(value, key, what)
             )
         else:
             clean[key] = value
     return dataclasses.replace(obj, **clean)
 
 
-def _as_float(value: Any, key: str, where: str) -> float:
+def as_float(value: Any, key: str, where: str) -> float:
     try:
         return float(value)  # YAML reads 1e20 as a string; accept it
     except (TypeError, ValueError):
         raise ScalingError(f"{where}: {key} must be a number, got {value!r}") from None
 
 
-def _as_int(value: Any, key: str, where: str) -> int:
-    f = _as_float(value, key, where)
+def as_int(value: Any, key: str, where: str) -> int:
+    f = as_float(value, key, where)
     if not math.isfinite(f) or f != int(f):
         raise ScalingError(f"{where}: {key} must be an integer, got {value!r}")
     return int(f)

@@ -1,33 +1,24 @@
-"""Unified SODA tokenizer: base text vocabulary + markers + audio tokens."""
+"""Unified SODA tokenizer: base text vocabulary + markers + audio tokens.
 
-from megatron_soda.tokenizer.layout import (
-    AUDIO_END,
-    AUDIO_START,
-    CODEBOOK_SIZE,
+The layout and token kinds live in :mod:`megatron_soda.format`; the layout and kinds are
+re-exported here for code that imports them with the tokenizer."""
+
+from megatron_soda.format.kinds import (
     KIND_ACOUSTIC,
     KIND_MARKER,
     KIND_NAMES,
     KIND_SEMANTIC,
     KIND_TEXT,
-    MARKERS,
-    TEXT_END,
-    TEXT_START,
-    TokenLayout,
 )
+from megatron_soda.format.layout import TokenLayout
 from megatron_soda.tokenizer.soda_tokenizer import SodaTokenizer, TokenizerError
 
 __all__ = [
-    "AUDIO_END",
-    "AUDIO_START",
-    "CODEBOOK_SIZE",
     "KIND_ACOUSTIC",
     "KIND_MARKER",
     "KIND_NAMES",
     "KIND_SEMANTIC",
     "KIND_TEXT",
-    "MARKERS",
-    "TEXT_END",
-    "TEXT_START",
     "SodaTokenizer",
     "TokenLayout",
     "TokenizerError",

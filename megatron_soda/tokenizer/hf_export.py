@@ -28,7 +28,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from megatron_soda.atomic_files import write_json_atomic
-from megatron_soda.tokenizer.layout import MARKERS
+from megatron_soda.format.layout import MARKERS
 from megatron_soda.tokenizer.soda_tokenizer import SodaTokenizer
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def export_hf_tokenizer(tok: SodaTokenizer, out_dir: str, model_max_length: int 
     spec["added_tokens"] = added
 
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(os.path.join(out_dir, "tokenizer.json"), spec)
+    write_json_atomic(os.path.join(out_dir, "tokenizer.json"), spec, ensure_ascii=False, indent=1)
     bos, eos = tok.special_name(lay.bos_id), tok.special_name(lay.eos_id)
     specials = {"bos_token": bos, "eos_token": eos, "pad_token": eos}
     config = {
@@ -120,10 +120,14 @@ def export_hf_tokenizer(tok: SodaTokenizer, out_dir: str, model_max_length: int 
         "soda_layout": lay.to_dict(),
         "soda_audio_char_base": f"U+{PUA_BASE:04X}",
     }
-    _write_json(os.path.join(out_dir, "tokenizer_config.json"), config)
-    _write_json(
+    write_json_atomic(
+        os.path.join(out_dir, "tokenizer_config.json"), config, ensure_ascii=False, indent=1
+    )
+    write_json_atomic(
         os.path.join(out_dir, "special_tokens_map.json"),
         {**specials, "additional_special_tokens": list(MARKERS)},
+        ensure_ascii=False,
+        indent=1,
     )
     hazards = pua_hazards(lay.num_audio_tokens)
     if hazards["outside_private_use_area"] or hazards["changed_by_nfkc"]:
@@ -138,10 +142,6 @@ def export_hf_tokenizer(tok: SodaTokenizer, out_dir: str, model_max_length: int 
             hazards["last_char"],
         )
     return hazards
-
-
-def _write_json(path: str, obj: dict) -> None:
-    write_json_atomic(path, obj, ensure_ascii=False, indent=1)
 
 
 def hf_ids(hf_tokenizer_json: str, text: str) -> np.ndarray:

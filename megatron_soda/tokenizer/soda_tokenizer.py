@@ -3,7 +3,11 @@
 Text is encoded by the base tokenizer (through the fast ``tokenizers`` library) with
 ``encode_special_tokens`` on, so a transcript that happens to contain ``<|end_of_text|>``
 never injects a control token.  Audio codes map to ids arithmetically (see
-:class:`~megatron_soda.tokenizer.layout.TokenLayout`), never through string matching.
+:class:`~megatron_soda.format.layout.TokenLayout`), never through string matching.
+
+A saved tokenizer directory (:meth:`SodaTokenizer.save`, e.g. a checkpoint's ``tokenizer/``)
+carries its layout, number of codebooks included; only a bare base ``tokenizer.json`` needs
+to be told the number (else :data:`~megatron_soda.format.layout.DEFAULT_NUM_CODEBOOKS`).
 """
 
 from __future__ import annotations
@@ -19,13 +23,13 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from megatron_soda.atomic_files import write_json_atomic
-from megatron_soda.tokenizer.layout import (
+from megatron_soda.format.kinds import KIND_ACOUSTIC, KIND_MARKER, KIND_SEMANTIC
+from megatron_soda.format.layout import (
+    DEFAULT_NUM_CODEBOOKS,
     FRAME_RATE,
-    KIND_ACOUSTIC,
-    KIND_MARKER,
-    KIND_SEMANTIC,
     MARKERS,
     TokenLayout,
+    layout_mismatch,
 )
 
 BOS_CANDIDATES = ("<|begin_of_text|>", "<s>", "<bos>", "<|startoftext|>", "<|bos|>")
@@ -59,7 +63,7 @@ class SodaTokenizer:
     def __init__(
         self,
         base_tokenizer_path: str,
-        num_codebooks: int = 8,
+        num_codebooks: int = DEFAULT_NUM_CODEBOOKS,
         bos_token: str | None = None,
         eos_token: str | None = None,
     ) -> None:
@@ -152,16 +156,20 @@ class SodaTokenizer:
         return tok
 
     @classmethod
-    def load(cls, path: str, num_codebooks: int = 8) -> SodaTokenizer:
-        """A base ``tokenizer.json`` file, or a directory saved with :meth:`save`."""
+    def load(cls, path: str, num_codebooks: int | None = None) -> SodaTokenizer:
+        """A directory saved with :meth:`save` (its own layout: ``num_codebooks``, if given,
+        must agree with it) or a base ``tokenizer.json`` (``num_codebooks``, default
+        :data:`DEFAULT_NUM_CODEBOOKS`)."""
         if os.path.isdir(path):
             tok = cls.from_pretrained(path)
-            if tok.layout.num_codebooks != num_codebooks:
+            if num_codebooks is not None and tok.layout.num_codebooks != num_codebooks:
                 raise TokenizerError(
-                    f"{path}: saved with {tok.layout.num_codebooks} codebooks, {num_codebooks} requested"
+                    f"{path}: saved with {tok.layout.num_codebooks} codebooks, {num_codebooks} "
+                    "requested (a saved tokenizer carries its own number: it need not be given)"
                 )
             return tok
-        return cls(path, num_codebooks=num_codebooks)
+        n = DEFAULT_NUM_CODEBOOKS if num_codebooks is None else num_codebooks
+        return cls(path, num_codebooks=n)
 
     def save(self, directory: str) -> None:
         os.makedirs(directory, exist_ok=True)
@@ -178,11 +186,9 @@ class SodaTokenizer:
 
     def check_layout(self, other: TokenLayout, where: str = "") -> None:
         """Raise if ``other`` (e.g. recorded in shards or a checkpoint) differs from this layout."""
-        if other != self.layout:
-            raise TokenizerError(
-                f"{where}: token layout {other.to_dict()} does not match this tokenizer's "
-                f"{self.layout.to_dict()} (different base tokenizer or number of codebooks)"
-            )
+        why = layout_mismatch(other, self.layout)
+        if why:
+            raise TokenizerError(f"{where}: {why}")
 
     # ----------------------------------------------------------- megatron API
     @property

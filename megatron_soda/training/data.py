@@ -9,7 +9,6 @@ instead of megatron's per-sample Python loop in the DataLoader workers.
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -19,6 +18,7 @@ from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegat
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import get_blend_from_list
 
+from megatron_soda.config import DataConfig
 from megatron_soda.tokenizer import SodaTokenizer
 
 
@@ -33,34 +33,34 @@ class _DatasetTokenizer:
         self.pad = -1
 
 
-def blends(args: argparse.Namespace) -> dict:
+def blends(data: DataConfig) -> dict:
     """``blend`` + ``split`` or ``blend_per_split``, in GPTDatasetConfig's terms."""
-    if args.data_path:
-        blend = get_blend_from_list(args.data_path)
-        if args.valid_data_path or args.test_data_path:
+    if data.data_path:
+        blend = get_blend_from_list(data.data_path)
+        if data.valid_data_path or data.test_data_path:
             # held-out prefixes given separately: --data-path is all training data
-            return {"blend_per_split": [blend, get_blend_from_list(args.valid_data_path),
-                                        get_blend_from_list(args.test_data_path)]}
-        return {"blend": blend, "split": args.split}
+            return {"blend_per_split": [blend, get_blend_from_list(data.valid_data_path),
+                                        get_blend_from_list(data.test_data_path)]}
+        return {"blend": blend, "split": data.split}
     return {"blend_per_split": [get_blend_from_list(p) for p in
-                                (args.train_data_path, args.valid_data_path, args.test_data_path)]}
+                                (data.train_data_path, data.valid_data_path, data.test_data_path)]}
 
 
-def all_prefixes(args: argparse.Namespace) -> list[str]:
+def all_prefixes(data: DataConfig) -> list[str]:
     out: list[str] = []
-    for flag in (args.data_path, args.train_data_path, args.valid_data_path, args.test_data_path):
+    for flag in (data.data_path, data.train_data_path, data.valid_data_path, data.test_data_path):
         blend = get_blend_from_list(flag)
         if blend:
             out.extend(p for p in blend[0] if p not in out)
     return out
 
 
-def build_datasets(args: argparse.Namespace, tokenizer: SodaTokenizer, seq_length: int,
+def build_datasets(data: DataConfig, seed: int, tokenizer: SodaTokenizer, seq_length: int,
                    train_samples: int, valid_samples: int) -> tuple:
     config = GPTDatasetConfig(
-        random_seed=args.seed,
+        random_seed=seed,
         sequence_length=seq_length,
-        path_to_cache=args.data_cache_path,
+        path_to_cache=data.data_cache_path,
         tokenizer=_DatasetTokenizer(tokenizer),
         # Masks and positions are built per batch on the device (see make_batch).
         reset_position_ids=False,
@@ -68,7 +68,7 @@ def build_datasets(args: argparse.Namespace, tokenizer: SodaTokenizer, seq_lengt
         eod_mask_loss=False,
         create_attention_mask=False,
         mmap_bin_files=True,
-        **blends(args),
+        **blends(data),
     )
     sizes = [train_samples, valid_samples, 0]
     train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()

@@ -3,7 +3,6 @@ megatron's parallel state, micro-batch calculator and seeds.  Undone in reverse 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import os
@@ -15,12 +14,11 @@ import torch
 
 from megatron_soda import compat
 from megatron_soda.compat.allocator import tune_cpu_allocator
-from megatron_soda.training.errors import ConfigError
-from megatron_soda.training.flags.optim import check_batch
+from megatron_soda.config import ConfigError, ParallelConfig, TrainConfig
 
 
-def _select_device(args: argparse.Namespace) -> torch.device:
-    if args.device == "cpu":
+def _select_device(parallel: ParallelConfig) -> torch.device:
+    if parallel.device == "cpu":
         compat.enable()
         tune_cpu_allocator()  # bit-identical, 12-17% faster CPU steps (docs/benchmarks.md)
         return torch.device("cpu")
@@ -46,14 +44,16 @@ def set_seeds(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def distributed_runtime(args: argparse.Namespace) -> Iterator[torch.device]:
-    """Everything megatron-core needs before a model can be built; yields the device."""
-    device = _select_device(args)
+def distributed_runtime(config: TrainConfig) -> Iterator[torch.device]:
+    """Everything megatron-core needs before a model can be built; yields the device.  The batch
+    sizes were checked against the data-parallel size by :func:`megatron_soda.config.derived.derive`."""
+    parallel, optim = config.parallel, config.optim
+    device = _select_device(parallel)
     try:
         if not torch.distributed.is_initialized():
             torch.distributed.init_process_group(
-                backend=args.distributed_backend,
-                timeout=datetime.timedelta(minutes=args.distributed_timeout_minutes),
+                backend=parallel.distributed_backend,
+                timeout=datetime.timedelta(minutes=parallel.distributed_timeout_minutes),
             )
         from megatron.core import parallel_state
         from megatron.core.num_microbatches_calculator import (
@@ -62,22 +62,22 @@ def distributed_runtime(args: argparse.Namespace) -> Iterator[torch.device]:
         )
 
         parallel_state.initialize_model_parallel(
-            tensor_model_parallel_size=args.tensor_model_parallel_size,
-            pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-            virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
-            context_parallel_size=args.context_parallel_size,
-            distributed_timeout_minutes=args.distributed_timeout_minutes,
+            tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+            pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+            virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+            context_parallel_size=parallel.context_parallel_size,
+            distributed_timeout_minutes=parallel.distributed_timeout_minutes,
         )
         dp = parallel_state.get_data_parallel_world_size()
-        check_batch(args, dp)  # megatron's calculator would only assert
+        optim.check_batch(dp)  # megatron's calculator would only assert
         init_num_microbatches_calculator(
             torch.distributed.get_rank(),
-            args.rampup_batch_size,
-            args.global_batch_size,
-            args.micro_batch_size,
+            list(optim.rampup_batch_size) if optim.rampup_batch_size else None,
+            optim.global_batch_size,
+            optim.micro_batch_size,
             dp,
         )
-        set_seeds(args.seed)
+        set_seeds(optim.seed)
         try:
             yield device
         finally:
@@ -85,5 +85,5 @@ def distributed_runtime(args: argparse.Namespace) -> Iterator[torch.device]:
             parallel_state.destroy_model_parallel()
             torch.distributed.destroy_process_group()
     finally:
-        if args.device == "cpu":
+        if parallel.device == "cpu":
             compat.disable()

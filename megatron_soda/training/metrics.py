@@ -17,7 +17,6 @@ FLOPs per token are SODA's (Levanter's) analytic count, :mod:`megatron_soda.scal
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from typing import Any
 
 import torch
 
+from megatron_soda.config import TrainConfig
 from megatron_soda.models.loss import (
     NUM_KINDS,
     REPORT_CE,
@@ -48,15 +48,15 @@ _PEAK_BF16 = {
 }
 
 
-def peak_tflops(args: argparse.Namespace) -> float | None:
-    if args.peak_tflops_per_device:
-        return args.peak_tflops_per_device
-    if args.device != "cuda" or not torch.cuda.is_available():
+def peak_tflops(config: TrainConfig) -> float | None:
+    if config.logging.peak_tflops_per_device:
+        return config.logging.peak_tflops_per_device
+    if config.parallel.device != "cuda" or not torch.cuda.is_available():
         return None
     name = torch.cuda.get_device_name().upper()
     for key, value in _PEAK_BF16.items():
         if key in name:
-            return value * (2.0 if args.fp8_format else 1.0)
+            return value * (2.0 if config.precision.fp8_format else 1.0)
     return None
 
 
@@ -94,28 +94,29 @@ def _json_safe(v: Any) -> Any:
 class MetricsLogger:
     """Writes on global rank 0 only (every rank holds the same reduced numbers)."""
 
-    def __init__(self, args: argparse.Namespace, run_config: dict[str, Any]) -> None:
+    def __init__(self, config: TrainConfig, run_record: dict[str, Any]) -> None:
+        log = config.logging
         self.active = torch.distributed.get_rank() == 0
         self.jsonl = None
         self.tb = None
         self.wandb = None
         if not self.active:
             return
-        if args.metrics_jsonl:
-            os.makedirs(os.path.dirname(os.path.abspath(args.metrics_jsonl)), exist_ok=True)
-            self.jsonl = open(args.metrics_jsonl, "a", buffering=1)
-        if args.tensorboard_dir:
+        if log.metrics_jsonl:
+            os.makedirs(os.path.dirname(os.path.abspath(log.metrics_jsonl)), exist_ok=True)
+            self.jsonl = open(log.metrics_jsonl, "a", buffering=1)
+        if log.tensorboard_dir:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=args.tensorboard_dir)
-        if args.wandb_project:
+            self.tb = SummaryWriter(log_dir=log.tensorboard_dir)
+        if log.wandb_project:
             import wandb
 
             self.wandb = wandb.init(
-                project=args.wandb_project,
-                name=args.wandb_exp_name,
-                dir=args.wandb_save_dir or args.save,
-                config=run_config,
+                project=log.wandb_project,
+                name=log.wandb_exp_name,
+                dir=log.wandb_save_dir or config.checkpoint.save,
+                config=run_record,
                 resume="allow",
             )
 

@@ -1,10 +1,12 @@
-"""Model chunks (pipeline/virtual stages), precision wrapper, megatron DDP, optimizer, scheduler."""
+"""TransformerConfig, model chunks (pipeline/virtual stages), precision wrapper, megatron DDP,
+optimizer, scheduler: everything built from the typed run configuration."""
 
 from __future__ import annotations
 
-import argparse
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from megatron.core import parallel_state, tensor_parallel
 from megatron.core.distributed import (
     DistributedDataParallel,
@@ -19,99 +21,129 @@ from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_soda.config import OptimConfig, ParallelConfig, PrecisionConfig, TrainConfig
 from megatron_soda.models.config import SodaModelConfig
-from megatron_soda.models.gpt import build_model_chunk, make_transformer_config
+from megatron_soda.models.gpt import build_model_chunk
 from megatron_soda.models.init import initialize_parameters
 
 
-def params_dtype(args: argparse.Namespace) -> torch.dtype:
-    return torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+def params_dtype(precision: PrecisionConfig) -> torch.dtype:
+    return torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else torch.float32
 
 
-def transformer_config(args: argparse.Namespace, cfg: SodaModelConfig) -> TransformerConfig:
-    use_te = args.transformer_impl == "transformer_engine"
-    dtype = params_dtype(args)
-    extra = dict(
-        tensor_model_parallel_size=args.tensor_model_parallel_size,
-        pipeline_model_parallel_size=args.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=args.virtual_pipeline_model_parallel_size,
-        context_parallel_size=args.context_parallel_size,
-        sequence_parallel=args.sequence_parallel,
+def transformer_config(arch: SodaModelConfig, parallel: ParallelConfig, precision: PrecisionConfig, *,
+                       initialize: bool = True) -> TransformerConfig:
+    """The one place a megatron ``TransformerConfig`` is assembled: the architecture (Qwen3
+    blocks: RMSNorm, QK-norm, SwiGLU, no biases) with the parallel, precision and recompute
+    settings.  ``initialize=False`` (converters) leaves parameters uninitialised."""
+    use_te = precision.use_te
+    dtype = params_dtype(precision)
+    fields: dict[str, Any] = dict(
+        **arch.shape_dict(),
+        normalization="RMSNorm",
+        layernorm_epsilon=arch.norm_epsilon,
+        qk_layernorm=True,
+        gated_linear_unit=True,
+        activation_func=F.silu,
+        add_bias_linear=False,
+        add_qkv_bias=False,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        init_method_std=arch.init_method_std,
+        # megatron initialises (and, only when it does, tags tensor-parallel parameters, which the
+        # grad norm and DDP rely on); megatron_soda.models.init then overwrites the values.
+        perform_initialization=initialize,
+        calculate_per_token_loss=True,
+        attention_backend=AttnBackend.auto if use_te else AttnBackend.local,
+        bias_activation_fusion=use_te,
+        bias_dropout_fusion=use_te,
+        apply_rope_fusion=use_te,
+        masked_softmax_fusion=use_te,
+        persist_layer_norm=False,
+        gradient_accumulation_fusion=False,
+        transformer_impl="transformer_engine" if use_te else "local",
+        tensor_model_parallel_size=parallel.tensor_model_parallel_size,
+        pipeline_model_parallel_size=parallel.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=parallel.virtual_pipeline_model_parallel_size,
+        context_parallel_size=parallel.context_parallel_size,
+        sequence_parallel=parallel.sequence_parallel,
         params_dtype=dtype,
         pipeline_dtype=dtype,
-        bf16=args.bf16,
-        fp16=args.fp16,
-        use_cpu_initialization=args.device == "cpu",
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        use_cpu_initialization=parallel.device == "cpu",
         deallocate_pipeline_outputs=True,
-        recompute_granularity=args.recompute_granularity,
-        recompute_method=args.recompute_method,
-        recompute_num_layers=args.recompute_num_layers,
+        recompute_granularity=precision.recompute_granularity,
+        recompute_method=precision.recompute_method,
+        recompute_num_layers=precision.recompute_num_layers,
     )
-    if args.virtual_pipeline_model_parallel_size:
+    if parallel.virtual_pipeline_model_parallel_size:
         # The interleaved schedule must not batch p2p: a batch mixes up the two directions when
         # the previous and next stage are the same rank (PP=2).  On GPU it overlaps p2p with
         # compute (Megatron-LM's default); over gloo the overlapped sends race with megatron
         # freeing the sent activations (measured: wrong losses), so CPU runs do not overlap.
-        extra.update(overlap_p2p_comm=args.device == "cuda", batch_p2p_comm=False)
-    if args.recompute_modules:
-        extra["recompute_modules"] = args.recompute_modules
-    if args.microbatch_group_size_per_virtual_pipeline_stage:
-        extra["microbatch_group_size_per_vp_stage"] = args.microbatch_group_size_per_virtual_pipeline_stage
-    if args.attention_backend != "auto":
-        extra["attention_backend"] = AttnBackend[args.attention_backend]
-    if args.fp8_format:
-        extra.update(fp8=args.fp8_format, fp8_recipe=args.fp8_recipe, fp8_amax_history_len=args.fp8_amax_history_len,
-                     fp8_amax_compute_algo=args.fp8_amax_compute_algo, fp8_param=args.fp8_param_gather)
-    return make_transformer_config(cfg, use_te, **extra)
+        fields.update(overlap_p2p_comm=parallel.device == "cuda", batch_p2p_comm=False)
+    if precision.recompute_modules:
+        fields["recompute_modules"] = precision.recompute_modules
+    if parallel.microbatch_group_size_per_virtual_pipeline_stage:
+        fields["microbatch_group_size_per_vp_stage"] = parallel.microbatch_group_size_per_virtual_pipeline_stage
+    if precision.attention_backend != "auto":
+        fields["attention_backend"] = AttnBackend[precision.attention_backend]
+    if precision.fp8_format:
+        fields.update(fp8=precision.fp8_format, fp8_recipe=precision.fp8_recipe,
+                      fp8_amax_history_len=precision.fp8_amax_history_len,
+                      fp8_amax_compute_algo=precision.fp8_amax_compute_algo, fp8_param=precision.fp8_param_gather)
+    return TransformerConfig(**fields)
 
 
-def build_model(args: argparse.Namespace, cfg: SodaModelConfig, config: TransformerConfig) -> list[DistributedDataParallel]:
+def build_model(config: TrainConfig, arch: SodaModelConfig, tc: TransformerConfig) -> list[DistributedDataParallel]:
     """This rank's model chunks, initialised (layout-invariantly from ``--seed``) and wrapped."""
-    use_te = args.transformer_impl == "transformer_engine"
-    vpp = args.virtual_pipeline_model_parallel_size
+    parallel, precision = config.parallel, config.precision
+    vpp = parallel.virtual_pipeline_model_parallel_size
     stages = range(vpp) if vpp else [None]
     chunks = []
     for vp in stages:
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp is None, vp_stage=vp)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp is None, vp_stage=vp)
-        chunk = build_model_chunk(cfg, config, use_te, pre, post, vp_stage=vp)
+        chunk = build_model_chunk(arch, tc, precision.use_te, pre, post, vp_stage=vp)
         chunk.model_type = ModelType.encoder_or_decoder
         for p in chunk.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(p)
         chunks.append(chunk)
-    initialize_parameters(chunks, args.seed, cfg.init_method_std, cfg.num_layers)
-    if args.device == "cuda":
+    initialize_parameters(chunks, config.optim.seed, arch.init_method_std, arch.num_layers)
+    if parallel.device == "cuda":
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
-    if args.bf16 or args.fp16:
-        chunks = [Float16Module(config, c) for c in chunks]
+    low_precision = precision.bf16 or precision.fp16
+    if low_precision:
+        chunks = [Float16Module(tc, c) for c in chunks]
     ddp_config = DistributedDataParallelConfig(
-        grad_reduce_in_fp32=args.bf16 or args.fp16,
-        overlap_grad_reduce=args.overlap_grad_reduce,
-        overlap_param_gather=args.overlap_param_gather,
-        use_distributed_optimizer=args.use_distributed_optimizer,
+        grad_reduce_in_fp32=low_precision,
+        overlap_grad_reduce=parallel.overlap_grad_reduce,
+        overlap_param_gather=parallel.overlap_param_gather,
+        use_distributed_optimizer=parallel.use_distributed_optimizer,
         check_for_nan_in_grad=False,
         average_in_collective=False,
-        fp8_param_gather=args.fp8_param_gather,
+        fp8_param_gather=precision.fp8_param_gather,
     )
     return [
-        DistributedDataParallel(config=config, ddp_config=ddp_config, module=c, disable_bucketing=i > 0)
+        DistributedDataParallel(config=tc, ddp_config=ddp_config, module=c, disable_bucketing=i > 0)
         for i, c in enumerate(chunks)
     ]
 
 
-def connect_schedule_hooks(config: TransformerConfig, model: list, optimizer, args: argparse.Namespace) -> None:
+def connect_schedule_hooks(tc: TransformerConfig, model: list, optimizer, parallel: ParallelConfig) -> None:
     """What the pipeline schedules call back into (as Megatron-LM's train() sets them up)."""
-    config.finalize_model_grads_func = finalize_model_grads
-    config.grad_scale_func = optimizer.scale_loss
+    tc.finalize_model_grads_func = finalize_model_grads
+    tc.grad_scale_func = optimizer.scale_loss
     one = len(model) == 1
-    if args.overlap_grad_reduce:
+    if parallel.overlap_grad_reduce:
         sync = [m.no_sync for m in model]
         grad = [m.start_grad_sync for m in model]
-        config.no_sync_func = sync[0] if one else sync
-        config.grad_sync_func = grad[0] if one else grad
-    if args.overlap_param_gather:
+        tc.no_sync_func = sync[0] if one else sync
+        tc.grad_sync_func = grad[0] if one else grad
+    if parallel.overlap_param_gather:
         param = [m.start_param_sync for m in model]
-        config.param_sync_func = param[0] if one else param
+        tc.param_sync_func = param[0] if one else param
 
 
 def _no_weight_decay() -> dict:
@@ -124,42 +156,43 @@ def _no_weight_decay() -> dict:
     return {key: {"wd_mult": 0.0}}
 
 
-def build_optimizer(args: argparse.Namespace, model: list, lr: float):
-    config = OptimizerConfig(
+def build_optimizer(config: TrainConfig, model: list, lr: float):
+    optim, precision = config.optim, config.precision
+    megatron_config = OptimizerConfig(
         optimizer="adam",
         lr=lr,
-        min_lr=args.min_lr,
-        weight_decay=args.weight_decay,
-        adam_beta1=args.adam_beta1,
-        adam_beta2=args.adam_beta2,
-        adam_eps=args.adam_eps,
-        clip_grad=args.clip_grad,
-        bf16=args.bf16,
-        fp16=args.fp16,
-        params_dtype=params_dtype(args),
-        use_distributed_optimizer=args.use_distributed_optimizer,
-        overlap_param_gather=args.overlap_param_gather,
+        min_lr=optim.min_lr,
+        weight_decay=optim.weight_decay,
+        adam_beta1=optim.adam_beta1,
+        adam_beta2=optim.adam_beta2,
+        adam_eps=optim.adam_eps,
+        clip_grad=optim.clip_grad,
+        bf16=precision.bf16,
+        fp16=precision.fp16,
+        params_dtype=params_dtype(precision),
+        use_distributed_optimizer=config.parallel.use_distributed_optimizer,
+        overlap_param_gather=config.parallel.overlap_param_gather,
     )
-    return get_megatron_optimizer(config, model, config_overrides=_no_weight_decay())
+    return get_megatron_optimizer(megatron_config, model, config_overrides=_no_weight_decay())
 
 
-def build_scheduler(args: argparse.Namespace, optimizer, lr: float) -> OptimizerParamScheduler:
+def build_scheduler(optim: OptimConfig, optimizer, lr: float) -> OptimizerParamScheduler:
     """Steps are iterations: warmup/decay horizons are the --lr-*-iters values."""
-    wsd = args.lr_decay_style == "WSD"
+    wsd = optim.lr_decay_style == "WSD"
     return OptimizerParamScheduler(
         optimizer,
-        init_lr=args.lr_warmup_init,
+        init_lr=optim.lr_warmup_init,
         max_lr=lr,
-        min_lr=args.min_lr,
-        lr_warmup_steps=args.lr_warmup_iters,
-        lr_decay_steps=args.lr_decay_iters,
-        lr_decay_style=args.lr_decay_style,
-        start_wd=args.weight_decay,
-        end_wd=args.weight_decay,
-        wd_incr_steps=args.train_iters,
+        min_lr=optim.min_lr,
+        lr_warmup_steps=optim.lr_warmup_iters,
+        lr_decay_steps=optim.lr_decay_iters,
+        lr_decay_style=optim.lr_decay_style,
+        start_wd=optim.weight_decay,
+        end_wd=optim.weight_decay,
+        wd_incr_steps=optim.train_iters,
         wd_incr_style="constant",
         use_checkpoint_opt_param_scheduler=True,
         override_opt_param_scheduler=False,
-        wsd_decay_steps=args.lr_wsd_decay_iters if wsd else None,
-        lr_wsd_decay_style=args.lr_wsd_decay_style if wsd else None,
+        wsd_decay_steps=optim.lr_wsd_decay_iters if wsd else None,
+        lr_wsd_decay_style=optim.lr_wsd_decay_style if wsd else None,
     )

@@ -4,12 +4,7 @@
 python tools/preprocess/inspect_shards.py data/soda_speech --tokenizer tokenizer.json --docs 0 1
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from megatron_soda.data.inspect import inspect_main  # noqa: E402
+from megatron_soda.data.inspect import inspect_main as main
 
 if __name__ == "__main__":
-    sys.exit(inspect_main())
+    raise SystemExit(main())

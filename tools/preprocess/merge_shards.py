@@ -4,12 +4,7 @@
 python tools/preprocess/merge_shards.py --output-prefix data/soda_speech --num-shards 8
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from megatron_soda.data.cli import merge_main  # noqa: E402
+from megatron_soda.data.cli import merge_main as main
 
 if __name__ == "__main__":
-    sys.exit(merge_main())
+    raise SystemExit(main())

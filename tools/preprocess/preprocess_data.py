@@ -8,12 +8,7 @@
 See ``--help`` and docs/preprocessing.md.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-
-from megatron_soda.data.cli import preprocess_main  # noqa: E402
+from megatron_soda.data.cli import preprocess_main as main
 
 if __name__ == "__main__":
-    sys.exit(preprocess_main())
+    raise SystemExit(main())

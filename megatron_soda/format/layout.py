@@ -7,7 +7,9 @@
 
 With Llama-3 as the base (128,256 ids, BOS/EOS present) this is exactly SODA's released
 layout: markers 128256..128259, audio 128260 + cb*2048 + code, 144,644 ids for 8 codebooks.
-All offsets are derived from the base tokenizer, never hard-coded.
+All offsets are derived from the base tokenizer, never hard-coded.  The number of codebooks is
+carried by the artifacts (a saved tokenizer directory, ``PREFIX.stats.json``);
+:data:`DEFAULT_NUM_CODEBOOKS` is the one default where none says otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
+
+from megatron_soda.format.kinds import count_kinds, token_kinds
 
 TEXT_START = "<|text_start|>"
 TEXT_END = "<|text_end|>"
@@ -24,14 +28,8 @@ MARKERS = (TEXT_START, TEXT_END, AUDIO_START, AUDIO_END)
 
 CODEBOOK_SIZE = 2048
 MAX_CODEBOOKS = 32
+DEFAULT_NUM_CODEBOOKS = 8  # SODA's: 1 semantic + 7 acoustic Mimi codebooks
 FRAME_RATE = 12.5  # Mimi frames (one audio token per codebook) per second
-
-# Token kinds, used for statistics and for per-kind training losses.
-KIND_TEXT = 0
-KIND_SEMANTIC = 1
-KIND_ACOUSTIC = 2
-KIND_MARKER = 3  # the four markers plus BOS/EOS
-KIND_NAMES = ("text", "semantic", "acoustic", "markers")
 
 
 @dataclass(frozen=True)
@@ -140,16 +138,21 @@ class TokenLayout:
         return (frames % self.codebook_size).T.copy()
 
     def token_kinds(self, ids: np.ndarray) -> np.ndarray:
-        """Kind of each id: KIND_TEXT, KIND_SEMANTIC (codebook 0), KIND_ACOUSTIC, KIND_MARKER."""
-        ids = np.asarray(ids)
-        kinds = np.full(ids.shape, KIND_TEXT, dtype=np.uint8)
-        a0 = self.audio_offset
-        kinds[(ids >= a0) & (ids < a0 + self.codebook_size)] = KIND_SEMANTIC
-        kinds[ids >= a0 + self.codebook_size] = KIND_ACOUSTIC
-        kinds[(ids >= self.base_vocab_size) & (ids < a0)] = KIND_MARKER
-        kinds[(ids == self.bos_id) | (ids == self.eos_id)] = KIND_MARKER
-        return kinds
+        """Kind of each id (see :mod:`megatron_soda.format.kinds`)."""
+        return token_kinds(ids, self)
 
     def count_kinds(self, ids: np.ndarray) -> dict[str, int]:
-        counts = np.bincount(self.token_kinds(ids).ravel(), minlength=len(KIND_NAMES))
-        return {name: int(c) for name, c in zip(KIND_NAMES, counts)}
+        return count_kinds(ids, self)
+
+
+def layout_mismatch(found: TokenLayout, expected: TokenLayout) -> str | None:
+    """None when two layouts agree, else the sentence an error message gives (what ``found``,
+    e.g. recorded by preprocessing, is and how it differs from ``expected``)."""
+    if found == expected:
+        return None
+    a, b = found.to_dict(), expected.to_dict()
+    fields = ", ".join(k for k in a if a[k] != b.get(k))
+    return (
+        f"token layout {a} does not match this tokenizer's {b} (differs in {fields}: a different "
+        "base tokenizer or number of codebooks)"
+    )

@@ -1,0 +1,72 @@
+"""The device and parallelism section (Megatron-LM's flag names)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from megatron_soda.config.errors import ConfigError
+from megatron_soda.config.fields import option
+
+
+@dataclass
+class ParallelConfig:
+    device: str = option("cuda", "cpu runs megatron-core through megatron_soda.compat (gloo; for "
+                         "tests and debugging configs on a laptop)", choices=("cuda", "cpu"))
+    distributed_backend: str | None = option(None, "default: nccl on cuda, gloo on cpu",
+                                             choices=("nccl", "gloo"))
+    distributed_timeout_minutes: int = option(10)
+    tensor_model_parallel_size: int = option(1)
+    pipeline_model_parallel_size: int = option(1)
+    virtual_pipeline_model_parallel_size: int | None = option(
+        None, "model chunks per pipeline rank (interleaved 1F1B schedule)",
+        flags=("--num-virtual-stages-per-pipeline-rank", "--virtual-pipeline-model-parallel-size"))
+    num_layers_per_virtual_pipeline_stage: int | None = option(None)
+    sequence_parallel: bool = option(False)
+    context_parallel_size: int = option(1, "1 only for now (>1: not implemented, refused)")
+    use_distributed_optimizer: bool = option(False)
+    overlap_grad_reduce: bool = option(False)
+    overlap_param_gather: bool = option(False)
+    microbatch_group_size_per_virtual_pipeline_stage: int | None = option(None)
+
+    def validate(self) -> None:
+        for name in ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.distributed_backend is None:
+            self.distributed_backend = "nccl" if self.device == "cuda" else "gloo"
+        if self.sequence_parallel and self.tensor_model_parallel_size == 1:
+            self.sequence_parallel = False  # as Megatron-LM: nothing to split
+        if self.overlap_param_gather and not self.use_distributed_optimizer:
+            raise ConfigError("--overlap-param-gather needs --use-distributed-optimizer")
+        vpp, per_stage = self.virtual_pipeline_model_parallel_size, self.num_layers_per_virtual_pipeline_stage
+        if vpp is not None and per_stage is not None:
+            raise ConfigError("give --num-layers-per-virtual-pipeline-stage or "
+                              "--num-virtual-stages-per-pipeline-rank, not both")
+        for flag, value in (("--num-virtual-stages-per-pipeline-rank", vpp),
+                            ("--num-layers-per-virtual-pipeline-stage", per_stage)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} must be >= 1")
+        if (vpp is not None or per_stage is not None) and self.pipeline_model_parallel_size == 1:
+            raise ConfigError("virtual pipeline stages need --pipeline-model-parallel-size > 1")
+        if vpp == 1:
+            self.virtual_pipeline_model_parallel_size = None
+
+    def resolve_virtual_stages(self, num_layers: int) -> None:
+        """Turn --num-layers-per-virtual-pipeline-stage into stages per rank, now that the layer
+        count is known, and check that the layers split evenly."""
+        pp = self.pipeline_model_parallel_size
+        if num_layers % pp:
+            raise ConfigError(f"--num-layers {num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+        per_rank = num_layers // pp
+        vpp, per_stage = self.virtual_pipeline_model_parallel_size, self.num_layers_per_virtual_pipeline_stage
+        if per_stage is not None:
+            if per_rank % per_stage:
+                raise ConfigError(f"{per_rank} layers per pipeline rank do not split into virtual stages of {per_stage}")
+            vpp = per_rank // per_stage
+            self.virtual_pipeline_model_parallel_size = vpp if vpp > 1 else None
+            self.num_layers_per_virtual_pipeline_stage = None  # now said by the stage count
+        elif vpp is not None and per_rank % vpp:
+            raise ConfigError(f"{per_rank} layers per pipeline rank do not split into {vpp} virtual stages")
+
+    def model_parallel_size(self) -> int:
+        return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size

@@ -1,0 +1,64 @@
+"""The run's inputs, checked before anything is built: the tokenizer (with the number of
+codebooks the artifacts carry) and the data shards."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from megatron_soda.config import ConfigError, TrainConfig
+from megatron_soda.tokenizer import SodaTokenizer
+
+
+def _data_num_codebooks(config: TrainConfig) -> int | None:
+    """The codebook count recorded by the shards (PREFIX.stats.json); None if none records it.
+    Shards that disagree are refused."""
+    from megatron_soda.format import shard_layout
+    from megatron_soda.training.data import all_prefixes
+
+    found: dict[int, str] = {}
+    for prefix in all_prefixes(config.data):
+        layout = shard_layout(prefix)
+        if layout is not None:
+            found.setdefault(layout.num_codebooks, prefix)
+    if len(found) > 1:
+        raise ConfigError("the data shards were made with different numbers of codebooks: "
+                          + ", ".join(f"{p} has {n}" for n, p in sorted(found.items())))
+    return next(iter(found), None)
+
+
+def load_tokenizer(config: TrainConfig) -> SodaTokenizer:
+    """A tokenizer directory (e.g. a checkpoint's ``tokenizer/``) carries its layout; for a base
+    ``tokenizer.json`` the codebook count is ``--num-codebooks``, else the data's, else the
+    format's default.  A ``--num-codebooks`` that contradicts the directory is refused here, one
+    that contradicts the data by the shard check."""
+    from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
+
+    path, flag = config.model.tokenizer, config.model.num_codebooks
+    if os.path.isdir(path):
+        return SodaTokenizer.load(path, num_codebooks=flag)
+    num_codebooks = flag or _data_num_codebooks(config) or DEFAULT_NUM_CODEBOOKS
+    return SodaTokenizer.load(path, num_codebooks=num_codebooks)
+
+
+def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> None:
+    """Shard checks on rank 0; the verdict is broadcast so that every rank stops together."""
+    from megatron_soda.training.data import all_prefixes, blends
+    from megatron_soda.training.data_checks import DataError, check_prefix, check_split
+
+    data = config.data
+    verdict: list[str | None] = [None]
+    if torch.distributed.get_rank() == 0:
+        try:
+            b = blends(data)
+            split_prefixes = set(b["blend"][0]) if "blend" in b else set()  # --split divides these
+            for prefix in all_prefixes(data):
+                summary = check_prefix(prefix, tokenizer, data.data_check, data.data_check_max_gib)
+                if prefix in split_prefixes and summary:
+                    check_split(prefix, summary["sequences"], data.split)
+        except (ValueError, OSError) as e:
+            verdict[0] = str(e)
+    torch.distributed.broadcast_object_list(verdict, src=0)
+    if verdict[0] is not None:
+        raise DataError(verdict[0])

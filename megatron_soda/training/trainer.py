@@ -1,0 +1,235 @@
+"""``Trainer(config).train()``: set up megatron-core from a :class:`TrainConfig`, then the loop.
+
+Set-up (``with Trainer(config) as trainer``) loads the tokenizer, derives what the run computes
+(:mod:`megatron_soda.config.derived`), starts the distributed runtime, checks the shards, builds
+model, optimizer and scheduler, resumes from a checkpoint and opens the data.  :meth:`train` is
+the loop: fetch, step (:mod:`megatron_soda.training.step`), log, evaluate, checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from megatron_soda.config import TrainConfig
+from megatron_soda.config.derived import derive, run_record
+from megatron_soda.models.loss import REPORT_SIZE
+from megatron_soda.training.metrics import losses_from_report
+from megatron_soda.training.run_inputs import check_data, load_tokenizer
+
+
+class Trainer:
+    def __init__(self, config: TrainConfig) -> None:
+        """Everything that can fail without a process group: a config error stops every rank
+        here, before any collective."""
+        self.config = config
+        self.tokenizer = load_tokenizer(config)
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.derived = derive(config, self.tokenizer.vocab_size, self.tokenizer.layout.num_codebooks, world_size)
+        self.record = run_record(config, self.derived)
+        self._exit = contextlib.ExitStack()
+
+    def __enter__(self) -> Trainer:
+        from megatron_soda.training.initialize import distributed_runtime
+
+        self.device = self._exit.enter_context(distributed_runtime(self.config))
+        try:
+            self._build()
+        except BaseException:
+            self._exit.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit.close()
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> None:
+        from megatron.core.num_microbatches_calculator import (
+            get_current_global_batch_size,
+            get_num_microbatches,
+            update_num_microbatches,
+        )
+
+        from megatron_soda.training.faults import crash_now
+        from megatron_soda.training.step import evaluate, train_step
+
+        cfg, state, log = self.config, self.state, self.logger
+        ckpt, iters = cfg.checkpoint, cfg.optim.train_iters
+        window = _Window()
+        while state.iteration < iters:
+            start = time.perf_counter()
+            update_num_microbatches(state.consumed_samples, consistency_check=True)
+            batch_size = get_current_global_batch_size()
+            batches = self._train_batches(get_num_microbatches())
+            result = train_step(self.step, self.optimizer, self.scheduler, batches, cfg.optim.on_nonfinite_loss,
+                                lambda: f"iteration {state.iteration + 1} (consumed samples {state.consumed_samples})")
+            state.iteration += 1
+            state.consumed_samples += batch_size
+            if not result.updated:
+                state.skipped_iterations += 1
+                log.print(f"iteration {state.iteration}: non-finite loss, update skipped")
+            if self.device.type == "cuda" and state.iteration % cfg.logging.log_interval == 0:
+                torch.cuda.synchronize()
+            window.add(result, batch_size * self.step.seq_length, time.perf_counter() - start)
+
+            if state.iteration % cfg.logging.log_interval == 0:
+                log.log(self._train_record(window))
+                window = _Window()
+            if self.has_validation and (state.iteration % ckpt.eval_interval == 0 or state.iteration == iters):
+                log.log(self._eval_record(evaluate(self.step, self._valid_batches())))
+            if ckpt.save and ckpt.save_interval and state.iteration % ckpt.save_interval == 0:
+                self.save()
+            if ckpt.inject_crash_at_iteration == state.iteration:
+                crash_now(f"--inject-crash-at-iteration {state.iteration}")
+            if ckpt.exit_interval and state.iteration % ckpt.exit_interval == 0:
+                break
+        if ckpt.save and self.last_saved != state.iteration:
+            self.save()
+
+    # ------------------------------------------------------------------ set-up
+    def _build(self) -> None:
+        from megatron.core import parallel_state
+
+        from megatron_soda.checkpointing import TrainState, find_checkpoint, load_checkpoint
+        from megatron_soda.scaling.flops import model_shape, training_flops_per_token
+        from megatron_soda.training import data, model_setup
+        from megatron_soda.training.metrics import MetricsLogger, peak_tflops
+        from megatron_soda.training.step import StepContext
+
+        cfg, arch, ckpt = self.config, self.derived.architecture, self.config.checkpoint
+        self.logger = MetricsLogger(cfg, self.record)
+        self._exit.callback(self.logger.close)
+        check_data(cfg, self.tokenizer)
+        self.lr = self.derived.lr
+        self.transformer_config = model_setup.transformer_config(arch, cfg.parallel, cfg.precision)
+        self.model = model_setup.build_model(cfg, arch, self.transformer_config)
+        self.optimizer = model_setup.build_optimizer(cfg, self.model, self.lr)
+        self.scheduler = model_setup.build_scheduler(cfg.optim, self.optimizer, self.lr)
+        model_setup.connect_schedule_hooks(self.transformer_config, self.model, self.optimizer, cfg.parallel)
+
+        self.state = TrainState()
+        # A checkpoint of this run's own (--save) wins over --load: a requeued fine-tune resumes
+        # where it stopped instead of restarting from the weights it started from.
+        own = ckpt.save and os.path.isdir(ckpt.save) and find_checkpoint(ckpt.save)
+        source = ckpt.save if own else ckpt.load
+        if source:
+            loaded = load_checkpoint(source, self.model, self.optimizer, self.scheduler, model_cfg=arch,
+                                     tokenizer=self.tokenizer, load_optimizer=not ckpt.no_load_optim,
+                                     load_rng=not ckpt.no_load_rng, finetune=ckpt.finetune and not own,
+                                     log=self.logger.print)
+            if loaded is None:
+                self.logger.print(f"no checkpoint in {source} yet: starting from scratch")
+            self.state = loaded or self.state
+        self.last_saved = self.state.iteration if source else None
+
+        optim, seq = cfg.optim, arch.seq_length
+        self.train_ds, self.valid_ds = data.build_datasets(
+            cfg.data, optim.seed, self.tokenizer, seq, optim.train_iters * optim.global_batch_size,
+            ckpt.eval_iters * optim.global_batch_size)
+        self.has_validation = self.valid_ds is not None and ckpt.eval_iters > 0
+        self._train_iter = data.data_loader(self.train_ds, self.state.consumed_samples, optim.micro_batch_size,
+                                            cfg.data.num_workers)
+        self.step = StepContext(self.model, self.tokenizer.layout, cfg.model.z_loss_weight, seq,
+                                optim.micro_batch_size)
+        self.flops_per_token = training_flops_per_token(model_shape(arch))
+        self.peak = peak_tflops(cfg)
+        p = cfg.parallel
+        self.logger.print(f"SODA {cfg.model.model_size}: {arch.to_dict()} | lr {self.lr:.3e} | "
+                          f"{cfg.precision.transformer_impl} spec | world {torch.distributed.get_world_size()} "
+                          f"(TP {p.tensor_model_parallel_size}, PP {p.pipeline_model_parallel_size}, "
+                          f"DP {parallel_state.get_data_parallel_world_size()}) | from iteration {self.state.iteration}")
+
+    # ------------------------------------------------------------------ batches and records
+    def _batch(self, raw: dict):
+        from megatron_soda.training.data import make_batch
+
+        d = self.config.data
+        return make_batch(raw, self.tokenizer.eod, self.device, reset_attention_mask=d.reset_attention_mask,
+                          reset_position_ids=d.reset_position_ids, eod_mask_loss=d.eod_mask_loss,
+                          packed=self.config.precision.use_te)
+
+    def _train_batches(self, n: int) -> list:
+        from megatron_soda.training.data_checks import DataError
+
+        try:
+            return [self._batch(next(self._train_iter)) for _ in range(n)]
+        except StopIteration:
+            raise DataError(f"training data exhausted at consumed samples {self.state.consumed_samples}") from None
+
+    def _valid_batches(self) -> Iterator[list]:
+        """The same first --eval-iters global batches of the held-out data at every evaluation,
+        so that evaluation losses are comparable along the run (and across resumes); one
+        global batch on the device at a time."""
+        from megatron.core.num_microbatches_calculator import get_num_microbatches
+
+        from megatron_soda.training.data import data_loader
+        from megatron_soda.training.data_checks import DataError
+
+        eval_iters = self.config.checkpoint.eval_iters
+        it = data_loader(self.valid_ds, 0, self.config.optim.micro_batch_size, 0)
+        n = get_num_microbatches()
+        for i in range(eval_iters):
+            try:
+                raw = [next(it) for _ in range(n)]
+            except StopIteration:
+                raise DataError(f"held-out data exhausted at evaluation batch {i + 1} of "
+                                f"--eval-iters {eval_iters}") from None
+            yield [self._batch(r) for r in raw]
+
+    def _train_record(self, window: _Window) -> dict[str, Any]:
+        tokens_per_sec = window.tokens / window.seconds if window.seconds else 0.0
+        tflops = tokens_per_sec * self.flops_per_token / torch.distributed.get_world_size() / 1e12
+        return {
+            "split": "train", "iteration": self.state.iteration, "consumed_samples": self.state.consumed_samples,
+            **losses_from_report(window.report, self.config.model.z_loss_weight),
+            "lr": window.lr,
+            "grad_norm": window.grad_norm, "tokens_per_sec": tokens_per_sec, "tflops_per_device": tflops,
+            "mfu": tflops / self.peak if self.peak else None, "step_time_s": window.seconds / max(window.steps, 1),
+            "skipped_iterations": self.state.skipped_iterations,
+        }
+
+    def _eval_record(self, report: torch.Tensor) -> dict[str, Any]:
+        return {"split": "valid", "iteration": self.state.iteration, "consumed_samples": self.state.consumed_samples,
+                **losses_from_report(report, self.config.model.z_loss_weight)}
+
+    def save(self) -> None:
+        from megatron_soda.checkpointing import save_checkpoint
+        from megatron_soda.training.faults import crash_now
+
+        ckpt, iteration = self.config.checkpoint, self.state.iteration
+        crash = None
+        if ckpt.inject_crash_in_save == iteration:
+            def crash() -> None:
+                crash_now(f"--inject-crash-in-save {iteration}: data written, not committed")
+        path = save_checkpoint(ckpt.save, self.state, self.model, self.optimizer, self.scheduler,
+                               model_cfg=self.derived.architecture, tokenizer=self.tokenizer, run_args=self.record,
+                               save_optimizer=not ckpt.no_save_optim, crash_hook=crash)
+        self.last_saved = iteration
+        self.logger.print(f"saved {path}")
+
+
+class _Window:
+    """Sums over the steps between two log lines."""
+
+    def __init__(self) -> None:
+        self.report = torch.zeros(REPORT_SIZE, dtype=torch.float64)
+        self.steps = 0
+        self.tokens = 0
+        self.seconds = 0.0
+        self.grad_norm: float | None = None
+        self.lr: float | None = None
+
+    def add(self, result, tokens: int, seconds: float) -> None:
+        if result.updated:
+            self.report += result.report
+        self.steps += 1
+        self.tokens += tokens
+        self.seconds += seconds
+        self.grad_norm = result.grad_norm
+        self.lr = result.lr

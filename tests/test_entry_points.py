@@ -1,0 +1,88 @@
+"""The command-line entry points: every ``tools/`` script (and ``pretrain_soda.py``) runs from any
+directory without touching ``sys.path``, each is a shim of one ``main`` in the package, and that
+``main`` is also installed as a console script (setup.py ``entry_points``)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.dirname(sys.executable)
+SCRIPTS = sorted(
+    os.path.relpath(os.path.join(d, n), REPO)
+    for d, _, names in os.walk(os.path.join(REPO, "tools"))
+    for n in names
+    if n.endswith(".py")
+) + ["pretrain_soda.py"]
+CONSOLE_SCRIPTS = {
+    ep.name: ep
+    for ep in importlib.metadata.distribution("megatron_soda").entry_points
+    if ep.group == "console_scripts"
+}
+
+
+def _help(cmd: list[str], cwd: str) -> str:
+    """``CMD --help`` from ``cwd`` with no PYTHONPATH; its output (exit 0 and a usage line asserted)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [*cmd, "--help"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, f"{cmd} --help exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    assert proc.stdout.startswith("usage: "), proc.stdout[:500]
+    return proc.stdout
+
+
+def _script_main(rel: str):
+    """The ``main`` a script runs, loaded without running it (not as ``__main__``)."""
+    spec = importlib.util.spec_from_file_location(
+        "entry_" + re.sub(r"\W", "_", rel), os.path.join(REPO, rel)
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("rel", SCRIPTS)
+def test_tool_script_runs_from_any_directory(rel, tmp_path):
+    _help([sys.executable, os.path.join(REPO, rel)], str(tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(CONSOLE_SCRIPTS))
+def test_console_script_runs(name, tmp_path):
+    _help([os.path.join(BIN, name)], str(tmp_path))
+
+
+def test_every_tool_is_a_console_script():
+    """Each script is a shim of a package ``main``, installed under a ``soda-*`` name; nothing
+    installed lacks its script."""
+    targets = {(ep.module, ep.attr): name for name, ep in CONSOLE_SCRIPTS.items()}
+    covered = set()
+    for rel in SCRIPTS:
+        main = _script_main(rel)
+        assert main.__module__.startswith("megatron_soda."), f"{rel}: its main lives in the script"
+        key = (main.__module__, main.__name__)
+        assert key in targets, f"{rel}: {key} is not a console script in setup.py"
+        covered.add(targets[key])
+    assert covered == set(CONSOLE_SCRIPTS)
+
+
+def test_no_script_edits_sys_path():
+    """The package is installed (editable in development): scripts import it as installed, and
+    benchmark scripts find their sibling modules through the script's own directory."""
+    offenders = []
+    for top in ("tools", "benchmarks"):
+        for d, _, names in os.walk(os.path.join(REPO, top)):
+            for n in names:
+                path = os.path.join(d, n)
+                if n.endswith(".py") and "sys.path" in open(path, encoding="utf-8").read():
+                    offenders.append(os.path.relpath(path, REPO))
+    if "sys.path" in open(os.path.join(REPO, "pretrain_soda.py"), encoding="utf-8").read():
+        offenders.append("pretrain_soda.py")
+    assert not offenders, f"sys.path manipulation in {offenders}"
