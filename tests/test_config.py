@@ -189,8 +189,15 @@ def test_derived_values_are_computed_once_and_recorded(monkeypatch):
 
 def test_old_flat_run_args_are_read(tmp_path):
     """run_args.json written before the typed config: vars(argparse.Namespace)."""
-    flat = {**parse_argv(INTERFACE).to_dict(), "architecture": None, "seq_length": 256, "hidden_size": None}
+    flat = {**parse_argv(INTERFACE).to_dict(), "architecture": None, "seq_length": 256, "hidden_size": None,
+            "lr_warmup_fraction": 0.1}  # the old finalize kept the fraction beside the iterations
     assert TrainConfig.from_dict(flat).validate() == parse_argv(INTERFACE)
+
+
+def test_codebook_count_out_of_range_is_refused_when_parsing(capsys):
+    with pytest.raises(SystemExit):
+        parse_argv(INTERFACE + ["--num-codebooks", "33"])
+    assert "--num-codebooks must be in 1..32" in capsys.readouterr().err
 
 
 def test_load_must_exist(capsys, tmp_path):

@@ -37,7 +37,7 @@ def _add_field(group: argparse._ArgumentGroup, cls: type, f: dataclasses.Field) 
     if shape == "dict":  # the architecture overrides: one flag per preset field
         for name, arch_type in architecture_fields():
             group.add_argument(flag_of(name), dest=_ARCH_DEST + name, type=arch_type, default=None,
-                               help=f"override the preset's {name}")
+                               metavar=name.upper(), help=f"override the preset's {name}")
         return
     if typ is bool:
         if m["negative"]:

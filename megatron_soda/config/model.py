@@ -8,6 +8,7 @@ from typing import Any
 
 from megatron_soda.config.errors import ConfigError
 from megatron_soda.config.fields import option, required
+from megatron_soda.format import MAX_CODEBOOKS
 from megatron_soda.models.config import PRESETS, SodaModelConfig, preset
 
 # Architecture fields that come from the tokenizer, never from the command line.
@@ -46,8 +47,8 @@ class ModelConfig:
         if unknown:
             raise ConfigError(f"unknown architecture field(s): {', '.join(sorted(unknown))}")
         self.architecture = {k: v for k, v in self.architecture.items() if v is not None}
-        if self.num_codebooks is not None and self.num_codebooks < 1:
-            raise ConfigError("--num-codebooks must be >= 1")
+        if self.num_codebooks is not None and not 1 <= self.num_codebooks <= MAX_CODEBOOKS:
+            raise ConfigError(f"--num-codebooks must be in 1..{MAX_CODEBOOKS}")
         if self.z_loss_weight < 0:
             raise ConfigError("--z-loss-weight must be >= 0")
         arch = self.architecture_for(vocab_size=0)

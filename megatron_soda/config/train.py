@@ -89,6 +89,11 @@ class TrainConfig:
             kwargs = {f.name: d[f.name] for f in dataclasses.fields(section_cls) if f.name in d}
             if section_cls is ModelConfig and not kwargs.get("architecture"):
                 kwargs["architecture"] = {k: d[k] for k in arch_names if d.get(k) is not None}
+            # records written before the typed config kept both spellings of these
+            if section_cls is OptimConfig and kwargs.get("lr_warmup_iters") is not None:
+                kwargs["lr_warmup_fraction"] = None
+            if section_cls is ParallelConfig and kwargs.get("virtual_pipeline_model_parallel_size"):
+                kwargs["num_layers_per_virtual_pipeline_stage"] = None
             try:
                 built[name] = section_cls(**kwargs)
             except TypeError as e:

@@ -8,7 +8,7 @@ import os
 import torch
 
 from megatron_soda.config import ConfigError, TrainConfig
-from megatron_soda.tokenizer import SodaTokenizer
+from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 
 
 def _data_num_codebooks(config: TrainConfig) -> int | None:
@@ -36,10 +36,15 @@ def load_tokenizer(config: TrainConfig) -> SodaTokenizer:
     from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
     path, flag = config.model.tokenizer, config.model.num_codebooks
-    if os.path.isdir(path):
-        return SodaTokenizer.load(path, num_codebooks=flag)
-    num_codebooks = flag or _data_num_codebooks(config) or DEFAULT_NUM_CODEBOOKS
-    return SodaTokenizer.load(path, num_codebooks=num_codebooks)
+    try:
+        if os.path.isdir(path):
+            return SodaTokenizer.load(path, num_codebooks=flag)
+        num_codebooks = flag or _data_num_codebooks(config) or DEFAULT_NUM_CODEBOOKS
+        return SodaTokenizer.load(path, num_codebooks=num_codebooks)
+    except (ValueError, OSError) as e:  # a malformed file, an impossible layout: one line, not a traceback
+        if isinstance(e, (ConfigError, TokenizerError)):
+            raise
+        raise ConfigError(f"--tokenizer {path}: {e}") from None
 
 
 def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> None:

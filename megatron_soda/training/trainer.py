@@ -27,12 +27,13 @@ class Trainer:
     def __init__(self, config: TrainConfig) -> None:
         """Everything that can fail without a process group: a config error stops every rank
         here, before any collective."""
-        self.config = config
+        self.config = config.validate()  # idempotent: a config built in Python is normalised too
         self.tokenizer = load_tokenizer(config)
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.derived = derive(config, self.tokenizer.vocab_size, self.tokenizer.layout.num_codebooks, world_size)
         self.record = run_record(config, self.derived)
         self._exit = contextlib.ExitStack()
+        self._entered = False
 
     def __enter__(self) -> Trainer:
         from megatron_soda.training.initialize import distributed_runtime
@@ -43,13 +44,21 @@ class Trainer:
         except BaseException:
             self._exit.close()
             raise
+        self._entered = True
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._entered = False
         self._exit.close()
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
+        """Train to ``--train-iters`` (or ``--exit-interval``); sets up and tears down the
+        distributed runtime itself when not used inside ``with Trainer(config)``."""
+        if not self._entered:
+            with self:
+                self.train()
+            return
         from megatron.core.num_microbatches_calculator import (
             get_current_global_batch_size,
             get_num_microbatches,
