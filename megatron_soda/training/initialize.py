@@ -46,7 +46,8 @@ def set_seeds(seed: int) -> None:
 @contextlib.contextmanager
 def distributed_runtime(config: TrainConfig) -> Iterator[torch.device]:
     """Everything megatron-core needs before a model can be built; yields the device.  The batch
-    sizes were checked against the data-parallel size by :func:`megatron_soda.config.derived.derive`."""
+    check of :func:`megatron_soda.config.derived.derive` (from ``$WORLD_SIZE``) is repeated here
+    against megatron's own data-parallel size, which is the one its calculator asserts on."""
     parallel, optim = config.parallel, config.optim
     device = _select_device(parallel)
     try:
