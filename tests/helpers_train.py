@@ -148,5 +148,5 @@ def build_tiny_model(vocab_size: int, seed: int = 1, **overrides):
     cfg = preset("tiny").with_overrides(vocab_size=vocab_size, **overrides)
     config = transformer_config(cfg, ParallelConfig(device="cpu"), PrecisionConfig())
     model = build_model_chunk(cfg, config, False, True, True)
-    initialize_parameters([model], seed, cfg.init_method_std, cfg.num_layers)
+    initialize_parameters([model], seed, cfg)
     return model, cfg

@@ -20,7 +20,7 @@ from megatron_soda.config import (
 )
 from megatron_soda.config.cli import build_parser, flags_for, parse_argv, to_argv
 from megatron_soda.config.derived import derive, run_record
-from megatron_soda.config.fields import flag_names, meta, value_type
+from megatron_soda.config.fields import bool_flags, flag_names, meta, value_type
 from megatron_soda.config.model import architecture_fields
 from megatron_soda.config.train import SECTIONS, check_unique_field_names
 from megatron_soda.models import te
@@ -52,6 +52,7 @@ VALUES = {
     "pipeline_model_parallel_size": ["2"],
     "context_parallel_size": None,  # > 1 is refused until implemented (test_train_flags)
     "max_position_embeddings": ["4096"],
+    "init_method": ["megatron"],
     "rampup_batch_size": ["2", "2", "100"],
     "lr_warmup_iters": ["3"],
     "lr_decay_iters": ["10"],
@@ -95,6 +96,9 @@ def _cases() -> list[tuple[str, list[str]]]:
         for f in dataclasses.fields(cls):
             if f.name == "architecture":
                 for name, typ in architecture_fields():
+                    if typ is bool:  # default-on in every preset: the off flag changes it
+                        cases.append((name, [bool_flags(name)[1]]))
+                        continue
                     if name in VALUES:
                         value = VALUES[name]
                     else:
@@ -173,7 +177,7 @@ def test_derived_values_are_computed_once_and_recorded(monkeypatch):
     derived = derive(config, vocab_size=1000, num_codebooks=8, world_size=4)
     assert derived.architecture.padded_vocab_size == 1024 and derived.data_parallel_size == 2
     assert derived.num_micro_batches == 2  # 8 / (2 x DP 2)
-    assert derived.lr == pytest.approx(0.003 * (8 / 256) ** 0.5 * 4) and derived.lr_source == "paper rule"
+    assert derived.lr == pytest.approx(0.003 * (8 / 256) ** 0.5 * 4) and derived.lr_source == "paper rule (width 64)"
     record = json.loads(json.dumps(run_record(config, derived)))
     assert record["derived"]["architecture"]["padded_vocab_size"] == 1024
     assert record["derived"]["lr"] == derived.lr and record["tensor_model_parallel_size"] == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -74,6 +75,11 @@ def chain(tmp_path_factory, small_bpe_path):
             "2",
             "--eval-interval",
             "2",
+            # plain Adam (not SODA's Cautious, whose per-tensor mask rescaling moves the few
+            # embedding rows a batch uses by up to 1/(fraction used) x lr): C stays within
+            # 2 x lr of A, see test_trainer_fine_tunes_from_converted_checkpoint
+            "--optimizer",
+            "adam",
             "--load",
             str(root / "b"),
             "--save",
@@ -96,12 +102,17 @@ def chain(tmp_path_factory, small_bpe_path):
     }
 
 
-def interleaved_ids(tok: SodaTokenizer, seed: int = 0) -> torch.Tensor:
-    """Two equal-length rows: an interleaved speech document (text, markers, audio) and text."""
+def interleaved_ids(tok: SodaTokenizer, length: int, seed: int = 0) -> torch.Tensor:
+    """Two rows of ``length`` ids: interleaved speech documents (text, markers, audio) and text
+    documents, concatenated (one causal sequence per row: positions 0 .. length-1)."""
     rng = np.random.default_rng(seed)
-    speech, text = speech_document(tok, rng, utterances=4), text_document(tok, rng)
-    n = min(len(speech), len(text), 160)
-    return torch.tensor([speech[:n], text[:n]])
+    rows = []
+    for make in (lambda: speech_document(tok, rng, utterances=4), lambda: text_document(tok, rng)):
+        row: list[int] = []
+        while len(row) < length:
+            row += make()
+        rows.append(row[:length])
+    return torch.tensor(rows)
 
 
 def hf_logits(hf_dir: str, ids: torch.Tensor) -> torch.Tensor:
@@ -114,19 +125,48 @@ def hf_logits(hf_dir: str, ids: torch.Tensor) -> torch.Tensor:
         return model(input_ids=ids).logits
 
 
+@pytest.fixture(scope="module")
+def reference_logits(chain):
+    """megatron_soda's logits of A and C on two rows covering every position up to the
+    training sequence length (the model config's seq_length: 256 for the tiny preset)."""
+    cfg = chain["cfg"]
+    assert cfg.use_rope_scaling and cfg.rope_scaling_factor == 8 and cfg.rotary_base == 500_000
+    ids = interleaved_ids(chain["tok"], cfg.seq_length)
+    lay = chain["tok"].layout
+    assert (ids >= lay.audio_offset).any() and (ids < lay.base_vocab_size).any()
+    return ids, {w: checkpoint_logits(chain[w], ids) for w in ("a", "c")}
+
+
 @pytest.mark.parametrize("which", ["a", "c"])
-def test_logits_match_transformers(chain, which):
-    """a: TP=1 random model; c: the checkpoint the real trainer saved at TP=2/PP=2."""
-    ids = interleaved_ids(chain["tok"])
-    assert (ids >= chain["tok"].layout.audio_offset).any() and (
-        ids < chain["tok"].layout.base_vocab_size
-    ).any()
-    ref = checkpoint_logits(chain[which], ids)
+def test_logits_match_transformers(chain, reference_logits, which):
+    """a: TP=1 random model; c: the checkpoint the real trainer saved at TP=2/PP=2.  Llama-3
+    RoPE (tiny preset: head_dim 32, base 500000, factor 8: 7 of the 16 frequencies divided by 8,
+    one smoothed) at every position 0 .. seq_length-1."""
+    ids, refs = reference_logits
+    ref = refs[which]
     got = hf_logits(chain["hf_" + which], ids)
     assert got.shape == ref.shape == (*ids.shape, chain["tok"].vocab_size)
+    assert ids.shape[1] == chain["cfg"].seq_length
     diff = (got - ref).abs().max().item()
-    print(f"{which}: max |logit diff| {diff:.2e}, max |logit| {ref.abs().max().item():.2f}")
+    late = (got - ref)[:, -32:].abs().max().item()
+    print(f"{which}: max |logit diff| {diff:.2e} (last 32 positions {late:.2e}), max |logit| {ref.abs().max().item():.2f}")
     assert ref.abs().max() > 1.0 and diff <= PARITY_ATOL
+
+
+def test_parity_check_sees_the_rope_scaling(chain, reference_logits, tmp_path):
+    """The same HF model with plain RoPE misses megatron_soda's logits by far more than the
+    tolerance: the parity above really checks the Llama-3 frequency scaling."""
+    hf = str(tmp_path / "plain_rope")
+    shutil.copytree(chain["hf_a"], hf)
+    path = os.path.join(hf, "config.json")
+    config = json.load(open(path))
+    assert config["rope_scaling"]["rope_type"] == config["rope_parameters"]["rope_type"] == "llama3"
+    config.update(rope_scaling=None, rope_parameters={"rope_type": "default", "rope_theta": 5e5})
+    json.dump(config, open(path, "w"))
+    ids, refs = reference_logits
+    diff = (hf_logits(hf, ids) - refs["a"]).abs().max().item()
+    print(f"plain RoPE instead of Llama-3 RoPE: max |logit diff| {diff:.2e}")
+    assert diff > 100 * PARITY_ATOL
 
 
 def test_round_trip_megatron_hf_megatron_is_bit_identical(chain):
@@ -193,7 +233,17 @@ def test_transformers_loads_offline_and_tokenizer_matches(chain, monkeypatch):
     assert type(model).__name__ == "Qwen3ForCausalLM" and not model.config.tie_word_embeddings
     assert model.config.vocab_size == chain["tok"].vocab_size
     cfg = json.load(open(os.path.join(hf, "config.json")))
-    assert cfg["rope_theta"] == 1e6 and cfg["num_key_value_heads"] == 2 and cfg["head_dim"] == 32
+    assert cfg["num_key_value_heads"] == 2 and cfg["head_dim"] == 32 and cfg["rms_norm_eps"] == 1e-5
+    llama3 = {
+        "rope_type": "llama3",
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    assert cfg["rope_theta"] == 5e5 and cfg["rope_scaling"] == llama3
+    assert cfg["rope_parameters"] == {**llama3, "rope_theta": 5e5}
+    assert model.config.rope_parameters["rope_type"] == "llama3"
     hf_tok = AutoTokenizer.from_pretrained(hf, local_files_only=True)
     tok = chain["tok"]
     lay, rng = tok.layout, np.random.default_rng(5)

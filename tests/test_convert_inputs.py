@@ -1,6 +1,7 @@
-"""Conversion inputs: warm start from a plain Qwen3 text model, SODA releases without the
-trainer's tokenizer copy, the command-line tools, and the errors a user gets for bad input
-(nothing here launches more than one process)."""
+"""Conversion inputs: SODA exports without the trainer's tokenizer copy, RoPE and trainer flags,
+the command-line tools, and the errors a user gets for bad input (nothing here launches more than
+one process).  Warm starts: tests/test_convert_warmstart.py; release layouts:
+tests/test_convert_release.py."""
 
 from __future__ import annotations
 
@@ -22,10 +23,17 @@ from megatron_soda.convert.from_hf import convert_from_hf
 from megatron_soda.convert.hf_tokenizer import resolve_tokenizer
 from megatron_soda.convert.to_hf import convert_to_hf
 from megatron_soda.models import preset
-from megatron_soda.testing.checkpoints import checkpoint_logits, save_random_checkpoint
+from megatron_soda.testing.checkpoints import save_random_checkpoint
 from megatron_soda.tokenizer import SodaTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
+LLAMA3 = {
+    "rope_type": "llama3",
+    "factor": 8.0,
+    "low_freq_factor": 1.0,
+    "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192,
+}
 QUIET = {"log": lambda *a, **k: None}
 TOOLS = os.path.join(
     os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "checkpoint"
@@ -67,59 +75,6 @@ def load_tool(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-# ----------------------------------------------------------------------------- warm start
-def test_warm_start_from_a_qwen3_text_model(tmp_path, small_bpe_path):
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    torch.manual_seed(0)
-    config = Qwen3Config(
-        vocab_size=400,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        rope_theta=5e5,
-        tie_word_embeddings=True,
-        max_position_embeddings=512,
-    )
-    model = Qwen3ForCausalLM(config).eval()
-    with torch.no_grad():  # non-trivial norms
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.add_(0.1 * torch.randn_like(p))
-    hf = str(tmp_path / "qwen3")
-    model.save_pretrained(hf)
-    shutil.copyfile(small_bpe_path, os.path.join(hf, "tokenizer.json"))
-
-    out = convert_from_hf(hf, str(tmp_path / "ckpt"), **QUIET)
-    assert out["warm_start"] and "--rotary-base" in out["trainer_flags"]
-    ckpt = out["checkpoint"]
-    tok = SodaTokenizer.from_pretrained(os.path.join(ckpt, "tokenizer"))
-    lay = tok.layout
-    assert (lay.base_vocab_size, lay.bos_id, lay.eos_id, lay.marker_offset) == (348, 348, 349, 350)
-
-    ids = torch.randint(0, lay.base_vocab_size, (2, 40))
-    ref = checkpoint_logits(ckpt, ids)
-    with torch.no_grad():
-        hf_out = model(input_ids=ids).logits
-    assert (ref[..., :348] - hf_out[..., :348]).abs().max() <= 1e-5  # old tokens: same model
-
-    r = DistCheckpointReader(ckpt)
-    embed = r.read(names.EMBEDDING)
-    old = model.model.embed_tokens.weight.detach()[:348]
-    assert torch.equal(embed[:348], old) and torch.equal(
-        r.read(names.OUTPUT)[:348], old
-    )  # tied -> untied
-    new = embed[348 : tok.vocab_size]
-    assert new.shape[0] == 2 + 4 + 8 * 2048
-    assert torch.allclose(new.mean(0), old.mean(0), atol=3e-3)
-    assert torch.allclose(new.std(0), 0.1 * old.std(0), rtol=0.1)
-    assert not embed[tok.vocab_size :].any()
-    assert not torch.equal(new, r.read(names.OUTPUT)[348 : tok.vocab_size])  # independent noise
 
 
 # ------------------------------------------------------------------------- SODA releases
@@ -256,11 +211,35 @@ def test_tokenizer_size_that_does_not_match_the_embedding(soda, tmp_path):
             "unsupported architecture",
         ),
         ({"attention_bias": True}, "attention_bias"),
-        ({"use_sliding_window": True}, "sliding-window"),
         (
-            {"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0}},
-            "RoPE scaling 'yarn'",
+            {"use_sliding_window": True, "sliding_window": 64, "max_window_layers": 2, "layer_types": None},
+            "sliding-window",
         ),
+        (
+            {
+                "rope_scaling": None,
+                "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e6, "factor": 4.0},
+            },
+            "RoPE scaling 'yarn' cannot be expressed",
+        ),
+        (
+            {"rope_scaling": {**LLAMA3, "high_freq_factor": 2.0}, "rope_parameters": None},
+            r"llama3 RoPE with \{'high_freq_factor': 2.0\} cannot be expressed",
+        ),
+        (
+            {"rope_scaling": {**LLAMA3, "original_max_position_embeddings": 4096}, "rope_parameters": None},
+            "original_max_position_embeddings",
+        ),
+        (
+            {"rope_scaling": {**LLAMA3, "factor": 4.0}},
+            "rope_parameters .* and rope_scaling .* disagree",
+        ),
+        ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+        (
+            {"use_sliding_window": True, "sliding_window": 64, "layer_types": ["sliding_attention"] * 4},
+            "sliding-window",
+        ),
+        ({"no_bias": False}, "attention biases"),
     ],
 )
 def test_unsupported_architectures(soda, tmp_path, changes, message):
@@ -270,17 +249,70 @@ def test_unsupported_architectures(soda, tmp_path, changes, message):
         convert_from_hf(hf, str(tmp_path / "out"), **QUIET)
 
 
+def test_accepted_rope_and_window_spellings(soda, tmp_path):
+    """Levanter's spelling (rope_scaling + rope_theta only, sliding_window set but disabled,
+    architectures copied from a Llama reference), plain RoPE, and transformers 5's nested form."""
+    from megatron_soda.convert.hf_config import model_config_from_hf
+
+    hf = json.load(open(os.path.join(soda["hf"], "config.json")))
+    levanter = {k: v for k, v in hf.items() if k not in ("rope_parameters", "layer_types")}
+    levanter.update(architectures=["LlamaForCausalLM"], sliding_window=4096, use_sliding_window=False, rope_theta=500000)
+    cfg = model_config_from_hf(levanter, "c", 100)
+    assert (cfg.rotary_base, cfg.use_rope_scaling, cfg.rope_scaling_factor) == (500000, True, 8.0)
+    plain = {**hf, "rope_theta": 1e6, "rope_scaling": None, "rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
+    assert not model_config_from_hf(plain, "c", 100).use_rope_scaling
+    nested = {**hf, "rope_scaling": None, "rope_parameters": {"full_attention": {**LLAMA3, "factor": 4.0, "rope_theta": 1e4}}}
+    cfg = model_config_from_hf(nested, "c", 100)
+    assert (cfg.rotary_base, cfg.rope_scaling_factor) == (10000, 4.0)
+    # a sliding window the config disables, or types no layer for, is no window
+    disabled = {**hf, "use_sliding_window": False, "sliding_window": 64, "layer_types": ["sliding_attention"] * 4}
+    model_config_from_hf(disabled, "c", 100)
+    with pytest.raises(ConversionError, match="unsupported architecture 'llama'"):
+        model_config_from_hf({**hf, "model_type": "llama"}, "c", 100)
+
+
+def test_trainer_flags_carry_rope_and_epsilon(soda):
+    """Fields that differ from the preset become flags the trainer parses back to the same model."""
+    from megatron_soda.config.cli import parse_argv
+    from megatron_soda.convert.from_hf import trainer_flags
+
+    cfg = soda["cfg"]
+    assert trainer_flags(cfg, "TOK") == ["--model-size", "tiny", "--tokenizer", "TOK"]
+    for changes, expect in (
+        ({"use_rope_scaling": False, "rotary_base": 1_000_000}, ["--rotary-base", "1000000", "--no-rope-scaling"]),
+        ({"rope_scaling_factor": 4.0, "norm_epsilon": 1e-6}, ["--rope-scaling-factor", "4.0", "--norm-epsilon", "1e-06"]),
+    ):
+        other = cfg.with_overrides(**changes)
+        flags = trainer_flags(other, soda["base"])
+        assert all(f in flags for f in expect), flags
+        required = ["--micro-batch-size", "1", "--global-batch-size", "1", "--train-iters", "1"]
+        parsed = parse_argv([*flags, *required, "--data-path", "x", "--num-codebooks", "8"])
+        assert parsed.model.architecture_for(cfg.vocab_size) == other
+
+
+def test_checkpoint_from_before_rope_scaling_exports_plain_rope(soda, tmp_path):
+    ckpt = str(tmp_path / "iter_0000003")
+    shutil.copytree(soda["ckpt"], ckpt)
+    meta = layout.read_meta(ckpt)
+    for key in ("use_rope_scaling", "rope_scaling_factor"):
+        del meta["model"][key]
+    write_json_atomic(os.path.join(ckpt, layout.META), meta)
+    convert_to_hf(ckpt, str(tmp_path / "hf"), **QUIET)
+    config = json.load(open(tmp_path / "hf" / "config.json"))
+    assert config["rope_scaling"] is None and config["rope_parameters"]["rope_type"] == "default"
+
+
 def test_rope_theta_the_trainer_cannot_take_is_refused(soda, tmp_path):
     from megatron_soda.convert.from_hf import trainer_flags
 
-    flags = trainer_flags(soda["cfg"].with_overrides(rotary_base=5e5), "TOK")
-    assert flags[flags.index("--rotary-base") + 1] == "500000"
+    flags = trainer_flags(soda["cfg"].with_overrides(rotary_base=2e6), "TOK")
+    assert flags[flags.index("--rotary-base") + 1] == "2000000"
     hf = copy_hf(soda, tmp_path)
     theta = 1e6 + 0.5
     edit_json(
         os.path.join(hf, "config.json"),
         rope_theta=theta,
-        rope_parameters={"rope_type": "default", "rope_theta": theta},
+        rope_parameters={**LLAMA3, "rope_theta": theta},
     )
     with pytest.raises(
         ConversionError, match=r"rope_theta 1000000\.5 is not supported.*--rotary-base"

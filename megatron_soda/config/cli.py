@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from megatron_soda.config.errors import ConfigError
-from megatron_soda.config.fields import flag_names, flag_of, meta, value_type
+from megatron_soda.config.fields import bool_flags, flag_names, flag_of, meta, value_type
 from megatron_soda.config.model import ModelConfig, architecture_fields
 from megatron_soda.config.train import SECTIONS, TrainConfig
+from megatron_soda.models.config import FIELD_CHOICES
 
 _TITLES = {
     "model": "model",
@@ -36,8 +37,16 @@ def _add_field(group: argparse._ArgumentGroup, cls: type, f: dataclasses.Field) 
     kwargs: dict[str, Any] = {"dest": f.name, "help": m["help"] or None}
     if shape == "dict":  # the architecture overrides: one flag per preset field
         for name, arch_type in architecture_fields():
+            if arch_type is bool:
+                on, off = bool_flags(name)
+                group.add_argument(on, dest=_ARCH_DEST + name, action="store_const", const=True, default=None,
+                                   help=f"override the preset's {name} (on)")
+                group.add_argument(off, dest=_ARCH_DEST + name, action="store_const", const=False,
+                                   help=f"override the preset's {name} (off)")
+                continue
             group.add_argument(flag_of(name), dest=_ARCH_DEST + name, type=arch_type, default=None,
-                               metavar=name.upper(), help=f"override the preset's {name}")
+                               choices=FIELD_CHOICES.get(name), metavar=name.upper(),
+                               help=f"override the preset's {name}")
         return
     if typ is bool:
         if m["negative"]:
@@ -98,7 +107,13 @@ def _field_flags(cls: type, f: dataclasses.Field, value: Any) -> list[str]:
     if value is None:
         return []
     if shape == "dict":
-        return [x for k, v in value.items() if v is not None for x in (flag_of(k), str(v))]
+        out = []
+        for k, v in value.items():
+            if isinstance(v, bool):
+                out.append(bool_flags(k)[0 if v else 1])
+            elif v is not None:
+                out += [flag_of(k), str(v)]
+        return out
     m = meta(f)
     if typ is bool:
         if m["negative"]:

@@ -59,6 +59,12 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def bool_flags(name: str) -> tuple[str, str]:
+    """The on/off flags of a bool architecture field: ``use_rope_scaling`` ->
+    (``--use-rope-scaling``, ``--no-rope-scaling``), Megatron-LM's spelling of the first."""
+    return flag_of(name), flag_of("no_" + name.removeprefix("use_"))
+
+
 def value_type(cls: type, f: Field) -> tuple[type, str]:
     """(element type, shape) of field ``f`` of dataclass ``cls``; shape is ``scalar``, ``list``,
     ``tuple3`` or ``dict``."""

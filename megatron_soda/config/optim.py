@@ -1,6 +1,7 @@
 """Batch, optimizer and schedule section.  Defaults are SODA's recipe (SODA_SPEC.md section 4):
-Adam(0.98, 0.98, eps 1e-16), weight decay 0.033 (not on norms/embeddings), clip 1.0, WSD with
-10% warmup and a linear decay to 0 over the last 20%."""
+Cautious Adam with AdamC weight decay (betas 0.98/0.98, eps 1e-16), weight decay 0.033 (not on
+norms/embeddings), clip 1.0, WSD with 10% warmup and a linear decay to 0 over the last 20%
+(docs/optimizer.md)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,10 @@ class OptimConfig:
         metavar=("START", "INCR", "SAMPLES"))
     seed: int = option(1234)
     lr: float | None = option(None, "peak LR (default: SODA's 0.003*sqrt(batch/256)*sqrt(1024/hidden))")
-    min_lr: float = option(0.0)
+    min_lr: float | None = option(None, "LR at the end of the decay (default 0)")
+    min_lr_ratio: float | None = option(
+        None, "LR at the end of the decay as a fraction of the peak (--lr or the derived LR), e.g. 0.1 "
+        "for the fine-tuning recipe's cosine to 0.1x; instead of --min-lr")
     lr_decay_style: str = option("WSD", choices=("WSD", "cosine", "linear", "constant"))
     lr_warmup_fraction: float | None = option(None, "default 0.1 (of --lr-decay-iters)")
     lr_warmup_iters: int | None = option(None)
@@ -29,6 +33,9 @@ class OptimConfig:
     lr_wsd_decay_style: str = option("linear", choices=("linear", "cosine", "exponential", "minus_sqrt"))
     lr_wsd_decay_iters: int | None = option(None)
     lr_wsd_decay_fraction: float = option(0.2, "WSD decay share of --lr-decay-iters")
+    optimizer: str = option("cautious", "cautious: SODA's Cautious Adam with AdamC weight decay "
+                            "(decay scaled by lr/peak lr); adam: megatron-core's AdamW",
+                            choices=("cautious", "adam"))
     weight_decay: float = option(0.033)
     adam_beta1: float = option(0.98)
     adam_beta2: float = option(0.98)
@@ -51,6 +58,12 @@ class OptimConfig:
                 raise ConfigError(f"--rampup-batch-size {start} {increment} {samples}: needs 1 <= START <= "
                                   f"--global-batch-size {self.global_batch_size}, INCR >= 1 with "
                                   "(global - START) a multiple of INCR, and SAMPLES >= 0")
+        if self.min_lr is not None and self.min_lr_ratio is not None:
+            raise ConfigError("give --min-lr or --min-lr-ratio, not both")
+        if self.min_lr_ratio is not None and not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"--min-lr-ratio {self.min_lr_ratio} must be in [0, 1]")
+        if self.min_lr is None and self.min_lr_ratio is None:
+            self.min_lr = 0.0
         if self.lr_warmup_fraction is not None and self.lr_warmup_iters is not None:
             raise ConfigError("give --lr-warmup-fraction or --lr-warmup-iters, not both")
         if self.lr_decay_iters is None:
@@ -64,6 +77,10 @@ class OptimConfig:
         if self.lr_warmup_iters >= self.lr_decay_iters:
             raise ConfigError(f"warmup ({self.lr_warmup_iters} iters) must be shorter than the decay "
                               f"horizon ({self.lr_decay_iters} iters)")
+
+    def min_lr_for(self, peak_lr: float) -> float:
+        """The LR the schedule decays to, given the run's peak LR (validated config)."""
+        return self.min_lr_ratio * peak_lr if self.min_lr_ratio is not None else float(self.min_lr or 0.0)
 
     def check_batch(self, data_parallel_size: int) -> None:
         """What megatron's micro-batch calculator would assert, as a clear error: every global

@@ -20,9 +20,10 @@ tokenizer (audio tokens as U+E000 + index characters).  Runs on a CPU in one pro
 FROM_HF = """Convert a Hugging Face Qwen3ForCausalLM directory into a megatron_soda checkpoint at a given
 tensor/pipeline-parallel layout (written by TP x PP CPU processes with the trainer's own code).
 
-Sources: a SODA model (tokenizer with the SODA markers and audio characters, e.g. one written
-by convert_to_hf.py), or a plain Qwen3 text model for a warm start: its vocabulary is extended
-with the SODA markers and audio tokens (new rows: mean of the existing rows + small noise).
+Sources: a SODA model (tokenizer with the SODA markers and audio characters: a released SODA
+model or one written by convert_to_hf.py), or a plain Qwen3 text model for a warm start done as
+the authors did theirs: its vocabulary is extended with the SODA markers and audio tokens (new
+rows: mean of the existing rows + N(0, 0.02^2)), and it trains with SODA's RoPE.
 
     python tools/checkpoint/convert_from_hf.py --load HF_DIR --save CKPT_DIR \\
         --tensor-model-parallel-size T --pipeline-model-parallel-size P [--tokenizer BASE_TOKENIZER_JSON]
@@ -126,13 +127,36 @@ def from_hf_main(argv: list[str] | None = None) -> int:
         "--seq-length",
         type=int,
         default=None,
-        help="recorded sequence length (default: max_position_embeddings)",
+        help="recorded sequence length (default: max_position_embeddings; a warm start with "
+        "--warm-start-arch soda: 4096, SODA's)",
     )
     p.add_argument(
         "--new-row-noise",
         type=float,
-        default=0.1,
-        help="warm start: noise on the new vocabulary rows, in units of the old rows' std",
+        default=0.02,
+        help="warm start: std of the Gaussian noise added to the mean row for each new vocabulary "
+        "row (default 0.02, the authors')",
+    )
+    p.add_argument(
+        "--new-row-noise-unit",
+        choices=("absolute", "std"),
+        default="absolute",
+        help="warm start: --new-row-noise as is (default), or in units of the old rows' "
+        "per-dimension std",
+    )
+    p.add_argument(
+        "--warm-start-layout",
+        choices=("authors", "compact"),
+        default="authors",
+        help="warm start: 'authors' makes a Qwen tokenizer the authors' Qwen3x base (ids as in "
+        "their warm-start tokenizer); 'compact' extends the text tokenizer as it is",
+    )
+    p.add_argument(
+        "--warm-start-arch",
+        choices=("soda", "source"),
+        default="soda",
+        help="warm start: SODA's RoPE (Llama-3, base 500000, factor 8), RMSNorm epsilon 1e-5 and "
+        "sequence length 4096 as in the authors' runs (default), or the text model's own",
     )
     p.add_argument("--seed", type=int, default=1234, help="warm start: seed of that noise")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save directory")
@@ -140,7 +164,17 @@ def from_hf_main(argv: list[str] | None = None) -> int:
     from megatron_soda.convert.from_hf import convert_from_hf
 
     layout = ("load", "save", "tensor_model_parallel_size", "pipeline_model_parallel_size")
-    options = ("tokenizer", "num_codebooks", "seq_length", "new_row_noise", "seed", "overwrite")
+    options = (
+        "tokenizer",
+        "num_codebooks",
+        "seq_length",
+        "new_row_noise",
+        "new_row_noise_unit",
+        "warm_start_layout",
+        "warm_start_arch",
+        "seed",
+        "overwrite",
+    )
     return _run("convert_from_hf.py", convert_from_hf, args, layout, options)
 
 

@@ -1,7 +1,7 @@
 """``config.json``/``generation_config.json`` of a Qwen3ForCausalLM, both ways.
 
-Written by hand (no transformers needed to convert) with the rope base under both spellings:
-``rope_theta`` (transformers 4.x) and ``rope_parameters`` (5.x).  ``pad_token_id`` is left
+Written by hand (no transformers needed to convert) with the RoPE under both spellings
+(:mod:`~megatron_soda.convert.hf_rope`).  ``pad_token_id`` is left
 null on purpose: transformers builds ``nn.Embedding(..., padding_idx=pad_token_id)``, which
 would freeze the EOS embedding row during HF fine-tuning (SODA pads with EOS); padding is
 declared by the tokenizer only.
@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 from megatron_soda.convert.errors import ConversionError
+from megatron_soda.convert.hf_rope import hf_rope_fields, rope_from_hf
 from megatron_soda.models.config import SodaModelConfig
 from megatron_soda.tokenizer import SodaTokenizer
 
@@ -23,7 +24,6 @@ DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16"}
 
 def hf_config(cfg: SodaModelConfig, tok: SodaTokenizer, dtype: str) -> dict[str, Any]:
     """Qwen3ForCausalLM ``config.json`` for a megatron_soda model (unpadded vocabulary)."""
-    theta = float(cfg.rotary_base)
     return {
         "architectures": [ARCHITECTURE],
         "model_type": "qwen3",
@@ -38,8 +38,7 @@ def hf_config(cfg: SodaModelConfig, tok: SodaTokenizer, dtype: str) -> dict[str,
         "max_position_embeddings": cfg.seq_length,
         "initializer_range": cfg.init_method_std,
         "rms_norm_eps": cfg.norm_epsilon,
-        "rope_theta": theta,
-        "rope_parameters": {"rope_type": "default", "rope_theta": theta},
+        **hf_rope_fields(cfg),
         "attention_bias": False,
         "attention_dropout": 0.0,
         "use_sliding_window": False,
@@ -70,51 +69,55 @@ def read_json(path: str) -> dict[str, Any]:
         raise ConversionError(f"{path}: not valid JSON ({e})") from None
 
 
-def rope_theta(config: dict[str, Any], where: str) -> float:
-    params = config.get("rope_parameters") or {}
-    scaling = config.get("rope_scaling") or {}
-    kind = (
-        params.get("rope_type")
-        or params.get("type")
-        or scaling.get("rope_type")
-        or scaling.get("type")
-        or "default"
-    )
-    if kind != "default":
+def _sliding_layers(config: dict[str, Any]) -> bool:
+    """Whether transformers would run any layer with a sliding window: only with
+    ``use_sliding_window`` true and a window size, on the layers typed ``sliding_attention``
+    (configs without ``layer_types``: the layers from ``max_window_layers`` on).  Levanter's export
+    writes ``use_sliding_window: false`` next to ``sliding_window: 4096`` (its Qwen3Config default,
+    levanter src/levanter/models/qwen.py:305-306): no window."""
+    if not config.get("use_sliding_window") or config.get("sliding_window") is None:
+        return False
+    types = config.get("layer_types")
+    if types is not None:
+        return "sliding_attention" in set(types)
+    layers = int(config.get("num_hidden_layers") or 0)
+    return int(config.get("max_window_layers", layers) or 0) < layers
+
+
+def _check_architecture(config: dict[str, Any], where: str) -> None:
+    """Qwen3 by ``model_type`` (what transformers' Auto classes go by; Levanter copies
+    ``architectures`` from its reference checkpoint, so a Levanter export of a Qwen3 model may
+    name ``LlamaForCausalLM`` there), else by ``architectures``."""
+    archs = config.get("architectures") or []
+    model_type = config.get("model_type")
+    if model_type != "qwen3" and (model_type is not None or ARCHITECTURE not in archs):
         raise ConversionError(
-            f"{where}: RoPE scaling {kind!r} is not supported (megatron_soda uses plain RoPE)"
+            f"{where}: unsupported architecture {model_type or archs!r}; only Qwen3 ({ARCHITECTURE}: "
+            "RMSNorm, QK-norm, SwiGLU, RoPE, GQA, no biases) maps onto megatron_soda"
         )
-    theta = params.get("rope_theta", config.get("rope_theta"))
-    if theta is None:
-        raise ConversionError(f"{where}: no rope_theta")
-    return float(theta)
+    problems = []
+    if config.get("attention_bias") or config.get("no_bias") is False:
+        problems.append("attention biases (attention_bias or no_bias=false; megatron_soda has none)")
+    if config.get("hidden_act", "silu") != "silu":
+        problems.append(f"hidden_act={config.get('hidden_act')!r} (SwiGLU needs silu)")
+    if _sliding_layers(config):
+        problems.append("sliding-window attention layers")
+    if problems:
+        raise ConversionError(f"{where}: unsupported Qwen3 variant: {'; '.join(problems)}")
 
 
 def model_config_from_hf(
     config: dict[str, Any], where: str, vocab_size: int, seq_length: int | None = None
 ) -> SodaModelConfig:
-    """The megatron_soda shape of a Qwen3ForCausalLM ``config.json``; refuses anything that
-    does not map onto it (other architectures, biases, sliding windows, RoPE scaling, ...)."""
-    archs = config.get("architectures") or []
-    if ARCHITECTURE not in archs and config.get("model_type") != "qwen3":
-        raise ConversionError(
-            f"{where}: unsupported architecture {archs or config.get('model_type')!r}; only {ARCHITECTURE} "
-            "(RMSNorm, QK-norm, SwiGLU, RoPE, GQA, no biases) maps onto megatron_soda"
-        )
-    problems = []
-    if config.get("attention_bias"):
-        problems.append("attention_bias=true (megatron_soda has no biases)")
-    if config.get("hidden_act", "silu") != "silu":
-        problems.append(f"hidden_act={config.get('hidden_act')!r} (SwiGLU needs silu)")
-    types = set(config.get("layer_types") or ["full_attention"])
-    if config.get("use_sliding_window") or types != {"full_attention"}:
-        problems.append("sliding-window attention layers")
-    if problems:
-        raise ConversionError(f"{where}: unsupported Qwen3 variant: {'; '.join(problems)}")
+    """The megatron_soda config of a Qwen3ForCausalLM ``config.json`` (shape, RoPE, norm epsilon,
+    sequence length); refuses anything that does not map onto it (other architectures, biases,
+    sliding windows, RoPE megatron cannot express, ...)."""
+    _check_architecture(config, where)
     try:
         heads = int(config["num_attention_heads"])
         hidden = int(config["hidden_size"])
-        theta = rope_theta(config, where)
+        rope = rope_from_hf(config, where)
+        theta = rope.pop("rotary_base")
         cfg = SodaModelConfig(
             num_layers=int(config["num_hidden_layers"]),
             hidden_size=hidden,
@@ -127,6 +130,7 @@ def model_config_from_hf(
             norm_epsilon=float(config.get("rms_norm_eps", 1e-6)),
             init_method_std=float(config.get("initializer_range", 0.02)),
             vocab_size=vocab_size,
+            **rope,
         )
     except KeyError as e:
         raise ConversionError(f"{where}: missing field {e.args[0]!r}") from None

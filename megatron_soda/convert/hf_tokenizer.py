@@ -8,7 +8,10 @@
   first SODA id on.  Either way the result must reproduce the HF tokenizer's ids for markers,
   BOS/EOS, text and audio characters, which is checked.
 * A plain Qwen3 text model (warm start): the base is the directory's ``tokenizer.json`` (or
-  ``--tokenizer``), extended with the markers and audio tokens by :class:`SodaTokenizer`.
+  ``--tokenizer``), extended with the markers and audio tokens by :class:`SodaTokenizer`.  With
+  the default ``layout="authors"`` a Qwen2/Qwen3 tokenizer first becomes the authors' "Qwen3x"
+  base (:mod:`megatron_soda.tokenizer.qwen3x`), so ids match their warm-start tokenizer;
+  ``layout="compact"`` extends the tokenizer as it is.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from megatron_soda.format import (
 )
 from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 from megatron_soda.tokenizer.hf_export import PUA_BASE, hf_ids, to_hf_string
+from megatron_soda.tokenizer.qwen3x import is_qwen_text_tokenizer, tokenizer_size, write_qwen3x_base
 from megatron_soda.tokenizer.soda_tokenizer import DEFAULT_ADDED_BOS, DEFAULT_ADDED_EOS
 
 SODA_TOKENIZER_DIR = "soda_tokenizer"  # the trainer's tokenizer (base tokenizer.json + layout)
+WARM_START_LAYOUTS = ("authors", "compact")
 
 
 @dataclass
@@ -42,6 +47,9 @@ class ResolvedTokenizer:
     soda_source: bool  # False: a text model, warm start (new vocabulary rows)
     how: str
     tmpdir: tempfile.TemporaryDirectory | None = None  # keeps a recovered base file alive
+    # ids whose embedding/output rows come from the HF weights (warm start: the text tokenizer's
+    # own ids; the rest are new rows); None: all of them
+    copy_rows: int | None = None
 
 
 def _token_name(value: object) -> str | None:
@@ -169,10 +177,42 @@ def verify_against_hf(tok: SodaTokenizer, tokenizer_json: str) -> None:
         )
 
 
+def _warm_start(base: str, num_codebooks: int | None, layout: str) -> ResolvedTokenizer:
+    """SodaTokenizer on a text model's tokenizer (see the module docstring)."""
+    if layout not in WARM_START_LAYOUTS:
+        raise ConversionError(f"warm-start layout {layout!r}: choose {' or '.join(WARM_START_LAYOUTS)}")
+    n = num_codebooks or DEFAULT_NUM_CODEBOOKS
+    spec = _read_optional_json(base)
+    if layout == "authors" and is_qwen_text_tokenizer(spec):
+        tmp = tempfile.TemporaryDirectory(prefix="soda_qwen3x_")
+        path = os.path.join(tmp.name, "tokenizer.json")
+        copied = write_qwen3x_base(base, path)
+        return ResolvedTokenizer(
+            SodaTokenizer(path, num_codebooks=n),
+            False,
+            f"Qwen tokenizer {base} as the authors' Qwen3x base (EOS renamed <|end_of_text|>, "
+            "<|endoftext|> and BOS <|begin_of_text|> appended), extended with SODA markers and "
+            "audio tokens",
+            tmp,
+            copy_rows=copied,
+        )
+    tok = SodaTokenizer(base, num_codebooks=n)
+    return ResolvedTokenizer(
+        tok,
+        False,
+        f"text tokenizer {base} extended with SODA markers and audio tokens",
+        copy_rows=tokenizer_size(base),
+    )
+
+
 def resolve_tokenizer(
-    hf_dir: str, base_tokenizer: str | None = None, num_codebooks: int | None = None
+    hf_dir: str,
+    base_tokenizer: str | None = None,
+    num_codebooks: int | None = None,
+    layout: str = "authors",
 ) -> ResolvedTokenizer:
-    """The megatron_soda tokenizer for the HF directory ``hf_dir`` (see the module docstring)."""
+    """The megatron_soda tokenizer for the HF directory ``hf_dir`` (see the module docstring);
+    ``layout`` applies to a warm start only."""
     tok_json = os.path.join(hf_dir, "tokenizer.json")
     tok_cfg = _read_optional_json(os.path.join(hf_dir, "tokenizer_config.json"))
     spec = _read_optional_json(tok_json)
@@ -194,11 +234,7 @@ def resolve_tokenizer(
     known = declared or derived
     try:
         if known is None:  # a text model: warm start
-            base = base_tokenizer or tok_json
-            tok = SodaTokenizer(base, num_codebooks=num_codebooks or DEFAULT_NUM_CODEBOOKS)
-            return ResolvedTokenizer(
-                tok, False, f"text tokenizer {base} extended with SODA markers and audio tokens"
-            )
+            return _warm_start(base_tokenizer or tok_json, num_codebooks, layout)
         if num_codebooks is not None and num_codebooks != known.num_codebooks:
             raise ConversionError(
                 f"{hf_dir}: a SODA model with {known.num_codebooks} codebooks, "

@@ -1,8 +1,8 @@
 """Hugging Face Qwen3 weights as megatron_soda's global tensors (fused, vocabulary padded).
 
 Vocabulary rows: rows ``[0, copy_rows)`` come from the HF embedding/head; for a warm start
-from a text model, rows ``[copy_rows, vocab_size)`` (the SODA BOS/EOS if the base had none,
-the four markers and every audio token) are new and come from :func:`extension_rows`; the
+from a text model, rows ``[copy_rows, vocab_size)`` (every id the text tokenizer lacks: an added
+BOS/EOS, the four markers, every audio token) are new and come from :func:`extension_rows`; the
 padded rows up to ``padded_vocab_size`` are zero (never used: never looked up, logits masked).
 """
 
@@ -19,24 +19,34 @@ from megatron_soda.models.config import SodaModelConfig
 _IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
+NOISE_UNITS = ("absolute", "std")
+
+
 def extension_rows(
-    old: torch.Tensor, count: int, noise: float, seed: int, name: str
+    old: torch.Tensor, count: int, noise: float, seed: int, name: str, unit: str = "absolute"
 ) -> torch.Tensor:
     """Rows for ``count`` new tokens: the mean of the existing rows plus Gaussian noise of
-    ``noise`` times their per-dimension standard deviation.
+    standard deviation ``noise`` (``unit="absolute"``) or ``noise`` times the existing rows'
+    per-dimension standard deviation (``unit="std"``).
 
-    Why the mean: a new output row equal to the mean of the old ones gives each new token the
-    average of the old tokens' logits for every hidden state, which (by Jensen) is at most the
-    log of their average probability, so the text model's predictions are barely disturbed at
-    step 0 and no new token starts out over-predicted; a new input row at the mean is a
-    "typical" embedding the pretrained layers already handle.  The noise only makes the rows
-    distinct (deterministic: seeded by ``seed`` and the tensor name)."""
+    The default (mean + N(0, 0.02^2), embedding and output head drawn independently) is what the
+    SODA authors did for their Qwen3x warm-start models (potsawee/tokenize-audio
+    ``codec-bpe/qwen3x.ipynb`` lines 449-484: rows ``[0, 151669)`` copied, the 16,390 new ones
+    ``mean(rows[:151669]) + 0.02 * randn``).  Why the mean: a new output row equal to the mean of
+    the old ones gives each new token the average of the old tokens' logits for every hidden
+    state, which (by Jensen) is at most the log of their average probability, so no new token
+    starts out over-predicted; a new input row at the mean is a "typical" embedding the
+    pretrained layers already handle.  The noise makes the rows distinct (deterministic: seeded
+    by ``seed`` and the tensor name)."""
     from megatron_soda.models.init import seed_for  # (a megatron import: kept local)
 
+    if unit not in NOISE_UNITS:
+        raise ConversionError(f"new-row noise unit {unit!r}: choose {' or '.join(NOISE_UNITS)}")
     old = old.float()
-    mean, std = old.mean(dim=0), old.std(dim=0)
+    mean = old.mean(dim=0)
+    scale = old.std(dim=0) if unit == "std" else torch.ones_like(mean)
     gen = torch.Generator().manual_seed(seed_for(seed, name))
-    return mean + noise * std * torch.randn(count, old.shape[1], generator=gen)
+    return mean + noise * scale * torch.randn(count, old.shape[1], generator=gen)
 
 
 class HFWeights:

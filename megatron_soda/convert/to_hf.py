@@ -88,7 +88,7 @@ class MegatronSource:
         self.ckpt = ckpt
         meta = layout.read_meta(ckpt)
         try:
-            self.cfg = SodaModelConfig.from_dict(meta["model"])
+            self.cfg = SodaModelConfig.from_dict(meta["model"])  # old records: plain RoPE (from_dict)
         except (KeyError, TypeError, ValueError) as e:
             raise ConversionError(f"{ckpt}/{layout.META}: bad model config ({e})") from None
         self.meta = meta

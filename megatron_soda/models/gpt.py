@@ -124,6 +124,8 @@ def build_model_chunk(
         position_embedding_type="rope",
         rotary_percent=1.0,
         rotary_base=cfg.rotary_base,
+        rope_scaling=cfg.use_rope_scaling,
+        rope_scaling_factor=cfg.rope_scaling_factor,
         vp_stage=vp_stage,
         unpadded_vocab_size=cfg.vocab_size,
     )

@@ -8,8 +8,21 @@ seed therefore gives the same model for every TP/PP/VPP/DP layout, which is what
 parallel-vs-single-process loss comparisons (and scaling-law reruns on other clusters)
 meaningful.  The stream is per device type (CPU and CUDA generators differ).
 
-Scheme (GPT-2/Megatron): weights ~ N(0, std); the two residual-branch output projections
-(``linear_proj``, ``linear_fc2``) ~ N(0, std / sqrt(2 * num_layers)); norm weights 1; biases 0.
+Two schemes (``--init-method``):
+
+* ``levanter`` (default: what every SODA model was initialised with): every linear weight, the
+  untied output head included, ~ N(0, 1) truncated to [-3, 3] times 1/sqrt(fan_in); the input
+  embedding ~ the same truncated normal times 1/hidden.  Levanter builds its Qwen3 from
+  haliax's ``Linear.init``/``Embedding.init`` with no init_scale (levanter
+  src/levanter/layers/attention.py:1473-1488, src/levanter/models/llama.py:264-266, 446, 503 @
+  9263f81), and those are haliax src/haliax/nn/linear.py:63 and nn/embedding.py:50 (@ f41e7d4,
+  the version of SODA's training period; ``initializer_range`` is not used for them).  Fused
+  megatron weights ([q; k; v], [gate; up]) have the same fan-in as their parts, so drawing them
+  whole gives the same distribution.
+* ``megatron`` (GPT-2/Megatron-LM): weights ~ N(0, ``--init-method-std``); the two residual
+  output projections (``linear_proj``, ``linear_fc2``) ~ N(0, std / sqrt(2 * num_layers)).
+
+Norm weights are 1 and biases 0 in both.
 """
 
 from __future__ import annotations
@@ -20,6 +33,8 @@ from collections.abc import Iterator
 
 import torch
 from megatron.core.dist_checkpointing.mapping import ShardedTensor, ShardedTensorFactory
+
+from megatron_soda.models.config import SodaModelConfig
 
 NORM_SUFFIXES = ("layernorm.weight", "layer_norm_weight", "norm.weight")
 RESIDUAL_OUTPUT_SUFFIXES = ("linear_proj.weight", "linear_fc2.weight")
@@ -66,28 +81,39 @@ def copy_local_slice(sh: ShardedTensor, full: torch.Tensor) -> None:
     sh.data.copy_(local.reshape(sh.data.shape))
 
 
-def init_std(key: str, std: float, num_layers: int) -> float | None:
-    """Standard deviation for the parameter named ``key``; None for constant-initialised ones."""
+INPUT_EMBEDDING = "word_embeddings.weight"
+
+
+def init_std(key: str, shape: tuple[int, ...], arch: SodaModelConfig) -> float | None:
+    """Scale for the parameter named ``key`` with global (per-layer) ``shape`` [out, in]: the
+    standard deviation of the normal (``megatron``) or the factor on the truncated standard normal
+    (``levanter``); None for constant-initialised ones."""
     if key.endswith(NORM_SUFFIXES) or key.endswith("bias"):
         return None
+    if arch.init_method == "levanter":
+        return 1.0 / shape[-1] if key.endswith(INPUT_EMBEDDING) else 1.0 / math.sqrt(shape[-1])
     if key.endswith(RESIDUAL_OUTPUT_SUFFIXES):
-        return std / math.sqrt(2.0 * num_layers)
-    return std
+        return arch.init_method_std / math.sqrt(2.0 * arch.num_layers)
+    return arch.init_method_std
 
 
 @torch.no_grad()
-def initialize_parameters(model_chunks: list[torch.nn.Module], seed: int, std: float, num_layers: int) -> None:
-    """Initialise every parameter of ``model_chunks`` (unwrapped megatron modules) in place."""
+def initialize_parameters(model_chunks: list[torch.nn.Module], seed: int, arch: SodaModelConfig) -> None:
+    """Initialise every parameter of ``model_chunks`` (unwrapped megatron modules) in place with
+    ``arch.init_method``."""
     for chunk in model_chunks:
         sharded = chunk.sharded_state_dict(metadata={"non_homogeneous_layers": True})
         for sh in parameter_shards(sharded):
-            scale = init_std(sh.key, std, num_layers)
+            p = sh.prepend_axis_num
+            scale = init_std(sh.key, tuple(sh.global_shape[p:]), arch)
             if scale is None:
                 sh.data.fill_(0.0 if sh.key.endswith("bias") else 1.0)
                 continue
-            p = sh.prepend_axis_num
             key = sh.key + "".join(f"[{o}]" for o in sh.global_offset[:p])
             gen = torch.Generator(device=sh.data.device).manual_seed(seed_for(seed, key))
             full = torch.empty(sh.global_shape[p:], dtype=torch.float32, device=sh.data.device)
-            full.normal_(0.0, scale, generator=gen)
+            if arch.init_method == "levanter":
+                torch.nn.init.trunc_normal_(full, 0.0, 1.0, -3.0, 3.0, generator=gen).mul_(scale)
+            else:
+                full.normal_(0.0, scale, generator=gen)
             copy_local_slice(sh, full)

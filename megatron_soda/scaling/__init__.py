@@ -14,7 +14,9 @@ from megatron_soda.scaling.flops import (
     ModelShape,
     forward_flops_per_token,
     kaplan_flops_per_token,
+    paper_training_flops_per_token,
     param_counts,
+    run_flop_counts,
     training_flops_per_token,
 )
 
@@ -23,6 +25,8 @@ __all__ = [
     "ScalingError",
     "forward_flops_per_token",
     "kaplan_flops_per_token",
+    "paper_training_flops_per_token",
     "param_counts",
+    "run_flop_counts",
     "training_flops_per_token",
 ]

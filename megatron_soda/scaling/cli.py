@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -68,8 +69,11 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-batch", type=int)
     g.add_argument("--max-steps", type=int)
     g.add_argument("--max-lr", type=float)
-    g.add_argument("--flop-count", choices=rules.FLOP_COUNTS)
+    g.add_argument("--flop-count", choices=rules.FLOP_COUNTS,
+                   help="count that defines the budgets (default levanter: SODA's, head dim = width/heads)")  # fmt: skip
     g.add_argument("--flop-tolerance", type=float)
+    g.add_argument("--no-targets", action="store_true",
+                   help="leave out the rule's hand-picked target runs (soda: the authors' 7)")  # fmt: skip
     p.add_argument(
         "--allow-empty",
         action="store_true",
@@ -79,6 +83,10 @@ def _add_plan_args(p: argparse.ArgumentParser) -> None:
 
 def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", required=True, help="CSV with columns budget, params, tokens, loss")
+    p.add_argument("--params-count", choices=("soda", "total", "non_embedding", "params"), default=None,
+                   help="N of the fits: soda (all but the input embedding; default: the authors' model "
+                   "cards, their fit code is not public: docs/scaling.md section 5), total, non_embedding "
+                   "(columns params_<count>), or the params column as written (the default's fallback)")  # fmt: skip
     p.add_argument("--plot-dir", help="where plots go (default: beside the results file)")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples (0: no intervals)")
@@ -204,6 +212,8 @@ def _rule_from_args(args: argparse.Namespace):
               "head_dim": args.head_dim}  # fmt: skip
     if args.width_step is not None:
         ladder.update(step=args.width_step, large_step=args.width_step)
+    if args.no_targets:
+        rule = dataclasses.replace(rule, targets=())
     return rule.with_overrides(recipe, {k: v for k, v in ladder.items() if v is not None})
 
 
@@ -312,16 +322,27 @@ def _emit(payload: dict, out: str | None) -> None:
             f.write(text + "\n")
 
 
-def cmd_fit(args: argparse.Namespace) -> int:
-    from megatron_soda.scaling.fitter import fit_scaling
+def _read_results(args: argparse.Namespace):
+    """The results table with N from the --params-count column (warns on the default's fallback)."""
     from megatron_soda.scaling.results import read_results
 
-    res = read_results(args.results)
+    res = read_results(args.results, args.params_count)
+    if args.params_count is None and res.params_column == "params":
+        print("warning: no complete params_soda column: N is the 'params' column as written "
+              "(choose with --params-count)", file=sys.stderr)  # fmt: skip
+    return res
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from megatron_soda.scaling.fitter import fit_scaling
+
+    res = _read_results(args)
     fit = fit_scaling(res, **_fit_kwargs(args))
     for w in fit.warnings:
         print(f"warning: {w}", file=sys.stderr)
     payload = fit.to_dict()
     payload["results"] = args.results
+    payload["params_column"] = res.params_column
     if not args.no_plots:
         from megatron_soda.scaling.plots import plot_all
 
@@ -334,14 +355,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from megatron_soda.scaling.fitter import fit_scaling, holdout_check
-    from megatron_soda.scaling.results import read_results
 
     if not args.budgets and not args.holdout_largest:
         raise ScalingError("predict needs --budgets and/or --holdout-largest")
-    res = read_results(args.results)
+    res = _read_results(args)
     kwargs = _fit_kwargs(args)
     fit = fit_scaling(res, **kwargs)
     payload: dict = {"alpha_n": fit.n_law.exponent, "beta_d": fit.d_law.exponent,
+                     "params_column": res.params_column,
                      "predictions": [fit.predict(b) for b in args.budgets]}  # fmt: skip
     heldout = None
     if args.holdout_largest:

@@ -55,6 +55,10 @@ TRAINER_FIELDS: tuple[tuple[str, str], ...] = (
     ("lr_warmup_iters", "warmup_iters"),
     ("lr_wsd_decay_style", "wsd_decay_style"),
     ("lr_wsd_decay_iters", "decay_iters"),
+    # SODA's sweep trains with Cautious Adam + AdamC decay (marin-community/marin
+    # experiments/audio/isoflop_audio_sweep.py @193d3656 L129-143): passed explicitly, so a sweep
+    # does not depend on the trainer's default.
+    ("optimizer", "optimizer"),
     ("adam_beta1", "beta1"),
     ("adam_beta2", "beta2"),
     ("adam_eps", "eps"),

@@ -1,12 +1,19 @@
 """IsoFLOP sweep planner: budgets x rule -> runs (shape, batch, steps, tokens, LR), with drops.
 
-Per budget C and candidate shape (forward FLOPs/token F, training FLOPs/token 3F by default):
+Budgets are training FLOPs in the paper's units (3 x the forward-only budgets of the authors'
+sweep code; ``budget_forward`` in a plan is theirs).  Per budget C and candidate shape (forward
+FLOPs/token F in the recipe's count, Levanter's by default; training FLOPs/token 3F), following
+marin-community/marin ``experiments/audio/isoflop_audio_sweep.py`` @193d3656 ``candidate_configs``
+(L192-261) and ``generate_isoflop_steps`` (L264-354):
 
-1. batch B = the power of two at or above (C / 3F) / (target_steps * seq)  [SODA: 2^16 steps]
-2. LR = lr_constant * sqrt(B) / width; halve B while LR > max_lr
-3. drop if B < min_batch; steps = round(C / (3F * B * seq)); drop if steps >= max_steps,
-   or if the rounded steps miss C by more than flop_tolerance
-4. beta2 = 0.98 ** (B / 128); the rest of the optimizer settings come from the recipe.
+1. batch B = the power of two at or above (C / 3F) / (target_steps * seq)  [2^16 steps; L211-223]
+2. LR = lr_constant * sqrt(B) / width; halve B while LR > max_lr  [L224-227]
+3. drop if B < min_batch [L230-231]; steps = round(C / (3F * B * seq)) [L233-244]; drop if the
+   rounded steps miss C by more than flop_tolerance [L246-259], or if steps >= max_steps [L335]
+4. beta2 = 0.98 ** (B / 128) [L228]; the rest of the optimizer settings come from the recipe.
+
+Hand-picked target runs (``source="target"``) skip the drops of step 3, as in the authors'
+``isoflop_audio_target.py``.
 
 Parameter counts in a plan: ``params`` is the total count (input embedding, all layers, final
 norm and the untied output head); ``params_soda`` is SODA's size-name convention (all but the
@@ -20,11 +27,17 @@ from collections import Counter
 from dataclasses import dataclass
 
 from megatron_soda.scaling.errors import ScalingError
-from megatron_soda.scaling.flops import ModelShape, forward_flops_per_token, param_counts
+from megatron_soda.scaling.flops import (
+    TRAIN_OVER_FORWARD,
+    ModelShape,
+    forward_flops_per_token,
+    param_counts,
+    training_flops_per_token,
+)
 from megatron_soda.scaling.rules import Candidate, Recipe, Rule
 
 PLAN_COLUMNS = (
-    "name", "budget", "width", "layers", "heads", "kv_heads", "head_dim", "ffn", "params",
+    "name", "budget", "source", "width", "layers", "heads", "kv_heads", "head_dim", "ffn", "params",
     "params_soda", "batch_size", "seq_length", "steps", "tokens", "lr", "beta2", "tokens_per_param",
 )  # fmt: skip
 
@@ -49,7 +62,8 @@ class PlannedRun:
 
     @property
     def forward_flops_per_token(self) -> float:
-        return forward_flops_per_token(self.shape)
+        """The paper's (Levanter's) forward count, head dim = width / heads."""
+        return forward_flops_per_token(self.shape, convention="paper")
 
     @property
     def train_flops_per_token(self) -> float:
@@ -71,6 +85,7 @@ class PlannedRun:
             "rule": self.rule,
             "source": self.source,
             "budget": self.budget,
+            "budget_forward": self.budget / TRAIN_OVER_FORWARD,  # the authors' sweep-code units
             "width": s.hidden_size,
             "layers": s.num_layers,
             "heads": s.num_attention_heads,
@@ -92,9 +107,12 @@ class PlannedRun:
             "tokens_per_param": self.tokens / p["total"],
             "forward_flops_per_token": self.forward_flops_per_token,
             "train_flops_per_token": self.train_flops_per_token,
+            # what the model really computes (actual head dim): for TFLOP/s and MFU
+            "true_train_flops_per_token": training_flops_per_token(s),
             "flop_count": r.flop_count,
             "achieved_flops": self.achieved_flops,
             "lr": self.lr,
+            "optimizer": r.optimizer,
             "lr_schedule": r.lr_schedule,
             "warmup": r.warmup,
             "decay": r.decay,
@@ -133,8 +151,9 @@ def run_name(rule: str, budget: float, shape: ModelShape, batch: int) -> str:
 
 
 def plan_candidate(budget: float, cand: Candidate, rule: Rule) -> PlannedRun | DroppedRun:
-    """Apply the recipe to one shape at one budget."""
+    """Apply the recipe to one shape at one budget (target runs skip the drop rules)."""
     r, s = rule.recipe, cand.shape
+    checked = cand.source != "target"
     drop = lambda why, kind: DroppedRun(budget, s.hidden_size, s.num_layers, why, kind)  # noqa: E731
     fpt = r.train_flops_per_token(s)
     seq = s.seq_length
@@ -147,7 +166,7 @@ def plan_candidate(budget: float, cand: Candidate, rule: Rule) -> PlannedRun | D
         while r.learning_rate(batch, s.hidden_size) > r.max_lr and batch > 1:
             batch //= 2
     lr = cand.lr if cand.lr is not None else r.learning_rate(batch, s.hidden_size)
-    if batch < r.min_batch:
+    if checked and batch < r.min_batch:
         if batch < wanted:
             why = f"batch {batch} < min_batch {r.min_batch} after the LR cap {r.max_lr:g} halved it from {wanted}"
             return drop(why, "lr_cap")
@@ -156,16 +175,16 @@ def plan_candidate(budget: float, cand: Candidate, rule: Rule) -> PlannedRun | D
             "min_batch",
         )
     steps = round(budget / (fpt * batch * seq))
-    if steps < 1:
+    if steps < 1 or batch < 1:
         return drop(f"budget too small for one step of batch {batch}", "too_small")
-    if steps >= r.max_steps:
-        return drop(f"steps {steps} >= max_steps {r.max_steps}", "max_steps")
     achieved = fpt * batch * seq * steps
-    if abs(achieved - budget) / budget > r.flop_tolerance:
+    if checked and abs(achieved - budget) / budget > r.flop_tolerance:
         return drop(
             f"rounded steps miss the budget by {abs(achieved / budget - 1):.1%} > {r.flop_tolerance:.1%}",
             "tolerance",
         )
+    if checked and steps >= r.max_steps:
+        return drop(f"steps {steps} >= max_steps {r.max_steps}", "max_steps")
     return PlannedRun(
         run_name(rule.name, budget, s, batch),
         rule.name,

@@ -14,6 +14,7 @@ from megatron_soda.scaling.errors import ScalingError
 from megatron_soda.scaling.rules import (
     FixedEntry,
     Rule,
+    TargetRun,
     as_float,
     as_int,
     builtin_rules,
@@ -55,7 +56,7 @@ def _rule_from_file(path: str) -> Rule:
         raise ScalingError(f"rule file {path}: cannot parse: {e}".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise ScalingError(f"rule file {path}: top level must be a mapping")
-    allowed = {"name", "base", "recipe", "ladder", "shapes"}
+    allowed = {"name", "base", "recipe", "ladder", "shapes", "targets"}
     unknown = set(data) - allowed
     if unknown:
         raise ScalingError(
@@ -93,9 +94,28 @@ def _rule_from_file(path: str) -> Rule:
         shape_from_mapping(fe.shape, rule)  # validate now, not at plan time
         fixed.append(fe)
     rule = dataclasses.replace(rule, fixed=tuple(fixed))
-    if rule.ladder is None and not rule.fixed:
+    if "targets" in data:  # null / []: none; a list of {budget, width} replaces the base's
+        rule = dataclasses.replace(rule, targets=_targets(data["targets"] or [], path))
+    if rule.ladder is None and not rule.fixed and not rule.targets:
         raise ScalingError(f"rule file {path}: no ladder and no shapes: nothing to plan")
     return rule
+
+
+def _targets(entries: object, path: str) -> tuple[TargetRun, ...]:
+    if not isinstance(entries, list):
+        raise ScalingError(f"rule file {path}: targets must be a list of {{budget, width}}")
+    out = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or set(entry) != {"budget", "width"}:
+            raise ScalingError(
+                f"rule file {path}: targets[{i}] must be {{budget: ..., width: ...}}"
+            )
+        out.append(
+            TargetRun(
+                as_float(entry["budget"], "budget", path), as_int(entry["width"], "width", path)
+            )
+        )
+    return tuple(out)
 
 
 def _rule_from_callable(spec: str) -> Rule:

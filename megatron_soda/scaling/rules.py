@@ -5,7 +5,8 @@ and optimizer settings follow from shape and budget, and which runs are infeasib
 from a width ladder (SODA's depth-from-width formula), from hand-picked entries (optionally only
 in a budget range, optionally with a fixed batch/LR), or from a user callable.
 
-Built-in rules: ``soda`` (SODA section 5, exactly) and ``tiny`` (widths 64..512, seq 256, for
+Built-in rules: ``soda`` (the authors' sweep code exactly: their ladder with its drop rules plus
+their hand-picked target runs, :data:`SODA_TARGETS`) and ``tiny`` (widths 64..512, seq 256, for
 CPU-sized studies).  Rule files (JSON/YAML) and ``module:attr`` / ``file.py:attr`` callables are
 loaded by :func:`megatron_soda.scaling.rule_loading.load_rule`.
 """
@@ -21,6 +22,7 @@ from typing import Any
 from megatron_soda.format import CODEBOOK_SIZE, DEFAULT_NUM_CODEBOOKS, MARKERS
 from megatron_soda.scaling.errors import ScalingError
 from megatron_soda.scaling.flops import (
+    TRAIN_OVER_FORWARD,
     ModelShape,
     kaplan_flops_per_token,
     training_flops_per_token,
@@ -42,40 +44,54 @@ def soda_vocab_size(
 SODA_VOCAB_SIZE = soda_vocab_size(8)  # 144,644
 TINY_VOCAB_SIZE = soda_vocab_size(1, text_vocab=512, added_specials=2)  # small BPE + 1 codebook
 
-FLOP_COUNTS = ("levanter", "levanter_causal", "6n", "6n_non_embedding")
+# Which count defines a budget.  levanter: Levanter's lm_flops_per_token x 3 with its head dim
+# d / h (SODA's, the paper's axis); levanter_causal: the same with the s-terms halved; true: the
+# model's own head dim (what the trainer's TFLOP/s and MFU use); 6n / 6n_non_embedding: Kaplan.
+FLOP_COUNTS = ("levanter", "levanter_causal", "true", "6n", "6n_non_embedding")
+OPTIMIZERS = ("cautious", "adam")  # the trainer's --optimizer choices
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Training-hyperparameter rule and feasibility limits (defaults: SODA section 5)."""
+    """Training-hyperparameter rule and feasibility limits.  Defaults are the authors' sweep:
+    marin-community/marin ``experiments/audio/isoflop_audio_sweep.py`` @193d3656 (``IsoFlopSweepConfig``
+    lines 114-155 and ``candidate_configs`` lines 192-261, cited per field as "sweep L<n>")."""
 
-    seq_length: int = 4096
-    vocab_size: int = SODA_VOCAB_SIZE
+    seq_length: int = 4096  # sweep L121
+    vocab_size: int = SODA_VOCAB_SIZE  # sweep L195-197 (144,644 for their tokenizer)
     num_codebooks: int = DEFAULT_NUM_CODEBOOKS  # passed to the trainer; keep consistent with vocab_size
     # Count the vocabulary padded to a multiple of this (the trainer pads its embedding/output
     # rows to 128 and computes them).  1 for SODA's rule: its published anchor is unpadded.
     pad_vocab_to: int = 1
-    target_steps: int = 2**16  # batch = power of two at or above tokens / (target_steps * seq)
-    lr_constant: float = 0.33  # lr = lr_constant * sqrt(batch) / width
-    max_lr: float = 0.01  # halve the batch while lr > max_lr
-    min_batch: int = 8  # drop runs whose batch ends below this
-    max_steps: int = 400_000  # drop runs with steps >= this
-    beta1: float = 0.95
-    beta2_base: float = 0.98  # beta2 = beta2_base ** (batch / beta2_batch)
+    # batch = power of two at or above tokens / (target_steps * seq): sweep L122, L211-223
+    target_steps: int = 2**16
+    lr_constant: float = 0.33  # lr = lr_constant * sqrt(batch) / width: sweep L126, L224
+    max_lr: float = 0.01  # halve the batch while lr > max_lr: sweep L225-227
+    min_batch: int = 8  # drop runs whose batch ends below this: sweep L230-231
+    max_steps: int = 400_000  # drop runs with steps >= this: sweep generate_isoflop_steps L335
+    # Optimizer: CautiousConfig(adamc_weight_decay=True), sweep L129-143 (the trainer's
+    # --optimizer cautious is Cautious Adam with AdamC decay).
+    optimizer: str = "cautious"
+    beta1: float = 0.95  # sweep L135
+    beta2_base: float = 0.98  # beta2 = beta2_base ** (batch / beta2_batch): sweep L228
     beta2_batch: float = 128.0
-    eps: float = 1e-15
-    weight_decay: float = 0.1
-    warmup: float = 0.1  # fractions of the run (WSD: warmup, constant, linear decay to 0)
+    eps: float = 1e-15  # sweep L137
+    weight_decay: float = 0.1  # sweep L132
+    # fractions of the run (WSD: warmup, constant, linear decay to 0): sweep L133-134, L140-141
+    # (min_lr_ratio 0, warmup 0.1, lr_schedule "linear", decay 0.2)
+    warmup: float = 0.1
     decay: float = 0.2
-    z_loss: float = 0.0
-    grad_clip: float = 1.0
+    z_loss: float = 0.0  # the sweep sets none
+    grad_clip: float = 1.0  # sweep L138 (max_grad_norm=1)
     lr_schedule: str = "WSD"
-    flop_tolerance: float = 0.01  # drop runs whose rounded steps miss the budget by more
+    flop_tolerance: float = 0.01  # drop runs whose rounded steps miss the budget: sweep L123, L258
     flop_count: str = "levanter"  # which count defines the budget: see FLOP_COUNTS
 
     def __post_init__(self) -> None:
         if self.flop_count not in FLOP_COUNTS:
             raise ScalingError(f"flop_count must be one of {FLOP_COUNTS}, got {self.flop_count!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ScalingError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         for name in (
             "seq_length",
             "vocab_size",
@@ -94,36 +110,44 @@ class Recipe:
         return self.beta2_base ** (batch_size / self.beta2_batch)
 
     def train_flops_per_token(self, shape: ModelShape) -> float:
+        """Training FLOPs per token in the count that defines this recipe's budgets."""
         if self.flop_count == "levanter":
-            return training_flops_per_token(shape)
+            return training_flops_per_token(shape, convention="paper")
         if self.flop_count == "levanter_causal":
-            return training_flops_per_token(shape, attention="causal")
+            return training_flops_per_token(shape, attention="causal", convention="paper")
+        if self.flop_count == "true":
+            return training_flops_per_token(shape)
         return kaplan_flops_per_token(shape, include_embeddings=self.flop_count == "6n")
 
 
 @dataclass(frozen=True)
 class WidthLadder:
-    """Widths in steps; depth, heads and FFN follow from the width (SODA's formula)."""
+    """Widths in steps; depth, heads and FFN follow from the width (the authors' formula, sweep
+    ``candidate_configs`` L199-209: ``range(2**7, 2**11 + 1, step)``, so the 256 step ends at
+    1920)."""
 
-    min_width: int = 128
-    max_width: int = 2048
-    step: int = 128
-    large_step: int = 256  # used for budgets above large_step_above
-    large_step_above: float = 9e18
+    min_width: int = 128  # sweep L127 (2**min_hidden_pow)
+    max_width: int = 2048  # sweep L128 (2**max_hidden_pow), inclusive
+    step: int = 128  # sweep L202
+    large_step: int = 256  # sweep L200, for budgets above large_step_above_forward
+    # In forward-only FLOPs, the authors' unit (sweep L199: ``budget > 9e18``): the 256 step
+    # starts above paper budget 2.7e19, i.e. at paper 3e19 (their 1e19).
+    large_step_above_forward: float = 9e18
     widths: tuple[int, ...] | None = None  # explicit widths replace the range
-    head_dim: int = 128  # heads = width / head_dim
-    kv_heads: int | None = None  # None: as many KV heads as query heads
-    ffn_mult: int = 4
-    depth_base: float = (
-        64.0  # layers = round(d / (depth_base + depth_log_coef*log2 d - depth_offset))
-    )
+    head_dim: int = 128  # heads = width / head_dim: sweep L125, L208
+    kv_heads: int | None = None  # None: as many KV heads as query heads (sweep L209)
+    ffn_mult: int = 4  # sweep L42, L206
+    # layers = round(d / (depth_base + depth_log_coef*log2 d - depth_offset)): sweep L124, L207
+    depth_base: float = 64.0
     depth_log_coef: float = 4.0
     depth_offset: float = 7.0
 
     def widths_for(self, budget: float) -> list[int]:
+        """Widths at ``budget`` (training FLOPs, paper units)."""
         if self.widths is not None:
             return sorted(int(w) for w in self.widths)
-        step = self.large_step if budget > self.large_step_above else self.step
+        forward = budget / TRAIN_OVER_FORWARD
+        step = self.large_step if forward > self.large_step_above_forward else self.step
         if step < 1 or self.min_width < 1 or self.max_width < self.min_width:
             raise ScalingError(f"bad width ladder: {self.min_width}..{self.max_width} step {step}")
         return list(range(self.min_width, self.max_width + 1, step))
@@ -135,12 +159,39 @@ class WidthLadder:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One shape to try at a budget; batch/lr set here override the recipe."""
+    """One shape to try at a budget; batch/lr set here override the recipe.  ``source``:
+    ladder | fixed (rule-file shape) | callable | target (hand-picked run, see TargetRun)."""
 
     shape: ModelShape
     batch_size: int | None = None
     lr: float | None = None
     source: str = "ladder"
+
+
+@dataclass(frozen=True)
+class TargetRun:
+    """A hand-picked width at one budget (paper units), planned with the recipe's batch, LR and
+    steps but *without* its drop rules (min batch, FLOP tolerance, max steps): the authors'
+    target script derives them the same way and filters nothing
+    (``isoflop_audio_target.py`` ``compute_hyperparams_from_hidden_and_budget`` L126-178)."""
+
+    budget: float
+    width: int
+
+    def matches(self, budget: float) -> bool:
+        return math.isclose(budget, self.budget, rel_tol=1e-9)
+
+
+# The authors' seven target runs, marin-community/marin experiments/audio/isoflop_audio_target.py
+# @3f89a976 L299-307 (budgets there are forward-only: 1e20, 6e19, 3e19 -> paper x 3).  Widths
+# 2048 and above, beyond the 256-step ladder's last width 1920, at the three largest budgets.
+SODA_TARGETS: tuple[TargetRun, ...] = tuple(
+    TargetRun(TRAIN_OVER_FORWARD * fwd, width)
+    for fwd, width in (
+        (1e20, 2304), (1e20, 2048), (6e19, 2048), (3e19, 2048), (6e19, 2304), (1e20, 3072),
+        (1e20, 2816),
+    )
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -166,6 +217,7 @@ class Rule:
     ladder: WidthLadder | None = field(default_factory=WidthLadder)
     fixed: tuple[FixedEntry, ...] = ()
     generator: ShapeGenerator | None = None
+    targets: tuple[TargetRun, ...] = ()
 
     def candidates(self, budget: float) -> tuple[list[Candidate], list[tuple[dict[str, Any], str]]]:
         """Shapes for ``budget`` and the shapes rejected before planning (with a reason)."""
@@ -193,6 +245,9 @@ class Rule:
             for item in self.generator(budget):
                 shape = item if isinstance(item, ModelShape) else shape_from_mapping(item, self)
                 out.append(Candidate(shape, source="callable"))
+        for target in sorted(self.targets, key=lambda t: t.width):
+            if target.matches(budget):
+                out.append(Candidate(shape_from_mapping({"width": target.width}, self), source="target"))
         return out, rejected
 
     def with_overrides(
@@ -268,7 +323,7 @@ def builtin_rules() -> dict[str, Rule]:
     )
     tiny_ladder = WidthLadder(min_width=64, max_width=512, step=64, large_step=64, head_dim=64)
     return {
-        "soda": Rule("soda"),
+        "soda": Rule("soda", targets=SODA_TARGETS),
         "tiny": Rule("tiny", recipe=tiny_recipe, ladder=tiny_ladder),
     }
 

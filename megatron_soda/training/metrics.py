@@ -10,9 +10,12 @@ JSONL schema (one object per line, written by global rank 0):
   targets together: the speech NLL SODA's scaling laws fit), ``lr``, ``grad_norm``, ``tokens_per_sec``, ``tflops_per_device``, ``mfu`` (null
   without a known peak), ``step_time_s``, ``skipped_iterations``;
 * evaluation record: ``split="valid"``, ``iteration``, ``consumed_samples``, ``lm_loss``,
-  ``z_loss``, per-kind losses and counts, ``loss_audio``, ``tokens``.
+  ``z_loss``, per-kind losses and counts, ``loss_audio``, ``tokens``;
+* run record, once per start: ``split="run"``, ``train_flops_per_token`` (the true count, actual
+  head dim: what ``tflops_per_device`` and ``mfu`` use) and ``paper_train_flops_per_token``
+  (Levanter's count, head dim = hidden / heads: the paper's compute axis).
 
-FLOPs per token are SODA's (Levanter's) analytic count, :mod:`megatron_soda.scaling.flops`.
+FLOPs per token: :func:`megatron_soda.scaling.flops.run_flop_counts`.
 """
 
 from __future__ import annotations
@@ -123,6 +126,14 @@ class MetricsLogger:
     def print(self, msg: str) -> None:
         if self.active:
             print(msg, flush=True)
+
+    def header(self, flop_counts: dict[str, float]) -> None:
+        """The run record (``split="run"``): both FLOP counts, once at start."""
+        if not self.active:
+            return
+        print("FLOPs/token (training): " + " | ".join(f"{k} {v:.4g}" for k, v in flop_counts.items()), flush=True)
+        if self.jsonl:
+            self.jsonl.write(json.dumps({"split": "run", **flop_counts}) + "\n")
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.active:

@@ -1,5 +1,6 @@
-"""TransformerConfig, model chunks (pipeline/virtual stages), precision wrapper, megatron DDP,
-optimizer, scheduler: everything built from the typed run configuration."""
+"""TransformerConfig, model chunks (pipeline/virtual stages), precision wrapper, megatron DDP:
+the model built from the typed run configuration (its optimizer and schedule:
+:mod:`megatron_soda.training.optimizer`)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,11 @@ from megatron.core.distributed import (
     finalize_model_grads,
 )
 from megatron.core.enums import ModelType
-from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-from megatron.core.optimizer.optimizer_config import ParamKey, ParamPredicate
-from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 from megatron.core.transformer.enums import AttnBackend
 from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
-from megatron_soda.config import OptimConfig, ParallelConfig, PrecisionConfig, TrainConfig
+from megatron_soda.config import ParallelConfig, PrecisionConfig, TrainConfig
 from megatron_soda.models.config import SodaModelConfig
 from megatron_soda.models.gpt import build_model_chunk
 from megatron_soda.models.init import initialize_parameters
@@ -110,7 +108,7 @@ def build_model(config: TrainConfig, arch: SodaModelConfig, tc: TransformerConfi
         for p in chunk.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(p)
         chunks.append(chunk)
-    initialize_parameters(chunks, config.optim.seed, arch.init_method_std, arch.num_layers)
+    initialize_parameters(chunks, config.optim.seed, arch)
     if parallel.device == "cuda":
         chunks = [c.cuda(torch.cuda.current_device()) for c in chunks]
     low_precision = precision.bf16 or precision.fp16
@@ -144,55 +142,3 @@ def connect_schedule_hooks(tc: TransformerConfig, model: list, optimizer, parall
     if parallel.overlap_param_gather:
         param = [m.start_param_sync for m in model]
         tc.param_sync_func = param[0] if one else param
-
-
-def _no_weight_decay() -> dict:
-    """SODA: no weight decay on norms (1-D weights), biases and the input embedding; the untied
-    output head is a linear layer and is decayed."""
-    key = ParamKey(
-        name=("*.bias", "*embedding.word_embeddings.weight"),
-        predicate=ParamPredicate(name="norm_1d", fn=lambda p: p.dim() == 1),
-    )
-    return {key: {"wd_mult": 0.0}}
-
-
-def build_optimizer(config: TrainConfig, model: list, lr: float):
-    optim, precision = config.optim, config.precision
-    megatron_config = OptimizerConfig(
-        optimizer="adam",
-        lr=lr,
-        min_lr=optim.min_lr,
-        weight_decay=optim.weight_decay,
-        adam_beta1=optim.adam_beta1,
-        adam_beta2=optim.adam_beta2,
-        adam_eps=optim.adam_eps,
-        clip_grad=optim.clip_grad,
-        bf16=precision.bf16,
-        fp16=precision.fp16,
-        params_dtype=params_dtype(precision),
-        use_distributed_optimizer=config.parallel.use_distributed_optimizer,
-        overlap_param_gather=config.parallel.overlap_param_gather,
-    )
-    return get_megatron_optimizer(megatron_config, model, config_overrides=_no_weight_decay())
-
-
-def build_scheduler(optim: OptimConfig, optimizer, lr: float) -> OptimizerParamScheduler:
-    """Steps are iterations: warmup/decay horizons are the --lr-*-iters values."""
-    wsd = optim.lr_decay_style == "WSD"
-    return OptimizerParamScheduler(
-        optimizer,
-        init_lr=optim.lr_warmup_init,
-        max_lr=lr,
-        min_lr=optim.min_lr,
-        lr_warmup_steps=optim.lr_warmup_iters,
-        lr_decay_steps=optim.lr_decay_iters,
-        lr_decay_style=optim.lr_decay_style,
-        start_wd=optim.weight_decay,
-        end_wd=optim.weight_decay,
-        wd_incr_steps=optim.train_iters,
-        wd_incr_style="constant",
-        use_checkpoint_opt_param_scheduler=True,
-        override_opt_param_scheduler=False,
-        wsd_decay_steps=optim.lr_wsd_decay_iters if wsd else None,
-        lr_wsd_decay_style=optim.lr_wsd_decay_style if wsd else None,
-    )

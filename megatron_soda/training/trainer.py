@@ -106,9 +106,10 @@ class Trainer:
         from megatron.core import parallel_state
 
         from megatron_soda.checkpointing import TrainState, find_checkpoint, load_checkpoint
-        from megatron_soda.scaling.flops import model_shape, training_flops_per_token
+        from megatron_soda.scaling.flops import run_flop_counts
         from megatron_soda.training import data, model_setup
         from megatron_soda.training.metrics import MetricsLogger, peak_tflops
+        from megatron_soda.training.optimizer import build_optimizer, build_scheduler
         from megatron_soda.training.step import StepContext
 
         cfg, arch, ckpt = self.config, self.derived.architecture, self.config.checkpoint
@@ -118,8 +119,8 @@ class Trainer:
         self.lr = self.derived.lr
         self.transformer_config = model_setup.transformer_config(arch, cfg.parallel, cfg.precision)
         self.model = model_setup.build_model(cfg, arch, self.transformer_config)
-        self.optimizer = model_setup.build_optimizer(cfg, self.model, self.lr)
-        self.scheduler = model_setup.build_scheduler(cfg.optim, self.optimizer, self.lr)
+        self.optimizer = build_optimizer(cfg, self.model, self.lr)
+        self.scheduler = build_scheduler(cfg.optim, self.optimizer, self.lr)
         model_setup.connect_schedule_hooks(self.transformer_config, self.model, self.optimizer, cfg.parallel)
 
         self.state = TrainState()
@@ -146,7 +147,11 @@ class Trainer:
                                             cfg.data.num_workers)
         self.step = StepContext(self.model, self.tokenizer.layout, cfg.model.z_loss_weight, seq,
                                 optim.micro_batch_size)
-        self.flops_per_token = training_flops_per_token(model_shape(arch))
+        # TFLOP/s and MFU use the true count (actual head dim); the paper's (Levanter's) count,
+        # SODA's compute axis, goes once into the metrics as a split="run" record.
+        flop_counts = run_flop_counts(arch)
+        self.flops_per_token = flop_counts["train_flops_per_token"]
+        self.logger.header(flop_counts)
         self.peak = peak_tflops(cfg)
         p = cfg.parallel
         self.logger.print(f"SODA {cfg.model.model_size}: {arch.to_dict()} | lr {self.lr:.3e} | "
