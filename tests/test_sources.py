@@ -4,8 +4,8 @@ import io
 import json
 import tarfile
 
+from megatron_soda.data.readers.webdataset import read_webdataset
 from megatron_soda.data.records import Recording
-from megatron_soda.data.sources import read_webdataset
 
 
 def _emilia_tar(path, items: list[tuple[str, str]]) -> None:

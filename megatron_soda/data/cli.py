@@ -15,7 +15,7 @@ from megatron_soda.data.preprocess import (
     merge_outputs,
     run_preprocess,
 )
-from megatron_soda.data.sources import INPUT_FORMATS
+from megatron_soda.data.readers import INPUT_FORMATS
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, INTERLEAVE_MODES
 
 EXIT_OK, EXIT_ERROR_RATE, EXIT_FATAL = 0, 1, 2

@@ -36,8 +36,8 @@ from megatron_soda.data.codes_cache import (
     UnitCache,
     write_chunk,
 )
+from megatron_soda.data.readers import read_source
 from megatron_soda.data.records import InputError, Recording
-from megatron_soda.data.sources import read_source
 from megatron_soda.data.units import WorkUnit
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 

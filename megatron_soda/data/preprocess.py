@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from megatron_soda import atomic_files
 from megatron_soda.data.codes_cache import UnitCache
 from megatron_soda.data.encode_stage import EncodeConfig, encode_units, unit_caches
+from megatron_soda.data.readers import INPUT_FORMATS
 from megatron_soda.data.shards import TMP_SUFFIX, ShardWriter
-from megatron_soda.data.sources import INPUT_FORMATS
 from megatron_soda.data.tokenize_stage import (
     OutputSet,
     SplitStats,

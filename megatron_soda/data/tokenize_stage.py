@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megatron_soda.data.codes_cache import Chunk, UnitCache, read_chunk
+from megatron_soda.data.readers import read_source
 from megatron_soda.data.records import InputError, TextDocument
 from megatron_soda.data.shards import ShardWriter
-from megatron_soda.data.sources import read_text_jsonl
 from megatron_soda.data.split import is_heldout
 from megatron_soda.data.units import WorkUnit
 from megatron_soda.format import (
@@ -202,7 +202,7 @@ def tokenize_text_units(
 
     for unit in units:
         batch: list[TextDocument] = []
-        for item in unit.select(read_text_jsonl(unit.path, json_keys)):
+        for item in unit.select(read_source(unit.path, "text", json_keys)):
             if isinstance(item, InputError):
                 out.errors.append(item)
                 out.attempted += 1

@@ -14,17 +14,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from megatron_soda.data.readers import input_format
 from megatron_soda.data.records import InputError
 
 T = TypeVar("T")
-
-EXTENSIONS = {
-    "jsonl": (".jsonl", ".json"),
-    "webdataset": (".tar", ".tar.gz", ".tgz"),
-    "parquet": (".parquet",),
-    "text": (".jsonl", ".json"),
-}
-
 
 class InputSpecError(ValueError):
     """An --input that names nothing usable."""
@@ -32,6 +25,7 @@ class InputSpecError(ValueError):
 
 def expand_inputs(inputs: list[str], fmt: str) -> list[str]:
     """Files, directories (their matching files, sorted) and globs -> absolute file paths."""
+    extensions = input_format(fmt).extensions
     out: list[str] = []
     for spec in inputs:
         if os.path.isdir(spec):
@@ -39,11 +33,11 @@ def expand_inputs(inputs: list[str], fmt: str) -> list[str]:
                 os.path.join(root, f)
                 for root, _, files in os.walk(spec)
                 for f in files
-                if f.endswith(EXTENSIONS[fmt])
+                if f.endswith(extensions)
             )
             if not found:
                 raise InputSpecError(
-                    f"{spec}: directory holds no {'/'.join(EXTENSIONS[fmt])} files for --input-format {fmt}"
+                    f"{spec}: directory holds no {'/'.join(extensions)} files for --input-format {fmt}"
                 )
         elif os.path.isfile(spec):
             found = [spec]
