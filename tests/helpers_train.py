@@ -37,9 +37,13 @@ def text_document(tok: SodaTokenizer, rng: np.random.Generator) -> list[int]:
     return [lay.bos_id, *body, lay.eos_id]
 
 
-def write_shard(prefix: str, tok: SodaTokenizer, kind: str, num_docs: int, seed: int) -> str:
-    """Write PREFIX.bin/.idx (int32, one sequence per document) and PREFIX.stats.json."""
+def write_shard(prefix: str, tok: SodaTokenizer, kind: str, num_docs: int, seed: int,
+                codec: str = "random:tiny") -> str:
+    """Write PREFIX.bin/.idx (int32, one sequence per document) and PREFIX.stats.json (speech
+    shards record ``codec``'s fingerprint, as preprocess_data.py does)."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    from megatron_soda.audio.codec import codec_fingerprint
 
     rng = np.random.default_rng(seed)
     os.makedirs(os.path.dirname(prefix), exist_ok=True)
@@ -51,7 +55,11 @@ def write_shard(prefix: str, tok: SodaTokenizer, kind: str, num_docs: int, seed:
         tokens += len(doc)
     builder.finalize(prefix + ".idx")
     with open(prefix + ".stats.json", "w") as f:
-        json.dump({"layout": tok.layout.to_dict(), "documents": num_docs, "tokens": tokens}, f)
+        stats = {"layout": tok.layout.to_dict(), "documents": num_docs, "tokens": tokens,
+                 "num_codebooks": tok.layout.num_codebooks, "codec": None}
+        if kind == "speech":
+            stats.update(codec=codec, codec_fingerprint=codec_fingerprint(codec), codec_random=True)
+        json.dump(stats, f)
     return prefix
 
 

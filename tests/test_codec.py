@@ -1,5 +1,7 @@
 """Mimi codec through transformers.MimiModel (random tiny weights: the real architecture)."""
 
+import shutil
+
 import numpy as np
 import pytest
 
@@ -89,6 +91,14 @@ def test_local_pretrained_directory_round_trip(tmp_path):
     w = [_speechy(1.0, 2)]
     np.testing.assert_array_equal(src.encode(w)[0], loaded.encode(w)[0])
     assert codec_fingerprint(str(tmp_path / "mimi")) != codec_fingerprint("random:tiny:3")
+    # the same weights elsewhere (HF cache vs --local-dir): the shards' fingerprint agrees,
+    # the codes cache's key keeps the path; a random spec is the same either way
+    shutil.copytree(tmp_path / "mimi", tmp_path / "copy")
+    here, there = str(tmp_path / "mimi"), str(tmp_path / "copy")
+    portable = [codec_fingerprint(p, with_location=False) for p in (here, there)]
+    assert portable[0] == portable[1] and codec_fingerprint(here) != codec_fingerprint(there)
+    tiny = "random:tiny:3"
+    assert codec_fingerprint(tiny, with_location=False) == codec_fingerprint(tiny)
 
 
 def test_decoder_round_trip_shape():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -12,6 +13,7 @@ import time
 import numpy as np
 import pytest
 
+from megatron_soda.audio.codec import codec_fingerprint
 from megatron_soda.data.cli import merge_main, preprocess_main
 from megatron_soda.data.inspect import inspect_main
 from megatron_soda.format import ShardError, read_document, validate_shard
@@ -95,6 +97,9 @@ def test_each_speech_format(corpus, tmp_path, llama3_path, soda_tokenizer, fmt):
     assert stats["documents"] == 2 * N_REC and stats["errors"] == 0
     assert stats["documents_by_variant"] == {"audio-first": N_REC, "text-first": N_REC}
     assert stats["layout"]["vocab_size"] == 144644 and stats["audio_hours"] > 0
+    # the codec is recorded, and said to be random (the trainer compares fingerprints across a blend)
+    assert stats["codec"] == "random:tiny" and stats["codec_random"] is True
+    assert stats["codec_fingerprint"] == codec_fingerprint("random:tiny")
     docs = shard_docs(prefix)
     lay = soda_tokenizer.layout
     ts, te, as_, ae = lay.marker_ids
@@ -317,7 +322,7 @@ def test_stages_apart_reuse_the_codes_cache(corpus, tmp_path, llama3_path, soda_
     assert "saved with 1 codebooks, 8 requested" in capsys.readouterr().err
 
 
-def test_split_keeps_both_variants_together(corpus, tmp_path, llama3_path):
+def test_split_keeps_both_variants_together(corpus, tmp_path, llama3_path, caplog):
     import pyarrow.parquet as pq
 
     from megatron_soda.data.split import heldout_score
@@ -332,7 +337,15 @@ def test_split_keeps_both_variants_together(corpus, tmp_path, llama3_path):
     fraction = (scores[0] + scores[1]) / 2  # exactly one recording held out
     prefix = tmp_path / "split"
     assert (
-        run(None, llama3_path, prefix, "parquet", root / "yodas", ["--split", str(fraction)]) == 0
+        run(
+            None,
+            llama3_path,
+            prefix,
+            "parquet",
+            root / "yodas",
+            ["--valid-fraction", str(fraction)],
+        )
+        == 0
     )
     stats = json.load(open(f"{prefix}.stats.json"))
     train, valid = (json.load(open(f"{prefix}_{s}.stats.json")) for s in ("train", "valid"))
@@ -343,6 +356,25 @@ def test_split_keeps_both_variants_together(corpus, tmp_path, llama3_path):
         assert len(docs) == 2 * stats["splits"][side]["recordings"]
         for a, b in zip(docs[0::2], docs[1::2]):  # the two variants of one recording
             assert sorted(a.tolist()) == sorted(b.tolist())
+    # the old spelling still works, with a deprecation warning, and gives the same shards
+    with caplog.at_level(logging.WARNING):
+        assert (
+            run(
+                None,
+                llama3_path,
+                tmp_path / "old",
+                "parquet",
+                root / "yodas",
+                ["--split", str(fraction)],
+            )
+            == 0
+        )
+    assert "--split is deprecated in preprocess_data.py: use --valid-fraction" in caplog.text
+    for side in ("train", "valid"):
+        assert (
+            open(f"{prefix}_{side}.bin", "rb").read()
+            == open(f"{tmp_path}/old_{side}.bin", "rb").read()
+        )
 
 
 def test_slices_and_merge_cover_the_data(corpus, tmp_path, llama3_path):
@@ -433,6 +465,8 @@ def test_fatal_argument_errors(corpus, tmp_path, llama3_path, capsys):
         str(tmp_path / "b"),
         "--tokenizer",
         str(tmp_path / "missing.json"),
+        "--codec",
+        "random:tiny",
     ]
     assert preprocess_main(argv) == 2
     assert "missing.json" in capsys.readouterr().err

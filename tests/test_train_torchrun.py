@@ -30,8 +30,9 @@ import math
 import os
 
 import pytest
-from helpers_train import base_args, losses, make_dataset, read_metrics, torchrun
+from helpers_train import base_args, losses, make_dataset, read_metrics, torchrun, write_shard
 
+from megatron_soda.audio.codec import codec_fingerprint
 from megatron_soda.checkpointing import layout
 from megatron_soda.config import TrainConfig
 from megatron_soda.config.cli import parse_argv
@@ -118,6 +119,9 @@ def test_single_process_run_writes_the_metrics_and_checkpoints(work, baseline):
     meta = layout.read_meta(layout.iteration_dir(ck, 6))
     assert meta["train_state"] == {"iteration": 6, "consumed_samples": 48, "skipped_iterations": 0}
     assert meta["model"]["num_layers"] == 4 and meta["model"]["padded_vocab_size"] % 128 == 0
+    # the codec of the training data (speech shards record it; the text shard has none)
+    assert meta["data"] == {"codec": "random:tiny", "codec_fingerprint": codec_fingerprint("random:tiny"),
+                            "codec_random": True}
     saved_tok = SodaTokenizer.from_pretrained(os.path.join(layout.iteration_dir(ck, 6), "tokenizer"))
     assert dict(saved_tok.unique_identifiers)["layout"] == meta["tokenizer"]["layout"]
     # run_args.json: the typed config (it rebuilds the run) and what the run derived from it
@@ -218,6 +222,27 @@ def test_missing_data_prefix_is_reported_with_its_path(work):
     _, proc = launch(work, "missing", 1, "--data-path", work["speech"], missing, check=False)
     assert proc.returncode != 0
     assert f"pretrain_soda.py: error: {missing}.idx: missing" in proc.stderr
+
+
+def test_a_blend_of_two_codecs_is_refused(work):
+    other = write_shard(str(work["root"] / "data" / "other" / "shard"), SodaTokenizer(work["tok"], num_codebooks=8),
+                        "speech", 50, seed=3, codec="random:tiny:7")
+    _, proc = launch(work, "mixed", 1, "--data-path", "0.5", work["speech"], "0.5", other, check=False)
+    assert proc.returncode != 0
+    assert (f"pretrain_soda.py: error: the data blend mixes shards made differently: {work['speech']} has "
+            f"codec_fingerprint {codec_fingerprint('random:tiny')}, {other} has codec_fingerprint "
+            f"{codec_fingerprint('random:tiny:7')}") in proc.stderr
+
+
+def test_resuming_on_shards_of_another_codec_is_refused(work, baseline):
+    """The baseline checkpoint records random:tiny; its speech re-made with random:tiny:7."""
+    other = write_shard(str(work["root"] / "data" / "other7" / "shard"), SodaTokenizer(work["tok"], num_codebooks=8),
+                        "speech", 400, seed=3, codec="random:tiny:7")
+    blend = ("--data-path", "0.5", other, "0.5", work["text"])
+    _, proc = launch(work, "other_codec", 1, *blend, "--load", baseline["ckpt"], check=False)
+    assert proc.returncode != 0
+    assert "pretrain_soda.py: error: " in proc.stderr and "trained on shards of codec random:tiny " in proc.stderr
+    assert "resuming would mix the codes of two codecs" in proc.stderr
 
 
 def test_global_batch_that_does_not_split_into_micro_batches_is_reported(work):

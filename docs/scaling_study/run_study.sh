@@ -48,7 +48,7 @@ echo "== 3. preprocess: random-weight full-size Mimi, 8 codebooks, both interlea
 if [ ! -f "$S/speech_train.idx" ]; then
   $PY tools/preprocess/preprocess_data.py --input "$W/sample/speech.jsonl" --input-format jsonl \
     --output-prefix "$S/speech" --tokenizer "$TOK" --codec random:full --num-codebooks 8 \
-    --interleave both --split 0.02 --log-level WARNING
+    --interleave both --valid-fraction 0.02 --log-level WARNING
 fi
 if [ ! -f "$S/text.idx" ]; then
   $PY tools/preprocess/preprocess_data.py --input "$W/sample/text.jsonl" --input-format text \

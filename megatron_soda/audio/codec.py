@@ -159,7 +159,7 @@ def _resolve_pretrained(name: str) -> str:
         raise CodecError(
             f"codec {name!r}: not a local directory and not in the Hugging Face cache "
             "(weights are never downloaded at run time; download them once with "
-            f"`huggingface-cli download {name}` or pass a local path, or use random:full)"
+            f"`hf download {name}` (into the cache) or `hf download {name} --local-dir DIR` and pass DIR; random:full for tests only)"
         ) from e
 
 
@@ -177,13 +177,22 @@ def _build_pretrained(spec: CodecSpec, decoder: bool) -> torch.nn.Module:
 
 
 def codec_fingerprint(
-    spec: str | CodecSpec, chunk_seconds: float = 60.0, precision: str = "fp32"
+    spec: str | CodecSpec,
+    chunk_seconds: float = 60.0,
+    precision: str = "fp32",
+    *,
+    with_location: bool = True,
 ) -> str:
-    """Identifies the codes a codec produces, without loading it (for on-disk code caches):
-    the spec, piece length and precision, plus the config and weight files of a pretrained
-    codec."""
+    """Identifies the codes a codec produces, without loading it: the spec, piece length and
+    precision, plus the config and weight files of a pretrained codec.
+
+    ``with_location=False`` leaves out where a pretrained codec's files were found (the Hugging
+    Face cache for ``kyutai/mimi``, or a ``--local-dir`` copy): what shards record, so that
+    the trainer compares blends by weights, not paths.  The codes cache keys on the default
+    (location included), as it always has, so existing caches stay valid."""
     spec = spec if isinstance(spec, CodecSpec) else parse_codec_spec(spec)
-    key: dict = {"spec": str(spec), "chunk_s": chunk_seconds}
+    named = with_location or spec.kind == "random"  # a random spec is its own content
+    key: dict = {"spec": str(spec) if named else "pretrained", "chunk_s": chunk_seconds}
     if precision != "fp32":  # fp32 keeps the fingerprint it always had
         key["precision"] = precision
     h = hashlib.sha256(json.dumps(key).encode())

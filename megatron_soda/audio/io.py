@@ -1,9 +1,19 @@
 """Audio decoding: any common format, rate, channel count and bit depth -> 24 kHz mono float32.
 
-Decoding goes through libsndfile (``soundfile``: WAV, FLAC, OGG/Vorbis/Opus, MP3, AIFF, ...)
-and resampling through soxr.  Segments of one source are read in a single sequential pass,
-so utterances of an hour-long recording cost one decode and little memory, and there is no
-reliance on (fuzzy) MP3 seeking.
+Two decoders, chosen by the content of the source (its first bytes), never by its name
+(:func:`megatron_soda.audio.decoders.choose_decoder`):
+
+* libsndfile (``soundfile``) for RIFF/WAVE, FLAC, Ogg (Vorbis, Opus), MP3 and anything not
+  recognised; when libsndfile rejects a source it is handed to FFmpeg;
+* FFmpeg through PyAV (:mod:`megatron_soda.audio.decoders`) for ISO-BMFF (MP4/M4A: AAC,
+  ALAC, ...), EBML (WebM/Matroska: Opus, Vorbis, ...) and raw ADTS AAC.
+
+Both decode in blocks; channels are averaged, and each segment is resampled by soxr's
+streaming resampler as its blocks arrive (bit-identical to resampling it whole).  Segments of
+one source are cut in a single sequential pass, so utterances of an hour-long recording cost
+one decode and hold only their 24 kHz result, and there is no reliance on (fuzzy) MP3 or AAC
+seeking.  Lengths are checked
+against what the container declares and against metadata, so truncation is caught.
 
 Every failure raises :class:`AudioError` with a one-line reason that names the source, so
 the caller can log and skip exactly that input.
@@ -22,6 +32,15 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 import soxr
+
+from megatron_soda.audio.decoders import (
+    SNDFILE,
+    DecodeError,
+    FFmpegSource,
+    NotAudioError,
+    choose_decoder,
+    is_mpeg_audio,
+)
 
 TARGET_SAMPLE_RATE = 24_000
 _BLOCK = 1 << 18  # frames per sequential read
@@ -99,16 +118,46 @@ def _read_tail(src: str | bytes, size: int) -> bytes:
         return f.read()
 
 
-def _open(src: str | bytes, where: str, head: bytes, size: int) -> sf.SoundFile:
-    """Open a source whose head was read by :func:`_read_head`, after the container checks
-    that catch truncation libsndfile would not report."""
+class _SndfileSource:
+    """libsndfile behind the interface of :class:`~megatron_soda.audio.decoders.FFmpegSource`."""
+
+    def __init__(self, f: sf.SoundFile):
+        self._f = f
+        self.sample_rate, self.declared = f.samplerate, f.frames
+
+    def blocks(self):
+        try:
+            while True:
+                block = self._f.read(_BLOCK, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    return
+                yield block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise DecodeError(_short(e)) from e
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _open(src: str | bytes, where: str, head: bytes, size: int) -> _SndfileSource | FFmpegSource:
+    """Open a source whose head was read by :func:`_read_head` with the decoder its content
+    calls for, after the container checks that catch truncation libsndfile would not report."""
     _check_wav_truncation(head, size, where)
     if head[:4] == b"OggS":
         _check_ogg_truncation(_read_tail(src, size), where)
+    sndfile_reason = None
+    if choose_decoder(head) == SNDFILE:
+        try:
+            return _SndfileSource(sf.SoundFile(io.BytesIO(src) if isinstance(src, bytes) else src))
+        except (sf.LibsndfileError, RuntimeError, TypeError) as e:
+            sndfile_reason = _short(e)
     try:
-        return sf.SoundFile(io.BytesIO(src) if isinstance(src, bytes) else src)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as e:
-        raise AudioError(f"{where}: not a readable audio file ({_short(e)})") from e
+        return FFmpegSource(src)
+    except NotAudioError as e:
+        why = str(e) if sndfile_reason is None else f"libsndfile: {sndfile_reason}; {e}"
+        raise AudioError(f"{where}: not a readable audio file ({why})") from e
+    except DecodeError as e:  # a container FFmpeg reads, but with no usable audio stream
+        raise AudioError(f"{where}: {e}") from e
 
 
 @contextlib.contextmanager
@@ -153,47 +202,47 @@ def decode_segments(
     """
     where = _describe(src, name)
     head, size = _read_head(src, where)
-    is_mp3 = head[:3] == b"ID3" or (len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0)
-    with _quiet_native_stderr() if is_mp3 else contextlib.nullcontext():
-        f = _open(src, where, head, size)
-        return _decode_segments(f, segments, where, target_sample_rate, expected_duration)
+    with _quiet_native_stderr() if is_mpeg_audio(head) else contextlib.nullcontext():
+        source = _open(src, where, head, size)
+        try:
+            return _decode_segments(source, segments, where, target_sample_rate, expected_duration)
+        finally:
+            source.close()
 
 
 def _decode_segments(
-    f: sf.SoundFile,
+    source: _SndfileSource | FFmpegSource,
     segments: Sequence[Segment],
     where: str,
     target_sample_rate: int,
     expected_duration: float | None,
 ) -> list[np.ndarray | AudioError]:
-    with f:
-        sr, declared = f.samplerate, f.frames
-        if sr <= 0:
-            raise AudioError(f"{where}: invalid sample rate {sr}")
-        spans = []
-        for seg in segments:
-            a = 0 if seg.start is None else int(round(seg.start * sr))
-            b = None if seg.end is None else int(round(seg.end * sr))
-            spans.append((a, b))
-        need_to = None if any(b is None for _, b in spans) else max(b for _, b in spans)
-        pieces: list[list[np.ndarray]] = [[] for _ in spans]
-        pos = 0
-        try:
-            while need_to is None or pos < need_to:
-                block = f.read(_BLOCK, dtype="float32", always_2d=True)
-                if block.shape[0] == 0:
-                    break
-                mono = block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
-                for out, (a, b) in zip(pieces, spans):
-                    lo, hi = (
-                        max(a, pos),
-                        mono.shape[0] + pos if b is None else min(b, pos + mono.shape[0]),
-                    )
-                    if hi > lo:
-                        out.append(mono[lo - pos : hi - pos])
-                pos += mono.shape[0]
-        except (sf.LibsndfileError, RuntimeError) as e:
-            raise AudioError(f"{where}: decoding failed after {pos / sr:.2f}s ({_short(e)})") from e
+    sr, declared = source.sample_rate, source.declared
+    if sr <= 0:
+        raise AudioError(f"{where}: invalid sample rate {sr}")
+    spans = []
+    for seg in segments:
+        a = 0 if seg.start is None else int(round(seg.start * sr))
+        b = None if seg.end is None else int(round(seg.end * sr))
+        spans.append((a, b))
+    need_to = None if any(b is None for _, b in spans) else max(b for _, b in spans)
+    outs = [_SegmentOut(a, b, sr, target_sample_rate) for a, b in spans]
+    pos = 0
+    blocks = source.blocks()
+    try:
+        for mono in blocks:
+            for out in outs:
+                lo = max(out.start, pos)
+                hi = pos + mono.shape[0] if out.end is None else min(out.end, pos + mono.shape[0])
+                if hi > lo:
+                    out.add(mono[lo - pos : hi - pos])
+            pos += mono.shape[0]
+            if need_to is not None and pos >= need_to:
+                break
+    except DecodeError as e:
+        raise AudioError(f"{where}: decoding failed after {pos / sr:.2f}s ({e})") from e
+    finally:
+        blocks.close()  # stop the decoder before its source is closed
     total = pos
     reached_end = need_to is None or pos < need_to
     if total == 0:
@@ -216,7 +265,8 @@ def _decode_segments(
             f"{expected_duration:.2f}s)"
         )
     results: list[np.ndarray | AudioError] = []
-    for out, (a, b) in zip(pieces, spans):
+    for out in outs:
+        a, b = out.start, out.end
         label = f"{where} [{a / sr:.2f}s-{'end' if b is None else f'{b / sr:.2f}s'}]"
         if b is not None and b > total + _LENGTH_SLACK_S * sr:
             results.append(
@@ -226,15 +276,56 @@ def _decode_segments(
         if b is not None and b <= a:
             results.append(AudioError(f"{label}: empty segment (end <= start)"))
             continue
-        wave = np.concatenate(out) if out else np.zeros(0, np.float32)
-        if wave.size == 0:
+        if out.taken == 0:
             results.append(AudioError(f"{label}: empty segment"))
             continue
-        if not np.isfinite(wave).all():
+        if not out.finite:
             results.append(AudioError(f"{label}: contains NaN or Inf samples"))
             continue
-        results.append(resample(wave, sr, target_sample_rate))
+        results.append(out.result())
     return results
+
+
+class _SegmentOut:
+    """One segment's output, resampled as its pieces arrive (soxr's streaming resampler, whose
+    output equals a one-shot resample of the whole segment): the source-rate audio of a long
+    recording is never held, only the 24 kHz result."""
+
+    def __init__(self, start: int, end: int | None, sample_rate: int, target_sample_rate: int):
+        self.start, self.end = start, end
+        self.taken, self.finite = 0, True
+        self._parts: list[np.ndarray] = []
+        self._rates = (
+            None if sample_rate == target_sample_rate else (sample_rate, target_sample_rate)
+        )
+        self._stream = None  # made at the first piece, dropped at the last: few exist at once
+
+    def add(self, piece: np.ndarray) -> None:
+        self.taken += piece.size
+        if not self.finite:
+            return
+        if not np.isfinite(piece).all():
+            self.finite, self._parts, self._stream, self._rates = False, [], None, None
+            return
+        if self._rates is None:
+            self._parts.append(piece)
+            return
+        if self._stream is None:
+            self._stream = soxr.ResampleStream(*self._rates, 1, "float32", "HQ")
+        self._parts.append(self._stream.resample_chunk(piece, last=False))
+        if self.end is not None and self.start + self.taken >= self.end:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._stream is not None:
+            self._parts.append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
+            self._stream = None
+
+    def result(self) -> np.ndarray:
+        self._flush()
+        wave = np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)
+        self._parts = []  # the pieces are not held next to their concatenation
+        return np.ascontiguousarray(wave, dtype=np.float32)
 
 
 def resample(

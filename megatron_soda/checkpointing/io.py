@@ -64,8 +64,10 @@ def _dp_group():
 
 def save_checkpoint(root: str, state: TrainState, model: list, optimizer, scheduler, *,
                     model_cfg: SodaModelConfig, tokenizer: SodaTokenizer, run_args: dict[str, Any],
-                    save_optimizer: bool = True, crash_hook: Callable[[], None] | None = None) -> str:
-    """Write checkpoint ``state.iteration`` under ``root`` (all ranks call this)."""
+                    save_optimizer: bool = True, crash_hook: Callable[[], None] | None = None,
+                    data: dict[str, Any] | None = None) -> str:
+    """Write checkpoint ``state.iteration`` under ``root`` (all ranks call this).  ``data``: the
+    codec the training shards were made with (``codec``, ``codec_fingerprint``, ``codec_random``)."""
     rank0 = torch.distributed.get_rank() == 0
     tmp = layout.iteration_dir(root, state.iteration) + ".tmp"
     if rank0:
@@ -93,6 +95,7 @@ def save_checkpoint(root: str, state: TrainState, model: list, optimizer, schedu
             "optimizer": optimizer_kind(optimizer),
             "optimizer_sharding": "fully_reshardable",
             "train_state": state.to_dict(),
+            "data": data or {},
         }, durable=True, indent=2, sort_keys=True)  # fsynced before the rename: a power loss keeps it
         layout.commit(root, state.iteration)
     _barrier()
@@ -131,11 +134,30 @@ def changed_computation(meta: dict[str, Any], model_cfg: SodaModelConfig) -> str
                      for k in COMPUTATION_FIELDS if getattr(saved, k) != getattr(model_cfg, k))
 
 
+def check_data_codec(ckpt: str, meta: dict[str, Any], data: dict[str, Any] | None, finetune: bool,
+                     log: Callable[[str], None]) -> None:
+    """A model trained on the codes of one codec, continued on another's, learns a new code
+    language: refused when resuming (a mistake), a note when fine-tuning (a choice).  Unknown on
+    either side (old checkpoints, text-only data) is not a difference."""
+    theirs = (meta.get("data") or {}).get("codec_fingerprint")
+    ours = (data or {}).get("codec_fingerprint")
+    if theirs is None or ours is None or theirs == ours:
+        return
+    what = (f"{ckpt}: trained on shards of codec {meta['data'].get('codec')} (fingerprint {theirs}), "
+            f"this run's shards are of codec {data.get('codec')} (fingerprint {ours})")
+    if not finetune:
+        raise layout.CheckpointError(what + "; resuming would mix the codes of two codecs (use --finetune "
+                                     "to start a new run from these weights on purpose)")
+    log(what + "; note: fine-tuning on the codes of another codec")
+
+
 def load_checkpoint(path: str, model: list, optimizer, scheduler, *, model_cfg: SodaModelConfig,
                     tokenizer: SodaTokenizer, load_optimizer: bool = True, load_rng: bool = True,
-                    finetune: bool = False, log: Callable[[str], None] = print) -> TrainState | None:
+                    finetune: bool = False, log: Callable[[str], None] = print,
+                    data: dict[str, Any] | None = None) -> TrainState | None:
     """Load the checkpoint found at ``path`` (see :func:`layout.find_checkpoint`) into the
-    given model/optimizer/scheduler.  Returns its train state, or None if there is none."""
+    given model/optimizer/scheduler.  Returns its train state, or None if there is none.
+    ``data``: this run's shard codec (:func:`check_data_codec`)."""
     ckpt = layout.find_checkpoint(path)
     if ckpt is None:
         return None
@@ -148,6 +170,7 @@ def load_checkpoint(path: str, model: list, optimizer, scheduler, *, model_cfg: 
     if meta.get("weights_only") and not finetune:  # e.g. converted from Hugging Face: nothing to resume
         log(f"{ckpt}: weights-only checkpoint, loaded as with --finetune")
         finetune = True
+    check_data_codec(ckpt, meta, data, finetune, log)
     same_layout = all(meta["parallel"][k] == v for k, v in _layout().items()
                       if k in ("tensor_model_parallel_size", "pipeline_model_parallel_size"))
     with_optimizer = load_optimizer and not finetune and meta["has_optimizer"]

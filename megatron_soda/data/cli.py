@@ -54,13 +54,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tok.add_argument("--interleave", default="both", choices=INTERLEAVE_MODES)
     tok.add_argument(
-        "--split", type=float, default=0.0, help="held-out fraction by recording-id hash"
+        "--valid-fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="held-out fraction, by recording-id hash, written to P_valid.* (the rest to P_train.*)",
+    )
+    tok.add_argument(
+        "--split",
+        type=float,
+        default=None,
+        dest="deprecated_split",
+        help="deprecated spelling of --valid-fraction (pretrain_soda.py's --split is Megatron's "
+        "train,valid,test weights, another thing)",
     )
     codec = p.add_argument_group("codec stage")
     codec.add_argument(
         "--codec",
-        default="random:tiny",
-        help="local Mimi dir, HF id (from cache), random:tiny[:seed] or random:full[:seed]",
+        default=None,
+        help="required for speech input: a local Mimi directory or a Hugging Face id already in "
+        "the local cache (`hf download kyutai/mimi`, then --codec kyutai/mimi); random-weight "
+        "codecs for tests and demos only: random:tiny[:seed] or random:full[:seed]",
     )
     codec.add_argument(
         "--cache-codebooks",
@@ -122,6 +136,20 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _valid_fraction(args: argparse.Namespace) -> float:
+    """--valid-fraction, or its deprecated spelling --split (warned about), not both."""
+    if args.deprecated_split is None:
+        return args.valid_fraction or 0.0
+    if args.valid_fraction is not None:
+        raise SystemExit("preprocess_data: error: give --valid-fraction, not both it and --split")
+    logging.getLogger(__name__).warning(
+        "--split is deprecated in preprocess_data.py: use --valid-fraction %s (the same held-out "
+        "fraction; pretrain_soda.py's --split means Megatron's train,valid,test weights)",
+        args.deprecated_split,
+    )
+    return args.deprecated_split
+
+
 def preprocess_main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _setup_logging(args.log_level)
@@ -138,7 +166,7 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         threads_per_worker=args.threads_per_worker,
         codec_precision=args.codec_precision,
         device=args.device,
-        split=args.split,
+        valid_fraction=_valid_fraction(args),
         num_shards=args.num_shards,
         shard_index=args.shard_index,
         codes_dir=args.codes_dir,

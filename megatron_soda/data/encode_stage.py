@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-import sys
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from megatron_soda.data.codes_cache import (
     UnitCache,
     write_chunk,
 )
+from megatron_soda.data.progress import StageProgress, read_position
 from megatron_soda.data.readers import read_source
 from megatron_soda.data.records import InputError, Recording
 from megatron_soda.data.units import WorkUnit
@@ -47,7 +47,7 @@ CPU_JOB_UTTERANCES = 1  # i.e. one recording per job
 
 @dataclass(frozen=True)
 class EncodeConfig:
-    codec: str = "random:tiny"
+    codec: str  # a spec for audio.codec.parse_codec_spec; no default (see data.preprocess.CODEC_REQUIRED)
     cache_codebooks: int = DEFAULT_NUM_CODEBOOKS
     device: str = "cpu"
     workers: int = 1  # codec worker processes; <= 0: one per CPU core (1 on a GPU)
@@ -226,49 +226,50 @@ def assemble_chunk(
 
 # --------------------------------------------------------------------- main side
 class _Progress:
-    def __init__(self, total_units: int) -> None:
-        self.start = time.time()
-        self.last = 0.0
+    """Input bytes read (the bar's total: the units' file sizes; see data/progress.py), with
+    utterances, audio hours, speed and errors beside them."""
+
+    def __init__(self, units: list[WorkUnit]) -> None:
         self.utts = self.errors = self.chunks = self.skipped = 0
         self.seconds = 0.0
-        self.total_units = total_units
-        self.units_done = 0
-        self.bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
+        self.sizes = [os.path.getsize(u.path) for u in units]
+        self.units_done = self.reading_index = 0
+        self.current: WorkUnit | None = None
+        self.bar = StageProgress("encode", sum(self.sizes), "B", self._extra, logger)
 
-            self.bar = tqdm(desc="encode", unit=" utt", dynamic_ncols=True)
+    def _extra(self) -> str:
+        elapsed = max(time.time() - self.bar.start, 1e-9)
+        return (f"{self.utts} utt, {self.seconds / 3600:.2f} h audio ({self.seconds / elapsed:.1f}x realtime), "
+                f"{self.errors} errors")
+
+    def _refresh(self) -> None:
+        """Units before the one being read count whole (their reading is over; their last
+        chunks may still be encoding), the one being read by its file position."""
+        k = self.reading_index
+        done = sum(self.sizes[: max(k, self.units_done)])
+        if self.current is not None and k >= self.units_done:
+            done += min(read_position(self.current.path), self.sizes[k])
+        self.bar.set(done)
+
+    def reading(self, unit: WorkUnit) -> None:
+        self.reading_index += 0 if self.current is None else 1
+        self.current = unit
+        self._refresh()
+
+    def unit_complete(self) -> None:
+        self.units_done += 1
+        self._refresh()
 
     def update(self, res: dict) -> None:
         self.utts += res["utterances"]
         self.seconds += res["seconds"]
         self.errors += res["errors"]
         self.chunks += 1
-        elapsed = max(time.time() - self.start, 1e-9)
-        if self.bar is not None:
-            self.bar.update(res["utterances"])
-            self.bar.set_postfix(
-                audio_h=f"{self.seconds / 3600:.2f}",
-                rt=f"{self.seconds / elapsed:.1f}x",
-                err=self.errors,
-            )
-        elif time.time() - self.last > 30:
-            self.last = time.time()
-            logger.info(
-                "encode: %d chunks, %d utterances, %.2f h audio (%.1fx realtime), %d errors, unit %d/%d",
-                self.chunks,
-                self.utts,
-                self.seconds / 3600,
-                self.seconds / elapsed,
-                self.errors,
-                self.units_done + 1,
-                self.total_units,
-            )
+        self._refresh()
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-        elapsed = time.time() - self.start
+        self.bar.close()
+        elapsed = time.time() - self.bar.start
         logger.info(
             "encode done: %d new chunks (%d already cached), %d utterances, %.3f h audio in %.1fs (%.1fx realtime)",
             self.chunks,
@@ -298,7 +299,7 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
     if not todo:
         logger.info("encode: all %d units already cached in %s", len(units), codes_dir)
         return caches
-    progress = _Progress(len(todo))
+    progress = _Progress([u for u, _ in todo])
     workers, threads = cfg.resolved_workers(), cfg.resolved_threads()
     job_utts = cfg.resolved_job_utterances()
     pool = None
@@ -323,7 +324,7 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
         p = pending.popleft()
         if p.jobs is None:
             p.cache.mark_complete(p.index)
-            progress.units_done += 1
+            progress.unit_complete()
             return
         results = [j.result() if isinstance(j, Future) else j for j in p.jobs]
         running -= len(p.jobs)
@@ -334,6 +335,7 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
     try:
         for unit, cache in todo:
             cache.open_for_writing()
+            progress.reading(unit)
             n = 0
             for n, (recs, errs) in enumerate(chunk_stream(unit, cfg.chunk_utterances), 1):
                 if cache.has_chunk(n - 1):

@@ -54,6 +54,8 @@ def inspect_main(argv: list[str] | None = None) -> int:
             "format",
             "interleave",
             "codec",
+            "codec_random",
+            "codec_fingerprint",
             "documents",
             "recordings",
             "utterances",
@@ -63,6 +65,11 @@ def inspect_main(argv: list[str] | None = None) -> int:
         )
         print(json.dumps({k: stats[k] for k in keys if k in stats}))
         print("tokens: " + ", ".join(f"{k}={stats['tokens'].get(k, 0)}" for k in KIND_NAMES))
+        if stats.get("codec_random"):
+            print(
+                f"note: codes from a random-weight codec ({stats.get('codec')}): for tests and demos, "
+                "not for training a model"
+            )
     for i in args.docs:
         if not 0 <= i < summary.documents:
             print(f"(document {i} out of range 0..{summary.documents - 1})")

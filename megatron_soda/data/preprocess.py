@@ -16,9 +16,10 @@ import os
 from dataclasses import dataclass, replace
 
 from megatron_soda import atomic_files
+from megatron_soda.audio.codec import codec_fingerprint, parse_codec_spec
 from megatron_soda.data.codes_cache import UnitCache
 from megatron_soda.data.encode_stage import EncodeConfig, encode_units, unit_caches
-from megatron_soda.data.readers import INPUT_FORMATS
+from megatron_soda.data.readers import INPUT_FORMATS, SPEECH_FORMATS
 from megatron_soda.data.shards import TMP_SUFFIX, ShardWriter
 from megatron_soda.data.tokenize_stage import (
     OutputSet,
@@ -38,13 +39,22 @@ class PreprocessError(RuntimeError):
     """A run that cannot proceed (bad arguments, missing cache); the message says why."""
 
 
+CODEC_REQUIRED = (
+    "--codec is required for speech input; there is no default, because codes from a codec with "
+    "random weights train a model on noise. Weights are never downloaded at run time: fetch "
+    "Mimi once with `hf download kyutai/mimi` (into the Hugging Face cache) and pass --codec "
+    "kyutai/mimi, or `hf download kyutai/mimi --local-dir DIR` and pass --codec DIR. For tests "
+    "and demos only: --codec random:tiny (or random:full), recorded as random in P.stats.json"
+)
+
+
 @dataclass
 class PreprocessConfig:
     inputs: list[str]
     input_format: str
     output_prefix: str
     tokenizer: str
-    codec: str = "random:tiny"
+    codec: str | None = None  # required for speech input: there is no default (see CODEC_REQUIRED)
     num_codebooks: int | None = None  # None: a saved tokenizer directory's, else the default
     cache_codebooks: int | None = None  # default max(num_codebooks, DEFAULT_NUM_CODEBOOKS)
     interleave: str = "both"
@@ -52,7 +62,7 @@ class PreprocessConfig:
     threads_per_worker: int | None = None
     codec_precision: str = "fp32"  # "bf16": opt-in, faster on CPU, some codes differ
     device: str = "cpu"
-    split: float = 0.0
+    valid_fraction: float = 0.0  # held out by recording-id hash (--valid-fraction; was --split)
     num_shards: int = 1
     shard_index: int = 0
     codes_dir: str | None = None  # default: {output_prefix}.codes (shared by all shards)
@@ -73,6 +83,8 @@ class PreprocessConfig:
 
     def encode_config(self, num_codebooks: int) -> EncodeConfig:
         """The codec stage's settings, for a tokenizer of ``num_codebooks`` codebooks."""
+        if self.codec is None:
+            raise PreprocessError(CODEC_REQUIRED)
         return EncodeConfig(
             codec=self.codec,
             cache_codebooks=self.cache_codebooks or max(num_codebooks, DEFAULT_NUM_CODEBOOKS),
@@ -92,8 +104,10 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         )
     if cfg.stage not in STAGES:
         raise PreprocessError(f"--stage must be one of {STAGES}")
-    if not 0 <= cfg.split < 1:
-        raise PreprocessError(f"--split must be a fraction in [0, 1), got {cfg.split}")
+    if not 0 <= cfg.valid_fraction < 1:
+        raise PreprocessError(f"--valid-fraction must be in [0, 1), got {cfg.valid_fraction}")
+    if cfg.input_format in SPEECH_FORMATS and cfg.codec is None:
+        raise PreprocessError(CODEC_REQUIRED)  # before any input is read or output written
     try:
         files = expand_inputs(cfg.inputs, cfg.input_format)
         units = plan_units(files, cfg.input_format, cfg.num_shards, cfg.shard_index)
@@ -119,7 +133,7 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
     if cfg.stage == "encode":
         return {"stage": "encode", "units": len(units), "codes_dir": cfg.resolved_codes_dir}
 
-    out = OutputSet(cfg.shard_prefix, cfg.split)
+    out = OutputSet(cfg.shard_prefix, cfg.valid_fraction)
     try:
         if speech:
             tokenize_cached_units(caches, tokenizer, cfg.interleave, out)
@@ -158,6 +172,8 @@ HEADER_KEYS = (
     "format",
     "interleave",
     "codec",
+    "codec_random",
+    "codec_fingerprint",
     "num_codebooks",
     "layout",
     "tokenizer_sha256",
@@ -166,18 +182,27 @@ HEADER_KEYS = (
 
 
 def _header(cfg: PreprocessConfig, tokenizer: SodaTokenizer) -> dict:
+    """How the shard was made.  ``codec_fingerprint`` identifies the codes (the trainer refuses a
+    blend that mixes fingerprints); ``split_fraction`` is the --valid-fraction (old name kept)."""
+    speech = cfg.input_format in SPEECH_FORMATS
     extra = {}
-    if cfg.codec_precision != "fp32" and cfg.input_format != "text":
+    if cfg.codec_precision != "fp32" and speech:
         extra["codec_precision"] = cfg.codec_precision
+    if speech:
+        ecfg = cfg.encode_config(tokenizer.layout.num_codebooks)
+        extra["codec_random"] = parse_codec_spec(ecfg.codec).kind == "random"
+        extra["codec_fingerprint"] = codec_fingerprint(
+            ecfg.codec, ecfg.chunk_seconds, ecfg.precision, with_location=False
+        )
     return {
         **extra,
         "format": cfg.input_format,
-        "interleave": cfg.interleave if cfg.input_format != "text" else "text",
-        "codec": cfg.codec if cfg.input_format != "text" else None,
+        "interleave": cfg.interleave if speech else "text",
+        "codec": cfg.codec if speech else None,
         "num_codebooks": tokenizer.layout.num_codebooks,
         "layout": tokenizer.layout.to_dict(),
         "tokenizer_sha256": tokenizer.base_sha256,
-        "split_fraction": cfg.split,
+        "split_fraction": cfg.valid_fraction,
         "slice": {"num_shards": cfg.num_shards, "shard_index": cfg.shard_index},
     }
 
@@ -246,6 +271,11 @@ def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
     if len(layouts) > 1:
         raise PreprocessError(
             "merge: the shards were made with different tokenizers / codebook counts"
+        )
+    codecs = {s.get("codec_fingerprint") for s in stats} - {None}
+    if len(codecs) > 1:
+        raise PreprocessError(
+            "merge: the shards were made with different codecs (codec_fingerprint)"
         )
     split_names = sorted(stats[0].get("splits", {}).keys()) or ["all"]
     suffixes = {name: "" if name == "all" else f"_{name}" for name in split_names}

@@ -10,6 +10,7 @@ the codec.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from megatron_soda.data.codes_cache import Chunk, UnitCache, read_chunk
+from megatron_soda.data.progress import StageProgress, read_position
 from megatron_soda.data.readers import read_source
 from megatron_soda.data.records import InputError, TextDocument
 from megatron_soda.data.shards import ShardWriter
@@ -164,7 +166,16 @@ def tokenize_cached_units(
                 f"{lay.num_codebooks} requested; re-run the encode stage with --cache-codebooks "
                 f">= {lay.num_codebooks} (or a new --codes-dir)"
             )
+    total = sum(c.num_chunks() for c in caches)
+    progress = StageProgress(
+        "tokenize",
+        total,
+        "chunks",
+        lambda: f"{sum(st.documents for st in out.stats.values())} documents",
+        logger,
+    )
     for chunk, texts, chunk_text_ids in _prepared_chunks(caches, tokenizer):
+        progress.advance(1)
         out.errors.extend(chunk.errors)
         out.attempted += chunk.attempted
         out.text_collisions += _collisions(texts, lay.num_audio_tokens)
@@ -182,6 +193,7 @@ def tokenize_cached_units(
                 out.writers[side].add(doc)
                 counts = interleaved_kind_counts(lay, t_ids, codes, variant)
                 st.add_document(variant, counts, doc.size)
+    progress.close()
 
 
 def tokenize_text_units(
@@ -200,7 +212,12 @@ def tokenize_text_units(
             out.writers[side].add(doc)
             out.stats[side].add_document("text", lay.count_kinds(doc), doc.size)
 
-    for unit in units:
+    units = list(units)
+    sizes = [os.path.getsize(u.path) for u in units]
+    progress = StageProgress(
+        "tokenize", sum(sizes), "B", lambda: f"{out.attempted} documents read", logger
+    )
+    for k, unit in enumerate(units):
         batch: list[TextDocument] = []
         for item in unit.select(read_source(unit.path, "text", json_keys)):
             if isinstance(item, InputError):
@@ -212,5 +229,8 @@ def tokenize_text_units(
             if len(batch) >= TEXT_BATCH:
                 flush(batch)
                 batch = []
+                progress.set(sum(sizes[:k]) + min(read_position(unit.path), sizes[k]))
         if batch:
             flush(batch)
+        progress.set(sum(sizes[: k + 1]))
+    progress.close()

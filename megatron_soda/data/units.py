@@ -14,10 +14,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from megatron_soda.data.readers import input_format
+from megatron_soda.data.readers import input_format, lhotse_manifests, yodas2
 from megatron_soda.data.records import InputError
 
 T = TypeVar("T")
+
 
 class InputSpecError(ValueError):
     """An --input that names nothing usable."""
@@ -45,8 +46,38 @@ def expand_inputs(inputs: list[str], fmt: str) -> list[str]:
             found = sorted(glob.glob(spec))
             if not found:
                 raise InputSpecError(f"{spec}: no such file, directory or glob match")
-        out.extend(os.path.abspath(p) for p in found)
+        out.extend(_unit_path(os.path.abspath(p), fmt) for p in found if not _skipped(p, fmt))
     return list(dict.fromkeys(out))  # first occurrence of each, in order
+
+
+def _skipped(path: str, fmt: str) -> bool:
+    """Files a directory or glob may hold that are no work unit of ``fmt``."""
+    return fmt == "lhotse" and lhotse_manifests.is_skipped_manifest(path)
+
+
+def _unit_path(path: str, fmt: str) -> str:
+    """The work unit a named file belongs to: for ``yodas2`` a transcript json names its
+    subshard's tar.gz, for ``lhotse`` a supervisions manifest its recordings manifest, so that
+    naming both files of a pair gives one unit."""
+    if fmt == "yodas2" and not path.endswith(".tar.gz"):
+        unit = yodas2.tar_path_for_transcript(path)
+    elif fmt == "lhotse" and lhotse_manifests.is_supervisions_manifest(path):
+        unit = lhotse_manifests.recordings_path(path)
+    else:
+        return path
+    if not os.path.isfile(unit):
+        raise InputSpecError(f"{path}: its {fmt} work unit {unit} does not exist")
+    return unit
+
+
+def companion_files(path: str, fmt: str) -> list[str]:
+    """Files a unit reads besides its own path (a changed one invalidates its codes cache)."""
+    if fmt == "yodas2":
+        return [yodas2.transcript_path(path)]
+    if fmt == "lhotse":
+        sup = lhotse_manifests.supervisions_path(path)
+        return [sup] if sup else []
+    return []
 
 
 @dataclass(frozen=True)
@@ -74,7 +105,7 @@ class WorkUnit:
 
     def describe(self) -> dict:
         st = os.stat(self.path)
-        return {
+        out = {
             "input": self.path,
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
@@ -82,6 +113,16 @@ class WorkUnit:
             "stride": self.stride,
             "offset": self.offset,
         }
+        companions = []
+        for p in companion_files(self.path, self.fmt):
+            try:
+                cst = os.stat(p)
+                companions.append({"path": p, "size": cst.st_size, "mtime_ns": cst.st_mtime_ns})
+            except OSError:
+                companions.append({"path": p, "missing": True})
+        if companions:  # only then: other formats' caches keep their description
+            out["companions"] = companions
+        return out
 
     @property
     def name(self) -> str:

@@ -39,6 +39,7 @@ from megatron_soda.format.shards import (
     read_document,
     read_index,
     shard_layout,
+    shard_provenance,
     validate_shard,
 )
 
@@ -69,6 +70,7 @@ __all__ = [
     "read_document",
     "read_index",
     "shard_layout",
+    "shard_provenance",
     "text_document",
     "token_kinds",
     "token_kinds_torch",

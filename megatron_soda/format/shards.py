@@ -86,6 +86,27 @@ def shard_layout(prefix: str) -> TokenLayout | None:
         raise ShardError(f"{path}: unreadable token layout ({type(e).__name__}: {e})") from None
 
 
+# What PREFIX.stats.json says about how a shard's tokens were made (a blend must agree on it).
+PROVENANCE_FIELDS = ("codec_fingerprint", "codec", "codec_random", "num_codebooks", "layout")
+
+
+def shard_provenance(prefix: str) -> dict:
+    """The :data:`PROVENANCE_FIELDS` recorded in ``PREFIX.stats.json`` (those present; empty
+    without a stats file).  Text shards record no codec (``codec`` None); shards made before
+    codecs were fingerprinted record none either: unknown, not different."""
+    path = prefix + ".stats.json"
+    if not os.path.isfile(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            stats = json.load(f)
+    except ValueError as e:
+        raise ShardError(f"{path}: not JSON ({e})") from None
+    if not isinstance(stats, dict):
+        raise ShardError(f"{path}: not a JSON object")
+    return {k: stats[k] for k in PROVENANCE_FIELDS if stats.get(k) is not None}
+
+
 @dataclass(frozen=True)
 class ShardSummary:
     prefix: str

@@ -47,15 +47,23 @@ def load_tokenizer(config: TrainConfig) -> SodaTokenizer:
         raise ConfigError(f"--tokenizer {path}: {e}") from None
 
 
-def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> None:
-    """Shard checks on rank 0; the verdict is broadcast so that every rank stops together."""
+def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> dict:
+    """Shard checks on rank 0; the verdict is broadcast so that every rank stops together.
+    Returns the codec the speech shards share (``codec``, ``codec_fingerprint``,
+    ``codec_random``; empty if none records one), for the checkpoints to record."""
     from megatron_soda.training.data import all_prefixes, blends
-    from megatron_soda.training.data_checks import DataError, check_prefix, check_split
+    from megatron_soda.training.data_checks import (
+        DataError,
+        check_blend_provenance,
+        check_prefix,
+        check_split,
+    )
 
     data = config.data
-    verdict: list[str | None] = [None]
+    verdict: list[str | dict | None] = [None, {}]
     if torch.distributed.get_rank() == 0:
         try:
+            verdict[1] = check_blend_provenance(list(all_prefixes(data)))
             b = blends(data)
             split_prefixes = set(b["blend"][0]) if "blend" in b else set()  # --split divides these
             for prefix in all_prefixes(data):
@@ -67,3 +75,4 @@ def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> None:
     torch.distributed.broadcast_object_list(verdict, src=0)
     if verdict[0] is not None:
         raise DataError(verdict[0])
+    return verdict[1]

@@ -115,7 +115,7 @@ class Trainer:
         cfg, arch, ckpt = self.config, self.derived.architecture, self.config.checkpoint
         self.logger = MetricsLogger(cfg, self.record)
         self._exit.callback(self.logger.close)
-        check_data(cfg, self.tokenizer)
+        self.data_codec = check_data(cfg, self.tokenizer)  # recorded in every checkpoint
         self.lr = self.derived.lr
         self.transformer_config = model_setup.transformer_config(arch, cfg.parallel, cfg.precision)
         self.model = model_setup.build_model(cfg, arch, self.transformer_config)
@@ -132,7 +132,7 @@ class Trainer:
             loaded = load_checkpoint(source, self.model, self.optimizer, self.scheduler, model_cfg=arch,
                                      tokenizer=self.tokenizer, load_optimizer=not ckpt.no_load_optim,
                                      load_rng=not ckpt.no_load_rng, finetune=ckpt.finetune and not own,
-                                     log=self.logger.print)
+                                     log=self.logger.print, data=self.data_codec)
             if loaded is None:
                 self.logger.print(f"no checkpoint in {source} yet: starting from scratch")
             self.state = loaded or self.state
@@ -223,7 +223,7 @@ class Trainer:
                 crash_now(f"--inject-crash-in-save {iteration}: data written, not committed")
         path = save_checkpoint(ckpt.save, self.state, self.model, self.optimizer, self.scheduler,
                                model_cfg=self.derived.architecture, tokenizer=self.tokenizer, run_args=self.record,
-                               save_optimizer=not ckpt.no_save_optim, crash_hook=crash)
+                               save_optimizer=not ckpt.no_save_optim, crash_hook=crash, data=self.data_codec)
         self.last_saved = iteration
         self.logger.print(f"saved {path}")
 

@@ -42,7 +42,13 @@ _FORMATS = (
     InputFormat("yodas-parquet", "yodas_parquet:read_yodas_parquet", (".parquet",)),
     InputFormat("nemo", "nemo:read_nemo_manifest", (".json", ".jsonl")),
     InputFormat("lhotse", "lhotse_manifests:read_lhotse", (".jsonl.gz", ".jsonl")),
-    InputFormat("text", "text:read_text", (".jsonl", ".json"), speech=False),
+    InputFormat("librispeech", "librispeech:read_librispeech", (".trans.txt",)),
+    InputFormat(
+        "text",
+        "text:read_text",
+        (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet", ".json"),
+        speech=False,
+    ),
 )
 FORMATS: dict[str, InputFormat] = {f.name: f for f in _FORMATS}
 INPUT_FORMATS = tuple(FORMATS)

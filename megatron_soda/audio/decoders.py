@@ -1,0 +1,162 @@
+"""Which decoder reads a source, chosen from its first bytes, and the FFmpeg (PyAV) decoder.
+
+libsndfile stays the decoder for what it reads well (WAV, FLAC, Ogg Vorbis/Opus, MP3): its
+truncation behaviour is known and checked in :mod:`megatron_soda.audio.io`.  What it cannot
+read at all (AAC in MP4/M4A or as raw ADTS, anything in WebM/Matroska) goes to FFmpeg through
+PyAV, whose wheels bundle FFmpeg's decoders.  The choice is made from the content, never from
+the file name: corpora publish AAC under ``.wav`` names and Opus under ``.webm``/``.mka``.
+
+:class:`FFmpegSource` decodes packet by packet and hands out mono float32 blocks, so an
+hour-long file costs one sequential pass and a few blocks of memory, like the libsndfile path.
+FFmpeg is given a file object, never a path, so its own probing cannot use the extension either.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+
+import numpy as np
+
+SNDFILE = "sndfile"
+FFMPEG = "ffmpeg"
+
+# Containers whose duration FFmpeg estimates from the bit rate (not declared by the file):
+# a VBR stream would look truncated, so their length is not checked against it.
+_ESTIMATED_DURATION_FORMATS = ("aac", "mp3")
+_BLOCK = 1 << 18  # samples per block handed out (frames are coalesced up to this)
+
+
+class DecodeError(Exception):
+    """A decoder's one-line reason (the caller adds which source)."""
+
+
+class NotAudioError(DecodeError):
+    """FFmpeg cannot open the source as a container of audio: ``str(e)`` is FFmpeg's reason."""
+
+
+def is_adts(head: bytes) -> bool:
+    """ADTS AAC: a 12-bit 0xFFF sync whose 2-bit layer field is 00."""
+    return len(head) > 1 and head[0] == 0xFF and head[1] & 0xF6 == 0xF0
+
+
+def is_mpeg_audio(head: bytes) -> bool:
+    """MP3 (ID3 tag, or an MPEG audio frame sync: 11 set bits and a layer field other than 00)."""
+    if head[:3] == b"ID3":
+        return True
+    return len(head) > 1 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0 and head[1] & 0x06 != 0
+
+
+def choose_decoder(head: bytes) -> str:
+    """``"sndfile"`` or ``"ffmpeg"`` for a source starting with ``head``.
+
+    RIFF/WAVE, fLaC, OggS, MP3 and anything unrecognised go to libsndfile (which falls back to
+    FFmpeg when it rejects the source); ISO-BMFF (``ftyp`` at offset 4: MP4/M4A), EBML
+    (WebM/Matroska) and ADTS AAC go straight to FFmpeg.
+    """
+    if head[4:8] == b"ftyp" or head[:4] == b"\x1a\x45\xdf\xa3" or is_adts(head):
+        return FFMPEG
+    return SNDFILE
+
+
+def ffmpeg_reason(e: Exception) -> str:
+    """FFmpeg's own message without errno and the '<none>' file name PyAV appends."""
+    msg = getattr(e, "strerror", None) or str(e)
+    return " ".join(str(msg).split())[:200] or type(e).__name__
+
+
+def _to_float(arr: np.ndarray) -> np.ndarray:
+    if arr.dtype == np.float32:
+        return arr
+    if arr.dtype == np.uint8:
+        return (arr.astype(np.float32) - 128.0) / 128.0
+    if arr.dtype.kind == "i":
+        scale = float(2 ** (8 * arr.dtype.itemsize - 1))
+        return (arr.astype(np.float64) / scale).astype(np.float32)
+    return arr.astype(np.float32)
+
+
+def frame_to_mono(frame) -> np.ndarray:
+    """One decoded ``av.AudioFrame`` (any sample format, planar or packed) as mono float32,
+    channels averaged."""
+    arr = frame.to_ndarray()
+    channels = frame.layout.nb_channels
+    if not frame.format.is_planar:
+        arr = arr.reshape(-1, channels).T
+    arr = _to_float(arr[:, : frame.samples])
+    return arr.mean(axis=0, dtype=np.float32) if channels > 1 else arr[0]
+
+
+class FFmpegSource:
+    """An audio stream opened with FFmpeg: ``sample_rate``, ``declared`` length in samples (0 when
+    the container does not declare one) and :meth:`blocks`.  Raises :class:`DecodeError`."""
+
+    def __init__(self, src: str | bytes):
+        import av
+
+        self._file = io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")  # noqa: SIM115
+        try:
+            self._container = av.open(self._file, mode="r")
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            self._file.close()
+            raise NotAudioError(f"FFmpeg: {ffmpeg_reason(e)}") from e
+        try:
+            self._setup()
+        except DecodeError:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        c = self._container
+        if not c.streams.audio:
+            kinds = sorted({s.type for s in c.streams})
+            what = f"only {'/'.join(kinds)} streams" if kinds else "no streams"
+            raise DecodeError(f"no audio stream ({what}; FFmpeg format {c.format.name})")
+        self._stream = c.streams.audio[0]
+        self.sample_rate = int(self._stream.codec_context.sample_rate or 0)
+        if self.sample_rate <= 0:  # e.g. an ADTS header with no frame after it
+            raise NotAudioError("FFmpeg: no sample rate")
+        seconds = 0.0
+        if not any(f in _ESTIMATED_DURATION_FORMATS for f in c.format.name.split(",")):
+            if self._stream.duration and self._stream.time_base:
+                seconds = float(self._stream.duration * self._stream.time_base)
+            elif c.duration:
+                seconds = c.duration / 1_000_000  # AV_TIME_BASE
+        self.declared = int(round(seconds * self.sample_rate))
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks in stream order, one sequential pass (frames coalesced to
+        about ``_BLOCK`` samples so callers do little per-block work)."""
+        import av
+
+        pending: list[np.ndarray] = []
+        held = 0
+        failure: DecodeError | None = None
+        try:
+            for packet in self._container.demux(self._stream):
+                for frame in packet.decode():
+                    if frame.sample_rate != self.sample_rate:
+                        raise DecodeError(
+                            f"sample rate changes mid-stream ({self.sample_rate} -> "
+                            f"{frame.sample_rate} Hz)"
+                        )
+                    mono = frame_to_mono(frame)
+                    pending.append(mono)
+                    held += mono.size
+                    if held >= _BLOCK:
+                        yield np.concatenate(pending)
+                        pending, held = [], 0
+        except DecodeError as e:
+            failure = e
+        except (av.error.FFmpegError, ValueError) as e:
+            failure = DecodeError(ffmpeg_reason(e))
+        if pending:  # what decoded before a failure still counts (the caller reports where)
+            yield np.concatenate(pending)
+        if failure is not None:
+            raise failure
+
+    def close(self) -> None:
+        try:
+            self._container.close()
+        finally:
+            self._file.close()
