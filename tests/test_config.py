@@ -36,6 +36,9 @@ COMPANIONS = {
     "recompute_num_layers": ["--recompute-granularity", "full"],
     "fp8_format": ["--bf16"],
     "save_interval": ["--save", "DIR"],
+    "async_save": ["--save", "DIR"],
+    "keep_last_k": ["--save", "DIR"],
+    "keep_every_iters": ["--save", "DIR", "--keep-last-k", "2"],
 }
 # Options normalised into another field (the record keeps what the run uses).
 EFFECT = {
@@ -184,9 +187,9 @@ def test_derived_values_are_computed_once_and_recorded(monkeypatch):
     assert TrainConfig.from_dict(record).validate() == config  # "derived" is not an input
     with pytest.raises(ConfigError, match="global batch 8 is not a multiple of micro batch 2 x data-parallel size 3"):
         derive(config, vocab_size=1000, num_codebooks=8, world_size=6)
-    with pytest.raises(ConfigError, match="world size 3 is not a multiple"):
+    with pytest.raises(ConfigError, match="--tensor-model-parallel-size 2 does not divide the world size 3"):
         derive(config, vocab_size=1000, num_codebooks=8, world_size=3)
-    with pytest.raises(ConfigError, match="not divisible by TP=2"):
+    with pytest.raises(ConfigError, match="--tensor-model-parallel-size 2 does not divide the padded vocabulary 1001"):
         derive(parse_argv(INTERFACE + ["--tensor-model-parallel-size", "2", "--make-vocab-size-divisible-by", "1"]),
                vocab_size=1001, num_codebooks=8, world_size=2)
 

@@ -86,7 +86,7 @@ def test_virtual_pipeline_stages_from_layers_per_stage():
     c = parse_argv(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "1"])
     assert c.parallel.virtual_pipeline_model_parallel_size == 2  # tiny: 4 layers, 2 per rank
     c = parse_argv(INTERFACE + ["--pipeline-model-parallel-size", "2", "--num-virtual-stages-per-pipeline-rank", "2"])
-    with pytest.raises(ConfigError, match="do not split"):
+    with pytest.raises(ConfigError, match="--num-virtual-stages-per-pipeline-rank 2 does not divide the 3 layers per pipeline rank"):
         c.parallel.resolve_virtual_stages(num_layers=6)
 
 
@@ -97,7 +97,7 @@ def test_virtual_pipeline_stages_from_layers_per_stage():
     (["--pipeline-model-parallel-size", "2", "--num-layers-per-virtual-pipeline-stage", "-1"],
      "--num-layers-per-virtual-pipeline-stage must be >= 1"),
     (["--num-layers", "5", "--pipeline-model-parallel-size", "2"],
-     "--num-layers 5 is not divisible by --pipeline-model-parallel-size 2"),
+     "--pipeline-model-parallel-size 2 does not divide --num-layers 5"),
     (["--num-query-groups", "3"], "num_attention_heads (4) must be a multiple of num_query_groups (3)"),
 ])
 def test_bad_virtual_pipeline_flags_are_refused(capsys, extra, message):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import megatron.core
@@ -28,6 +28,7 @@ from megatron.core.dist_checkpointing.validation import StrictHandling
 
 from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.checkpointing import layout
+from megatron_soda.checkpointing.async_save import AsyncSaves
 from megatron_soda.checkpointing.state import (
     TrainState,
     inner_optimizers,
@@ -37,6 +38,7 @@ from megatron_soda.checkpointing.state import (
     sharded_state_dict,
     unwrap,
 )
+from megatron_soda.format import field_differences
 from megatron_soda.models.config import SHAPE_FIELDS, SodaModelConfig
 from megatron_soda.tokenizer import SodaTokenizer
 
@@ -65,9 +67,15 @@ def _dp_group():
 def save_checkpoint(root: str, state: TrainState, model: list, optimizer, scheduler, *,
                     model_cfg: SodaModelConfig, tokenizer: SodaTokenizer, run_args: dict[str, Any],
                     save_optimizer: bool = True, crash_hook: Callable[[], None] | None = None,
-                    data: dict[str, Any] | None = None) -> str:
+                    data: dict[str, Any] | None = None, async_saves: AsyncSaves | None = None,
+                    on_commit: Callable[[str], None] | None = None) -> str:
     """Write checkpoint ``state.iteration`` under ``root`` (all ranks call this).  ``data``: the
-    codec the training shards were made with (``codec``, ``codec_fingerprint``, ``codec_random``)."""
+    codec the training shards were made with (``codec``, ``codec_fingerprint``, ``codec_random``).
+
+    Without ``async_saves`` the checkpoint is committed when this returns; with it the shards are
+    written in the background and the commit runs when ``async_saves`` finalizes the save.
+    ``on_commit(path)`` runs on every rank after the commit; ``crash_hook`` (testing) runs once the
+    shards are written (synchronous) or while they are being written (asynchronous)."""
     rank0 = torch.distributed.get_rank() == 0
     tmp = layout.iteration_dir(root, state.iteration) + ".tmp"
     if rank0:
@@ -77,29 +85,41 @@ def save_checkpoint(root: str, state: TrainState, model: list, optimizer, schedu
     sd = sharded_state_dict(model, optimizer, scheduler, state, with_optimizer=save_optimizer,
                             with_rng=True, is_loading=False)
     strategy = FullyParallelSaveStrategyWrapper(get_default_save_sharded_strategy(), _dp_group())
-    dist_checkpointing.save(sd, tmp, sharded_strategy=strategy)
+    meta = {  # taken now: the train state moves on while an asynchronous save is written
+        "format": "megatron_soda/1",
+        "megatron_core": megatron.core.__version__,
+        "model": model_cfg.to_dict(),
+        "tokenizer": dict(tokenizer.unique_identifiers),
+        "parallel": _layout(),
+        "model_chunks": len(model),
+        "has_optimizer": save_optimizer,
+        "optimizer": optimizer_kind(optimizer),
+        "optimizer_sharding": "fully_reshardable",
+        "train_state": state.to_dict(),
+        "data": data or {},
+    }
+    iteration = state.iteration
+
+    def commit() -> None:
+        if rank0:
+            tokenizer.save(os.path.join(tmp, "tokenizer"))
+            with open(os.path.join(tmp, "run_args.json"), "w") as f:
+                json.dump(run_args, f, indent=2, sort_keys=True, default=str)
+            # fsynced before the rename: a power loss keeps it
+            write_json_atomic(os.path.join(tmp, layout.META), meta, durable=True, indent=2, sort_keys=True)
+            layout.commit(root, iteration)
+        _barrier()
+        if on_commit is not None:
+            on_commit(layout.iteration_dir(root, iteration))
+
+    request = dist_checkpointing.save(sd, tmp, sharded_strategy=strategy, async_sharded_save=async_saves is not None)
+    if async_saves is not None:
+        async_saves.schedule(request, commit, iteration)
     if crash_hook is not None:
         crash_hook()
-    if rank0:
-        tokenizer.save(os.path.join(tmp, "tokenizer"))
-        with open(os.path.join(tmp, "run_args.json"), "w") as f:
-            json.dump(run_args, f, indent=2, sort_keys=True, default=str)
-        write_json_atomic(os.path.join(tmp, layout.META), {
-            "format": "megatron_soda/1",
-            "megatron_core": megatron.core.__version__,
-            "model": model_cfg.to_dict(),
-            "tokenizer": dict(tokenizer.unique_identifiers),
-            "parallel": _layout(),
-            "model_chunks": len(model),
-            "has_optimizer": save_optimizer,
-            "optimizer": optimizer_kind(optimizer),
-            "optimizer_sharding": "fully_reshardable",
-            "train_state": state.to_dict(),
-            "data": data or {},
-        }, durable=True, indent=2, sort_keys=True)  # fsynced before the rename: a power loss keeps it
-        layout.commit(root, state.iteration)
-    _barrier()
-    return layout.iteration_dir(root, state.iteration)
+    if async_saves is None:
+        commit()
+    return layout.iteration_dir(root, iteration)
 
 
 def optimizer_kind(optimizer) -> str:
@@ -109,18 +129,26 @@ def optimizer_kind(optimizer) -> str:
 
 
 def check_compatible(ckpt: str, meta: dict[str, Any], model_cfg: SodaModelConfig, tokenizer: SodaTokenizer) -> None:
-    saved = meta["model"]
-    mine = model_cfg.to_dict()
-    diffs = [f"{k}: checkpoint {saved.get(k)} vs this run {mine[k]}" for k in CHECKED_FIELDS if saved.get(k) != mine[k]]
+    saved, mine = meta["model"], model_cfg.to_dict()
+    diffs = field_differences({k: saved.get(k) for k in CHECKED_FIELDS}, {k: mine[k] for k in CHECKED_FIELDS},
+                              "checkpoint", "this run")
     if diffs:
-        raise layout.CheckpointError(f"{ckpt}: checkpoint of another model shape ({'; '.join(diffs)})")
-    theirs, ours = meta["tokenizer"], dict(tokenizer.unique_identifiers)
+        raise layout.CheckpointError(f"{ckpt}: checkpoint of another model shape ({diffs})")
+    theirs, ours = _tokenizer_fields(meta["tokenizer"]), _tokenizer_fields(tokenizer.unique_identifiers)
     if theirs != ours:
-        what = [k for k in ours if theirs.get(k) != ours[k]]
         raise layout.CheckpointError(
-            f"{ckpt}: saved with another tokenizer (differs in {', '.join(what)}); train with "
-            f"--tokenizer {os.path.join(ckpt, 'tokenizer')} (it carries its codebook count) or start a new run"
-        )
+            f"{ckpt}: saved with another tokenizer ({field_differences(theirs, ours, 'checkpoint', 'this run')}); "
+            f"train with --tokenizer {os.path.join(ckpt, 'tokenizer')} (it carries its codebook count) or start "
+            "a new run")
+
+
+def _tokenizer_fields(identifiers: Mapping[str, Any]) -> dict[str, Any]:
+    """A tokenizer's identifiers with its layout (a JSON string) spread into ``layout.<field>``
+    entries, so that a mismatch names the layout fields that differ."""
+    out = {k: v for k, v in identifiers.items() if k != "layout"}
+    recorded = json.loads(identifiers.get("layout") or "{}")
+    out.update((f"layout.{k}", v) for k, v in recorded.items() if k not in out)
+    return out
 
 
 # Fields that change what the same weights compute without changing any shape.

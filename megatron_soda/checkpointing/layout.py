@@ -5,11 +5,14 @@
       iter_0000006/                       dist_checkpointing files + soda_checkpoint.json
                                           + tokenizer/ + run_args.json
       iter_0000012.tmp/                   a save in progress (or one that crashed)
+      iter_0000002.deleting/              a checkpoint being deleted by retention (retention.py)
 
 A save writes everything into ``iter_N.tmp``, renames it to ``iter_N`` (atomic on one file
 system) and only then rewrites the tracker (write to a temp file, ``os.replace``).  A crash at any
 point leaves the tracker naming the previous complete checkpoint, which is what a restart loads;
-a stale ``.tmp`` directory is removed by the next save of that iteration.
+a stale ``.tmp`` directory is removed by the next save of that iteration.  With ``--async-save``
+the rename and the tracker update run only once every rank's background write has finished
+(:mod:`megatron_soda.checkpointing.async_save`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from megatron_soda import atomic_files
 
 TRACKER = "latest_checkpointed_iteration.txt"
 META = "soda_checkpoint.json"
+UNPUBLISHED = ("tmp", "old", "deleting")  # suffixes of iter_N directories that are not checkpoints
 
 
 class CheckpointError(RuntimeError):
@@ -32,7 +36,7 @@ def iteration_dir(root: str, iteration: int) -> str:
     return os.path.join(root, f"iter_{iteration:07d}")
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -58,7 +62,7 @@ def read_tracker(root: str) -> int | None:
 
 def write_tracker(root: str, iteration: int) -> None:
     atomic_files.write_text_atomic(os.path.join(root, TRACKER), f"{iteration}\n", durable=True)
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def prepare_tmp(root: str, iteration: int) -> str:
@@ -80,7 +84,7 @@ def commit(root: str, iteration: int) -> str:
             shutil.rmtree(old)
         os.rename(final, old)
     os.rename(tmp, final)
-    _fsync_dir(root)
+    fsync_dir(root)
     write_tracker(root, iteration)
     if os.path.exists(old):
         shutil.rmtree(old)
@@ -89,7 +93,12 @@ def commit(root: str, iteration: int) -> str:
 
 def find_checkpoint(path: str) -> str | None:
     """The checkpoint to load from ``path``: ``path`` itself if it is one ``iter_N`` directory,
-    else the one named by its tracker; None if ``path`` holds no checkpoint yet."""
+    else the one named by its tracker; None if ``path`` holds no checkpoint yet.  A directory
+    that is not a published checkpoint (``.tmp``, ``.old``, ``.deleting``) is refused."""
+    name, _, suffix = os.path.basename(os.path.normpath(path)).rpartition(".")
+    if name.startswith("iter_") and suffix in UNPUBLISHED:
+        raise CheckpointError(f"{path}: not a published checkpoint (.{suffix}: an unfinished save, "
+                              "commit or deletion); load the directory holding it or a complete iter_N")
     if os.path.isfile(os.path.join(path, META)):
         return path
     iteration = read_tracker(path)

@@ -16,12 +16,26 @@ class CheckpointConfig:
         None, "checkpoint directory (or one iter_* inside it) to start from; ignored once --save "
         "holds a checkpoint of this run (resume wins, e.g. after a requeue)")
     save_interval: int | None = option(None)
+    async_save: bool = option(False, "write checkpoint shards in the background while training goes on "
+                              "(committed once every rank's write is done)")
+    keep_last_k: int | None = option(None, "keep only the N newest complete checkpoints in --save "
+                                     "(plus --keep-every-iters ones); default: keep all", metavar="N")
+    keep_every_iters: int | None = option(None, "with --keep-last-k: also keep, permanently, every "
+                                          "checkpoint whose iteration is a multiple of M", metavar="M")
     no_save_optim: bool = option(False)
     no_load_optim: bool = option(False)
     no_load_rng: bool = option(False)
     finetune: bool = option(False, "load weights only and start at iteration 0 (no optimizer/"
                             "scheduler/data state)")
     exit_interval: int | None = option(None, "stop (after saving) at this iteration")
+    exit_duration_in_mins: float | None = option(
+        None, "stop (after saving) at the first step boundary after this many minutes of wall clock "
+        "since the trainer started (max over ranks)", metavar="MINUTES")
+    exit_signal_handler: bool = option(
+        False, "on --exit-signal (to any rank) every rank stops after the same iteration, saves a "
+        "checkpoint of it (with --save) and exits 0; docs/slurm.md")
+    exit_signal: str = option("SIGTERM", "the signal --exit-signal-handler catches",
+                              choices=("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP"))
     eval_interval: int = option(1000)
     eval_iters: int = option(10, "global batches per evaluation")
     inject_crash_at_iteration: int | None = option(
@@ -34,6 +48,15 @@ class CheckpointConfig:
             raise ConfigError("--save-interval must be >= 1")
         if self.save_interval and not self.save:
             raise ConfigError("--save-interval needs --save DIR")
+        if (self.keep_last_k is not None and self.keep_last_k < 1) or (
+                self.keep_every_iters is not None and self.keep_every_iters < 1):
+            raise ConfigError("--keep-last-k and --keep-every-iters must be >= 1")
+        if self.keep_every_iters and not self.keep_last_k:
+            raise ConfigError("--keep-every-iters needs --keep-last-k N (without it every checkpoint is kept)")
+        if (self.async_save or self.keep_last_k) and not self.save:
+            raise ConfigError("--async-save and --keep-last-k need --save DIR")
+        if self.exit_duration_in_mins is not None and self.exit_duration_in_mins <= 0:
+            raise ConfigError("--exit-duration-in-mins must be > 0")
         if self.eval_interval < 1 or self.eval_iters < 0:
             raise ConfigError("--eval-interval must be >= 1 and --eval-iters >= 0")
         if self.load is not None and not os.path.exists(self.load):

@@ -92,14 +92,15 @@ def config_from_namespace(ns: argparse.Namespace) -> TrainConfig:
 
 
 def parse_argv(argv: Sequence[str] | None = None) -> TrainConfig:
-    """argv -> validated config; a bad flag exits with status 2 and argparse's ``error:`` line."""
+    """argv -> validated config; a bad flag exits with status 2 and argparse's usage and
+    ``error:`` line, a bad value (flags that contradict each other, a layout that does not
+    divide) with the ``error:`` line alone."""
     parser = build_parser()
     ns = parser.parse_args(argv)
     try:
         return config_from_namespace(ns).validate()
     except ConfigError as e:
-        parser.error(str(e))
-        raise  # unreachable: parser.error exits
+        parser.exit(2, f"{parser.prog}: error: {e}\n")
 
 
 def _field_flags(cls: type, f: dataclasses.Field, value: Any) -> list[str]:

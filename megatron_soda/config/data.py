@@ -16,7 +16,8 @@ class DataConfig:
         None, "blend: 'PREFIX' or 'W1 PREFIX1 W2 PREFIX2 ...' (split by --split)")
     split: str | None = option(
         None, f"train,valid,test proportions of --data-path documents (default {DEFAULT_SPLIT}: "
-        "there is no test pass; ignored when --valid-data-path is given)")
+        "there is no test pass; a shard too small for the default's validation split trains "
+        "without validation; ignored when --valid-data-path is given)")
     train_data_path: list[str] | None = option(None, "blend used only for training")
     valid_data_path: list[str] | None = option(None, "held-out blend for validation")
     test_data_path: list[str] | None = option(None)
@@ -44,8 +45,6 @@ class DataConfig:
             raise ConfigError("give --data-path (with --split) or --train-data-path, not both")
         if not self.data_path and not self.train_data_path:
             raise ConfigError("no training data: pass --data-path (or --train-data-path)")
-        if self.split is None:
-            self.split = DEFAULT_SPLIT
         if self.num_workers is None:
             self.num_workers = 2 if device == "cuda" else 0
         if self.num_workers < 0:

@@ -46,12 +46,8 @@ def derive(config: TrainConfig, vocab_size: int, num_codebooks: int, world_size:
         arch.check_tensor_parallel(parallel.tensor_model_parallel_size)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    model_parallel = parallel.model_parallel_size()
-    if world_size % model_parallel:
-        raise ConfigError(
-            f"world size {world_size} is not a multiple of tensor x pipeline x context parallel "
-            f"size {model_parallel}")
-    dp = world_size // model_parallel
+    parallel.check_world_size(world_size, arch.seq_length)
+    dp = world_size // parallel.model_parallel_size()
     config.optim.check_batch(dp)
     optim = config.optim
     given = optim.lr is not None

@@ -56,17 +56,34 @@ class ParallelConfig:
         count is known, and check that the layers split evenly."""
         pp = self.pipeline_model_parallel_size
         if num_layers % pp:
-            raise ConfigError(f"--num-layers {num_layers} is not divisible by --pipeline-model-parallel-size {pp}")
+            raise ConfigError(f"--pipeline-model-parallel-size {pp} does not divide --num-layers {num_layers}")
         per_rank = num_layers // pp
         vpp, per_stage = self.virtual_pipeline_model_parallel_size, self.num_layers_per_virtual_pipeline_stage
+        rank_layers = f"the {per_rank} layers per pipeline rank (--num-layers {num_layers} / --pipeline-model-parallel-size {pp})"
         if per_stage is not None:
             if per_rank % per_stage:
-                raise ConfigError(f"{per_rank} layers per pipeline rank do not split into virtual stages of {per_stage}")
+                raise ConfigError(f"--num-layers-per-virtual-pipeline-stage {per_stage} does not divide {rank_layers}")
             vpp = per_rank // per_stage
             self.virtual_pipeline_model_parallel_size = vpp if vpp > 1 else None
             self.num_layers_per_virtual_pipeline_stage = None  # now said by the stage count
         elif vpp is not None and per_rank % vpp:
-            raise ConfigError(f"{per_rank} layers per pipeline rank do not split into {vpp} virtual stages")
+            raise ConfigError(f"--num-virtual-stages-per-pipeline-rank {vpp} does not divide {rank_layers}")
+
+    def check_world_size(self, world_size: int, seq_length: int) -> None:
+        """What only the process count and the sequence length decide, as one line naming the
+        number that does not divide the other."""
+        tp, pp, cp = (self.tensor_model_parallel_size, self.pipeline_model_parallel_size,
+                      self.context_parallel_size)
+        product = tp * pp * cp
+        if world_size % product:
+            used = [f"{flag} {n}" for flag, n in (("--tensor-model-parallel-size", tp),
+                                                  ("--pipeline-model-parallel-size", pp),
+                                                  ("--context-parallel-size", cp)) if n > 1]
+            names = " x ".join(used) + (f" = {product}" if len(used) > 1 else "")
+            raise ConfigError(f"{names} does not divide the world size {world_size} (processes)")
+        if self.sequence_parallel and seq_length % tp:
+            raise ConfigError(f"--tensor-model-parallel-size {tp} does not divide --seq-length {seq_length} "
+                              "(--sequence-parallel splits the sequence)")
 
     def model_parallel_size(self) -> int:
         return self.tensor_model_parallel_size * self.pipeline_model_parallel_size * self.context_parallel_size

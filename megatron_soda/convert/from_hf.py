@@ -134,7 +134,7 @@ def convert_from_hf(
     try:
         cfg.check_tensor_parallel(tensor_parallel)
     except ValueError as e:
-        raise ConversionError(f"--tensor-model-parallel-size {tensor_parallel}: {e}") from None
+        raise ConversionError(str(e)) from None
     if pipeline_parallel < 1 or cfg.num_layers % pipeline_parallel:
         raise ConversionError(
             f"--pipeline-model-parallel-size {pipeline_parallel} does not divide the "

@@ -30,6 +30,7 @@ from megatron_soda.format.layout import (
     TEXT_END,
     TEXT_START,
     TokenLayout,
+    field_differences,
     layout_mismatch,
 )
 from megatron_soda.format.shards import (
@@ -64,6 +65,7 @@ __all__ = [
     "ShardSummary",
     "TokenLayout",
     "count_kinds",
+    "field_differences",
     "interleaved_document",
     "interleaved_kind_counts",
     "layout_mismatch",

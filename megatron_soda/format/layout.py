@@ -14,7 +14,9 @@ carried by the artifacts (a saved tokenizer directory, ``PREFIX.stats.json``);
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -145,14 +147,26 @@ class TokenLayout:
         return count_kinds(ids, self)
 
 
-def layout_mismatch(found: TokenLayout, expected: TokenLayout) -> str | None:
-    """None when two layouts agree, else the sentence an error message gives (what ``found``,
-    e.g. recorded by preprocessing, is and how it differs from ``expected``)."""
+def field_differences(a: Mapping[str, Any], b: Mapping[str, Any], a_name: str, b_name: str) -> str:
+    """The fields two records disagree on, each with both values (``num_codebooks: shard 8 vs
+    this tokenizer 4; vocab_size: ...``), in ``a``'s order; a field one side lacks shows as None.
+    Empty when they agree.  Every mismatch message between artifacts (shards, checkpoints,
+    flags) is spelled with it, so that only what differs is printed."""
+    keys = [*a, *(k for k in b if k not in a)]
+    return "; ".join(
+        f"{k}: {a_name} {a.get(k)} vs {b_name} {b.get(k)}" for k in keys if a.get(k) != b.get(k)
+    )
+
+
+def layout_mismatch(
+    found: TokenLayout,
+    expected: TokenLayout,
+    found_name: str = "recorded",
+    expected_name: str = "this tokenizer",
+) -> str | None:
+    """None when two layouts agree, else the sentence an error message gives: the fields in
+    which ``found`` (e.g. recorded by preprocessing) differs from ``expected``."""
     if found == expected:
         return None
-    a, b = found.to_dict(), expected.to_dict()
-    fields = ", ".join(k for k in a if a[k] != b.get(k))
-    return (
-        f"token layout {a} does not match this tokenizer's {b} (differs in {fields}: a different "
-        "base tokenizer or number of codebooks)"
-    )
+    diff = field_differences(found.to_dict(), expected.to_dict(), found_name, expected_name)
+    return f"token layout differs ({diff}): a different base tokenizer or number of codebooks"

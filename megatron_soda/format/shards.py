@@ -158,10 +158,10 @@ def validate_shard(
     if len(docs) == 0 or docs[0] != 0 or (np.diff(docs) < 0).any() or docs[-1] != len(lengths):
         raise ShardError(f"{idx_path}: inconsistent document index")
     recorded = shard_layout(prefix) if layout is not None else None
-    if recorded is not None and (why := layout_mismatch(recorded, layout)):
+    if recorded is not None and (why := layout_mismatch(recorded, layout, "shard")):
         raise ShardError(
-            f"{prefix}.stats.json: {why}; the shard was preprocessed with another --tokenizer or "
-            "--num-codebooks"
+            f"{prefix}.stats.json: {why} (the shard was preprocessed with another --tokenizer or "
+            "--num-codebooks)"
         )
     if not allow_empty and len(lengths) == 0:
         raise ShardError(f"{idx_path}: the shard holds no documents")

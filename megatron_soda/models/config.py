@@ -83,18 +83,17 @@ class SodaModelConfig:
         return int(math.ceil(self.vocab_size / m) * m)
 
     def check_tensor_parallel(self, tp: int) -> None:
-        problems = []
+        """Every size tensor parallelism splits must be a multiple of ``tp``: one line naming
+        each number ``tp`` does not divide."""
+        flag = f"--tensor-model-parallel-size {tp} does not divide"
+        problems = [f"{flag} {name} {value}" for name, value in (
+            ("--num-attention-heads", self.num_attention_heads),
+            ("--num-query-groups", self.num_query_groups),
+            ("--ffn-hidden-size", self.ffn_hidden_size)) if value % tp]
         if self.padded_vocab_size % tp:
             problems.append(
-                f"padded vocabulary {self.padded_vocab_size} (--make-vocab-size-divisible-by "
-                f"{self.make_vocab_size_divisible_by}) is not divisible by TP={tp}"
-            )
-        if self.num_attention_heads % tp:
-            problems.append(f"--num-attention-heads {self.num_attention_heads} not divisible by TP={tp}")
-        if self.num_query_groups % tp:
-            problems.append(f"--num-query-groups {self.num_query_groups} not divisible by TP={tp}")
-        if self.ffn_hidden_size % tp:
-            problems.append(f"--ffn-hidden-size {self.ffn_hidden_size} not divisible by TP={tp}")
+                f"{flag} the padded vocabulary {self.padded_vocab_size} (the tokenizer's {self.vocab_size} "
+                f"rounded up to --make-vocab-size-divisible-by {self.make_vocab_size_divisible_by})")
         if problems:
             raise ValueError("; ".join(problems))
 

@@ -19,6 +19,7 @@ from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_soda.config import DataConfig
+from megatron_soda.config.data import DEFAULT_SPLIT
 from megatron_soda.tokenizer import SodaTokenizer
 
 
@@ -41,7 +42,7 @@ def blends(data: DataConfig) -> dict:
             # held-out prefixes given separately: --data-path is all training data
             return {"blend_per_split": [blend, get_blend_from_list(data.valid_data_path),
                                         get_blend_from_list(data.test_data_path)]}
-        return {"blend": blend, "split": data.split}
+        return {"blend": blend, "split": data.split or DEFAULT_SPLIT}
     return {"blend_per_split": [get_blend_from_list(p) for p in
                                 (data.train_data_path, data.valid_data_path, data.test_data_path)]}
 

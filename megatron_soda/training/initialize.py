@@ -1,5 +1,6 @@
-"""Process setup: device (CUDA, or CPU through the compatibility layer), torch.distributed,
-megatron's parallel state, micro-batch calculator and seeds.  Undone in reverse on exit."""
+"""Process setup: device (CUDA, or CPU through the compatibility layer), torch.distributed (one
+process without torchrun: :func:`standalone_rendezvous`), megatron's parallel state,
+micro-batch calculator and seeds.  Undone in reverse on exit."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import contextlib
 import datetime
 import os
 import random
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterator, MutableMapping
 
 import numpy as np
 import torch
@@ -32,6 +34,38 @@ def _select_device(parallel: ParallelConfig) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
+def standalone_rendezvous(environ: MutableMapping[str, str] = os.environ) -> bool:
+    """Without torchrun (no ``RANK`` in the environment) the run is one process: rank 0 of a
+    world of 1, meeting itself on a free local port.  Returns whether it set that up.  Several
+    Slurm tasks without torchrun would each train alone on the same ``--save``: refused."""
+    if "RANK" in environ:
+        return False
+    tasks = int(environ.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if tasks > 1:
+        raise ConfigError(
+            f"{tasks} Slurm tasks but no RANK in the environment: launch one torchrun per "
+            "node (see slurm/pretrain_soda.sbatch), or a single task to run one process"
+        )
+    if int(environ.get("WORLD_SIZE", "1")) != 1:
+        raise ConfigError(
+            f"WORLD_SIZE={environ['WORLD_SIZE']} but no RANK in the environment: launch with "
+            "torchrun, or unset WORLD_SIZE to run one process"
+        )
+    for key, value in (
+        ("RANK", "0"),
+        ("LOCAL_RANK", "0"),
+        ("WORLD_SIZE", "1"),
+        ("LOCAL_WORLD_SIZE", "1"),
+        ("MASTER_ADDR", "127.0.0.1"),
+    ):
+        environ.setdefault(key, value)
+    if "MASTER_PORT" not in environ:
+        with socket.socket() as s:
+            s.bind((environ["MASTER_ADDR"], 0))
+            environ["MASTER_PORT"] = str(s.getsockname()[1])
+    return True
+
+
 def set_seeds(seed: int) -> None:
     """Megatron-LM's scheme: a different stream per pipeline stage, model-parallel RNG tracker."""
     from megatron.core import parallel_state, tensor_parallel
@@ -52,6 +86,7 @@ def distributed_runtime(config: TrainConfig) -> Iterator[torch.device]:
     device = _select_device(parallel)
     try:
         if not torch.distributed.is_initialized():
+            standalone_rendezvous()
             torch.distributed.init_process_group(
                 backend=parallel.distributed_backend,
                 timeout=datetime.timedelta(minutes=parallel.distributed_timeout_minutes),

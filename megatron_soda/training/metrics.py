@@ -8,7 +8,9 @@ JSONL schema (one object per line, written by global rank 0):
   ``loss_acoustic``/``loss_markers`` (cross-entropy per kind of *target* token; null when no
   such token), ``tokens_<kind>`` (their token counts), ``loss_audio`` (semantic + acoustic
   targets together: the speech NLL SODA's scaling laws fit), ``lr``, ``grad_norm``, ``tokens_per_sec``, ``tflops_per_device``, ``mfu`` (null
-  without a known peak), ``step_time_s``, ``skipped_iterations``;
+  without a known peak), ``step_time_s``, ``skipped_iterations``, ``elapsed_s`` (wall seconds
+  since this process started training), ``eta_s`` (to ``--train-iters`` at this process's mean
+  time per iteration), ``peak_mem_gib`` (GPU runs only: ``torch.cuda.max_memory_allocated``);
 * evaluation record: ``split="valid"``, ``iteration``, ``consumed_samples``, ``lm_loss``,
   ``z_loss``, per-kind losses and counts, ``loss_audio``, ``tokens``;
 * run record, once per start: ``split="run"``, ``train_flops_per_token`` (the true count, actual
@@ -20,9 +22,12 @@ FLOPs per token: :func:`megatron_soda.scaling.flops.run_flop_counts`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -84,6 +89,53 @@ def losses_from_report(vec: torch.Tensor, z_loss_weight: float) -> dict[str, Any
     return out
 
 
+def wandb_run_id(save: str | None, name: str | None) -> str | None:
+    """A Weights & Biases run id that a requeued job finds again: a hash of ``--save`` (absolute
+    path) and the run name.  None without ``--save`` (every start is then a run of its own)."""
+    if not save:
+        return None
+    key = f"{os.path.abspath(save)}\0{name or ''}"
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def wandb_init_kwargs(config: TrainConfig, run_record: dict[str, Any]) -> dict[str, Any]:
+    """``wandb.init`` arguments: the same run id at every (re)start of one ``--save``, resumed."""
+    log, save = config.logging, config.checkpoint.save
+    return {"project": log.wandb_project, "name": log.wandb_exp_name, "dir": log.wandb_save_dir or save,
+            "config": run_record, "id": wandb_run_id(save, log.wandb_exp_name), "resume": "allow"}
+
+
+class Progress:
+    """Elapsed wall time since the loop started and an ETA to ``--train-iters`` at the mean
+    time per iteration so far (evaluations and saves included), plus the peak GPU memory."""
+
+    def __init__(self, start_iteration: int, train_iters: int, device: torch.device,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.start_iteration, self.train_iters, self.device = start_iteration, train_iters, device
+        self.clock = clock
+        self.start = clock()
+
+    def fields(self, iteration: int) -> dict[str, float]:
+        elapsed = self.clock() - self.start
+        done = iteration - self.start_iteration
+        out = {"elapsed_s": elapsed,
+               "eta_s": elapsed / done * max(self.train_iters - iteration, 0) if done > 0 else math.nan}
+        if self.device.type == "cuda":
+            out["peak_mem_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return out
+
+
+def duration(seconds: float) -> str:
+    """``3h04m``, ``5m07s``, ``12s``, ``2d03h``; ``-`` when unknown."""
+    if not math.isfinite(seconds):
+        return "-"
+    s = int(round(seconds))
+    for unit, size, sub, sub_size in (("d", 86400, "h", 3600), ("h", 3600, "m", 60), ("m", 60, "s", 1)):
+        if s >= size:
+            return f"{s // size}{unit}{(s % size) // sub_size:02d}{sub}"
+    return f"{s}s"
+
+
 def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -92,6 +144,14 @@ def _json_safe(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN/Inf; keep them readable
     return v
+
+
+def _progress_text(record: dict[str, Any]) -> str:
+    if "elapsed_s" not in record:
+        return ""
+    mem = record.get("peak_mem_gib")
+    return (f" | elapsed {duration(record['elapsed_s'])} | ETA {duration(record['eta_s'])}"
+            + ("" if mem is None else f" | peak mem {mem:.1f} GiB"))
 
 
 class MetricsLogger:
@@ -115,13 +175,7 @@ class MetricsLogger:
         if log.wandb_project:
             import wandb
 
-            self.wandb = wandb.init(
-                project=log.wandb_project,
-                name=log.wandb_exp_name,
-                dir=log.wandb_save_dir or config.checkpoint.save,
-                config=run_record,
-                resume="allow",
-            )
+            self.wandb = wandb.init(**wandb_init_kwargs(config, run_record))
 
     def print(self, msg: str) -> None:
         if self.active:
@@ -148,7 +202,8 @@ class MetricsLogger:
                 f"[train] iter {it} | lm_loss {record['lm_loss']:.6f} | z {record['z_loss']:.3f} | {kinds} | "
                 f"lr {_fmt(record['lr'], '.3e')} | grad_norm {_fmt(record['grad_norm'], '.3f')} | "
                 f"{record['tokens_per_sec']:.0f} tok/s | {record['tflops_per_device']:.2f} TFLOP/s/dev"
-                + ("" if mfu is None else f" | MFU {100 * mfu:.1f}%"),
+                + ("" if mfu is None else f" | MFU {100 * mfu:.1f}%")
+                + _progress_text(record),
                 flush=True,
             )
         else:

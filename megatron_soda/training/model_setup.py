@@ -25,6 +25,25 @@ from megatron_soda.models.gpt import build_model_chunk
 from megatron_soda.models.init import initialize_parameters
 
 
+def attention_fallback_warning(device_type: str, transformer_impl: str, te_importable: bool | None = None) -> str | None:
+    """The warning a GPU run gets, once, when its attention is not Transformer Engine's: the
+    local spec computes attention unfused (the whole ``[batch, heads, seq, seq]`` score matrix
+    in memory, softmax and mask as separate kernels).  None on CPU, where the local path is the
+    only one, and with TE.  ``te_importable``: default, whether TE can be imported."""
+    if device_type != "cuda" or transformer_impl == "transformer_engine":
+        return None
+    if te_importable is None:
+        from megatron_soda.models.te import te_available
+
+        te_importable = te_available()
+    why, fix = (("--transformer-impl local", "leave --transformer-impl at auto to use it") if te_importable else
+                ("Transformer Engine is not installed", "install it: see docs/install.md (NGC PyTorch containers ship it)"))
+    return (f"warning: {why}: attention falls back to megatron-core's unfused local implementation "
+            "(the full [batch, heads, seq, seq] score matrix in memory), several times slower than "
+            "Transformer Engine's fused/flash attention at long sequences (no GPU measurement in "
+            f"docs/benchmarks.md yet); {fix}")
+
+
 def params_dtype(precision: PrecisionConfig) -> torch.dtype:
     return torch.bfloat16 if precision.bf16 else torch.float16 if precision.fp16 else torch.float32
 

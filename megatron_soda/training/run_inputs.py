@@ -50,17 +50,22 @@ def load_tokenizer(config: TrainConfig) -> SodaTokenizer:
 def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> dict:
     """Shard checks on rank 0; the verdict is broadcast so that every rank stops together.
     Returns the codec the speech shards share (``codec``, ``codec_fingerprint``,
-    ``codec_random``; empty if none records one), for the checkpoints to record."""
+    ``codec_random``; empty if none records one), for the checkpoints to record.  When the
+    default ``--split`` leaves a prefix no validation documents, rank 0 says so and every rank
+    trains without validation: ``config.data.split`` becomes the default without its
+    validation part (megatron would loop forever on the empty split)."""
+    from megatron_soda.config.data import DEFAULT_SPLIT
     from megatron_soda.training.data import all_prefixes, blends
     from megatron_soda.training.data_checks import (
         DataError,
         check_blend_provenance,
         check_prefix,
         check_split,
+        without_validation,
     )
 
     data = config.data
-    verdict: list[str | dict | None] = [None, {}]
+    verdict: list = [None, {}, []]  # error, shared codec, prefixes the default split leaves no validation
     if torch.distributed.get_rank() == 0:
         try:
             verdict[1] = check_blend_provenance(list(all_prefixes(data)))
@@ -68,11 +73,17 @@ def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> dict:
             split_prefixes = set(b["blend"][0]) if "blend" in b else set()  # --split divides these
             for prefix in all_prefixes(data):
                 summary = check_prefix(prefix, tokenizer, data.data_check, data.data_check_max_gib)
-                if prefix in split_prefixes and summary:
-                    check_split(prefix, summary["sequences"], data.split)
+                if prefix in split_prefixes and summary and not check_split(prefix, summary["sequences"], data.split):
+                    verdict[2].append(f"{prefix} ({summary['sequences']} documents)")
         except (ValueError, OSError) as e:
             verdict[0] = str(e)
     torch.distributed.broadcast_object_list(verdict, src=0)
     if verdict[0] is not None:
         raise DataError(verdict[0])
+    if verdict[2]:
+        data.split = without_validation(DEFAULT_SPLIT)
+        if torch.distributed.get_rank() == 0:
+            print(f"warning: the default --split {DEFAULT_SPLIT} leaves no validation documents in "
+                  f"{', '.join(verdict[2])}: training without validation (pass held-out data with "
+                  "--valid-data-path, or a --split of your own)", flush=True)
     return verdict[1]

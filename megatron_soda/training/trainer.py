@@ -19,8 +19,9 @@ import torch
 from megatron_soda.config import TrainConfig
 from megatron_soda.config.derived import derive, run_record
 from megatron_soda.models.loss import REPORT_SIZE
-from megatron_soda.training.metrics import losses_from_report
+from megatron_soda.training.metrics import Progress, losses_from_report
 from megatron_soda.training.run_inputs import check_data, load_tokenizer
+from megatron_soda.training.stop import StopConditions
 
 
 class Trainer:
@@ -32,12 +33,15 @@ class Trainer:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.derived = derive(config, self.tokenizer.vocab_size, self.tokenizer.layout.num_codebooks, world_size)
         self.record = run_record(config, self.derived)
+        ckpt = config.checkpoint  # the wall clock of --exit-duration-in-mins starts here
+        self.stop = StopConditions(ckpt.exit_signal if ckpt.exit_signal_handler else None, ckpt.exit_duration_in_mins)
         self._exit = contextlib.ExitStack()
         self._entered = False
 
     def __enter__(self) -> Trainer:
         from megatron_soda.training.initialize import distributed_runtime
 
+        self._exit.enter_context(self.stop.installed())  # --exit-signal-handler, until __exit__
         self.device = self._exit.enter_context(distributed_runtime(self.config))
         try:
             self._build()
@@ -47,9 +51,9 @@ class Trainer:
         self._entered = True
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
         self._entered = False
-        self._exit.close()
+        self._exit.__exit__(*exc)  # the exception reaches _finish_saves
 
     # ------------------------------------------------------------------ the loop
     def train(self) -> None:
@@ -70,7 +74,7 @@ class Trainer:
 
         cfg, state, log = self.config, self.state, self.logger
         ckpt, iters = cfg.checkpoint, cfg.optim.train_iters
-        window = _Window()
+        window, self.progress = _Window(), Progress(state.iteration, iters, self.device)
         while state.iteration < iters:
             start = time.perf_counter()
             update_num_microbatches(state.consumed_samples, consistency_check=True)
@@ -86,6 +90,7 @@ class Trainer:
             if self.device.type == "cuda" and state.iteration % cfg.logging.log_interval == 0:
                 torch.cuda.synchronize()
             window.add(result, batch_size * self.step.seq_length, time.perf_counter() - start)
+            self.saves.poll()  # commit an --async-save whose writes have all finished
 
             if state.iteration % cfg.logging.log_interval == 0:
                 log.log(self._train_record(window))
@@ -98,14 +103,20 @@ class Trainer:
                 crash_now(f"--inject-crash-at-iteration {state.iteration}")
             if ckpt.exit_interval and state.iteration % ckpt.exit_interval == 0:
                 break
+            if why := self.stop.reason(self.device):  # collective: every rank stops here
+                log.print(f"stopping after iteration {state.iteration}: {why}"
+                          f"{'' if ckpt.save else '; no --save: nothing saved'}")
+                break
         if ckpt.save and self.last_saved != state.iteration:
             self.save()
+        self.saves.wait()
 
     # ------------------------------------------------------------------ set-up
     def _build(self) -> None:
         from megatron.core import parallel_state
 
         from megatron_soda.checkpointing import TrainState, find_checkpoint, load_checkpoint
+        from megatron_soda.checkpointing.async_save import AsyncSaves
         from megatron_soda.scaling.flops import run_flop_counts
         from megatron_soda.training import data, model_setup
         from megatron_soda.training.metrics import MetricsLogger, peak_tflops
@@ -137,6 +148,8 @@ class Trainer:
                 self.logger.print(f"no checkpoint in {source} yet: starting from scratch")
             self.state = loaded or self.state
         self.last_saved = self.state.iteration if source else None
+        self.saves = AsyncSaves()
+        self._exit.push(self._finish_saves)
 
         optim, seq = cfg.optim, arch.seq_length
         self.train_ds, self.valid_ds = data.build_datasets(
@@ -153,6 +166,8 @@ class Trainer:
         self.flops_per_token = flop_counts["train_flops_per_token"]
         self.logger.header(flop_counts)
         self.peak = peak_tflops(cfg)
+        if warning := model_setup.attention_fallback_warning(self.device.type, cfg.precision.transformer_impl):
+            self.logger.print(warning)
         p = cfg.parallel
         self.logger.print(f"SODA {cfg.model.model_size}: {arch.to_dict()} | lr {self.lr:.3e} | "
                           f"{cfg.precision.transformer_impl} spec | world {torch.distributed.get_world_size()} "
@@ -205,7 +220,7 @@ class Trainer:
             "lr": window.lr,
             "grad_norm": window.grad_norm, "tokens_per_sec": tokens_per_sec, "tflops_per_device": tflops,
             "mfu": tflops / self.peak if self.peak else None, "step_time_s": window.seconds / max(window.steps, 1),
-            "skipped_iterations": self.state.skipped_iterations,
+            "skipped_iterations": self.state.skipped_iterations, **self.progress.fields(self.state.iteration),
         }
 
     def _eval_record(self, report: torch.Tensor) -> dict[str, Any]:
@@ -220,12 +235,43 @@ class Trainer:
         crash = None
         if ckpt.inject_crash_in_save == iteration:
             def crash() -> None:
-                crash_now(f"--inject-crash-in-save {iteration}: data written, not committed")
+                crash_now(f"--inject-crash-in-save {iteration}: data {'being ' if ckpt.async_save else ''}"
+                          "written, not committed")
         path = save_checkpoint(ckpt.save, self.state, self.model, self.optimizer, self.scheduler,
                                model_cfg=self.derived.architecture, tokenizer=self.tokenizer, run_args=self.record,
-                               save_optimizer=not ckpt.no_save_optim, crash_hook=crash, data=self.data_codec)
+                               save_optimizer=not ckpt.no_save_optim, crash_hook=crash, data=self.data_codec,
+                               async_saves=self.saves if ckpt.async_save else None, on_commit=self._committed)
         self.last_saved = iteration
+        if ckpt.async_save:
+            self.logger.print(f"saving {path} in the background")
+
+    def _committed(self, path: str) -> None:
+        """After a checkpoint's commit (all ranks): log it, then apply --keep-last-k (rank 0)."""
+        from megatron_soda.checkpointing.retention import apply_retention
+
+        ckpt = self.config.checkpoint
         self.logger.print(f"saved {path}")
+        if ckpt.keep_last_k and torch.distributed.get_rank() == 0:
+            deleted = apply_retention(ckpt.save, keep_last_k=ckpt.keep_last_k, keep_every_iters=ckpt.keep_every_iters)
+            if deleted:
+                self.logger.print(f"deleted checkpoints of iterations {deleted} (--keep-last-k {ckpt.keep_last_k}"
+                                  f"{f', --keep-every-iters {ckpt.keep_every_iters}' if ckpt.keep_every_iters else ''})")
+
+    def _finish_saves(self, exc_type: type[BaseException] | None, *_: Any) -> None:
+        """Leaving the run with an --async-save in flight: commit it, unless the run ends on an
+        error that one rank may raise alone (finalizing is collective and would hang); that
+        checkpoint then stays unpublished (``.tmp``) and the previous one is what a restart loads."""
+        from megatron_soda.checkpointing import CheckpointError
+        from megatron_soda.training.data_checks import DataError
+        from megatron_soda.training.step import NonFiniteLossError
+
+        if self.saves.in_flight is None:
+            return
+        if exc_type is None or issubclass(exc_type, (CheckpointError, DataError, NonFiniteLossError)):
+            self.saves.wait()  # these errors are raised at the same point on every rank
+        else:
+            self.logger.print(f"checkpoint of iteration {self.saves.in_flight} left unpublished: "
+                              f"{exc_type.__name__} while it was being written")
 
 
 class _Window:

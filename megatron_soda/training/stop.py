@@ -1,0 +1,106 @@
+"""When a run stops early: on a signal (``--exit-signal-handler``) or after a wall-clock budget
+(``--exit-duration-in-mins``), both with Megatron-LM's flag names.
+
+The signal handler only records the signal; nothing is done inside it.  At every step boundary
+:meth:`StopConditions.reason` all-reduces (max over ranks) one small tensor, ``[signal seen,
+minutes elapsed]``, so every rank stops after the same iteration even when Slurm, torchrun or a
+user signalled one rank only; the trainer then saves a checkpoint of that iteration and returns,
+and the process exits 0.  Megatron-LM does the same with an all-gather of the flag
+(``megatron/training/dist_signal_handler.py``, ``training.py``); this is our own code.
+
+The handler is installed only when the flag is given, for the life of the ``with`` block (from
+before the distributed set-up, so that a signal during set-up is not lost), and the previous
+handlers are restored on leaving it.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+import torch
+
+SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2", "SIGINT", "SIGHUP")
+
+
+class StopConditions:
+    """The early-stop conditions of one run; :meth:`reason` is collective when any is set."""
+
+    def __init__(
+        self, signal_name: str | None, duration_mins: float | None, start: float | None = None
+    ) -> None:
+        self.signal_name = signal_name
+        self.duration_mins = duration_mins
+        self.start = time.monotonic() if start is None else start
+        self.received: int | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.signal_name is not None or self.duration_mins is not None
+
+    @contextmanager
+    def installed(self) -> Iterator[StopConditions]:
+        """Catch ``signal_name`` (when set) inside the block; restore the old handler after."""
+        if self.signal_name is None:
+            yield self
+            return
+        sig = signal.Signals[self.signal_name]
+        previous = signal.signal(sig, self._on_signal)
+        try:
+            start_checkpoint_writer_shielded(sig)
+            yield self
+        finally:
+            signal.signal(sig, previous)
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.received = signum
+
+    def reason(self, device: torch.device) -> str | None:
+        """Why every rank should stop now, or None; the same answer on every rank."""
+        if not self.active:
+            return None
+        minutes = (time.monotonic() - self.start) / 60
+        local = torch.tensor(
+            [1.0 if self.received is not None else 0.0, minutes], dtype=torch.float64, device=device
+        )
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(local, op=torch.distributed.ReduceOp.MAX)
+        signalled, elapsed = local.tolist()
+        if signalled:
+            name = (
+                signal.Signals(self.received).name
+                if self.received is not None
+                else self.signal_name
+            )
+            return f"{name} received (--exit-signal-handler)"
+        if self.duration_mins is not None and elapsed > self.duration_mins:
+            return f"{elapsed:.2f} min elapsed > --exit-duration-in-mins {self.duration_mins:g}"
+        return None
+
+
+def start_checkpoint_writer_shielded(sig: signal.Signals) -> None:
+    """Start megatron-core's checkpoint result queue now, ignoring ``sig``.
+
+    megatron-core 0.16.1's file writer reports through a ``multiprocessing`` Manager that it
+    *spawns* at the first save (``filesystem_async._get_write_results_queue``).  A spawned process
+    does not inherit our handler, so the very signal that asks for a final save (Slurm signals
+    every process of the step; torchrun signals each worker's process group) killed it, and that
+    save failed with ``BrokenPipeError``/``ConnectionRefusedError`` (seen under the local Slurm
+    of ``tests/test_slurm.py``).  An ignored signal stays ignored across ``exec`` (a blocked one
+    does not: the spawn resets the mask), so a manager started here never dies of ``sig``; it is
+    shut down at exit as before.  ``sig`` is blocked meanwhile, so that one arriving now stays
+    pending (Linux never discards a blocked signal) and reaches the handler afterwards.  Forked
+    helpers (the parallel writers, data-loader workers) inherit the handler itself.
+    """
+    from megatron.core.dist_checkpointing.strategies import filesystem_async
+
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
+    handler = signal.signal(sig, signal.SIG_IGN)
+    try:
+        filesystem_async._get_write_results_queue()
+    finally:
+        signal.signal(sig, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
