@@ -69,6 +69,12 @@ def make_dataset(root: str, tok: SodaTokenizer, speech_docs: int = 400, text_doc
     return speech, text
 
 
+def train_workspace(root, tokenizer_path: str) -> dict:
+    """The torchrun tests' shared inputs under ``root``: a speech and a text shard (8 codebooks)."""
+    speech, text = make_dataset(str(root / "data"), SodaTokenizer(tokenizer_path, num_codebooks=8))
+    return {"root": root, "tok": tokenizer_path, "speech": speech, "text": text}
+
+
 def tiny_run(tokenizer_path: str, speech: str, text: str, metrics: str) -> dict:
     """The config fields of the issue's command line: tiny model on CPU, a 95/5 speech/text blend."""
     return dict(device="cpu", model_size="tiny", tokenizer=tokenizer_path, num_codebooks=8,

@@ -17,8 +17,8 @@ from helpers_train import (
     base_args,
     build_tiny_model,
     losses,
-    make_dataset,
     torchrun,
+    train_workspace,
 )
 
 from megatron_soda.checkpointing import layout
@@ -82,9 +82,7 @@ def test_async_save_publishes_only_after_the_write_and_keeps_the_values_at_save_
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, small_bpe_path):
-    root = tmp_path_factory.mktemp("async")
-    speech, text = make_dataset(str(root / "data"), SodaTokenizer(small_bpe_path, num_codebooks=8))
-    return {"root": root, "tok": small_bpe_path, "speech": speech, "text": text}
+    return train_workspace(tmp_path_factory.mktemp("async"), small_bpe_path)
 
 
 def launch(work, name: str, *extra: str, check: bool = True):

@@ -12,10 +12,9 @@ import time
 import psutil
 import pytest
 import torch
-from helpers_train import PYTHON_BIN, REPO, _free_port, base_args, losses, make_dataset, torchrun
+from helpers_train import PYTHON_BIN, REPO, _free_port, base_args, losses, torchrun, train_workspace
 
 from megatron_soda.checkpointing import layout
-from megatron_soda.tokenizer import SodaTokenizer
 from megatron_soda.training.stop import StopConditions
 
 ITERS = 10
@@ -25,10 +24,7 @@ SAVE_INTERVAL = 100  # never reached: the only checkpoint is the one taken on th
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, small_bpe_path):
-    root = tmp_path_factory.mktemp("preempt")
-    tok = SodaTokenizer(small_bpe_path, num_codebooks=8)
-    speech, text = make_dataset(str(root / "data"), tok)
-    return {"root": root, "tok": small_bpe_path, "speech": speech, "text": text}
+    return train_workspace(tmp_path_factory.mktemp("preempt"), small_bpe_path)
 
 
 def args(work, name: str, *extra: str) -> tuple[str, list[str]]:

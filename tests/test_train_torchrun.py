@@ -30,7 +30,7 @@ import math
 import os
 
 import pytest
-from helpers_train import base_args, losses, make_dataset, read_metrics, torchrun, write_shard
+from helpers_train import base_args, losses, read_metrics, torchrun, train_workspace, write_shard
 
 from megatron_soda.audio.codec import codec_fingerprint
 from megatron_soda.checkpointing import layout
@@ -51,10 +51,7 @@ ORDER_EXACT = ["--global-batch-size", "4", "--clip-grad", "100"]
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, small_bpe_path):
-    root = tmp_path_factory.mktemp("train")
-    tok = SodaTokenizer(small_bpe_path, num_codebooks=8)
-    speech, text = make_dataset(str(root / "data"), tok)
-    return {"root": root, "tok": small_bpe_path, "speech": speech, "text": text}
+    return train_workspace(tmp_path_factory.mktemp("train"), small_bpe_path)
 
 
 def launch(work, name: str, nproc: int, *extra: str, check: bool = True):

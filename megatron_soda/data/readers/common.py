@@ -4,6 +4,7 @@ with per-line errors, and checked numeric fields."""
 from __future__ import annotations
 
 import json
+import os
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
@@ -156,3 +157,19 @@ def number(obj: dict, key: str) -> float | None:
     if v < 0:
         raise ValueError(f"{key!r} must be >= 0, got {v}")
     return float(v)
+
+
+def audio_cell(value: object, base: str) -> tuple[bytes | None, str | None]:
+    """A parquet audio cell (Hugging Face datasets' ``{bytes, path}`` struct, or raw bytes) ->
+    ``(bytes, None)``, or ``(None, path)`` with a relative path resolved against ``base`` (the
+    parquet file's directory); ``(None, None)`` when it holds neither."""
+    data, path = None, None
+    if isinstance(value, dict):
+        data, path = value.get("bytes"), value.get("path")
+    elif isinstance(value, (bytes, bytearray)):
+        data = bytes(value)
+    if data:
+        return data, None
+    if path:
+        return None, path if os.path.isabs(path) else os.path.join(base, path)
+    return None, None

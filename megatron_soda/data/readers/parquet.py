@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterator
 
 from megatron_soda.data.readers import ReaderOptions
-from megatron_soda.data.readers.common import number
+from megatron_soda.data.readers.common import audio_cell, number
 from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
 
 _ID_COLUMNS = ("id", "recording_id", "video_id")
@@ -54,16 +54,8 @@ def _parquet_row(
         else f"{os.path.basename(path)}:{row}"
     )
     audio = rec.get("audio")
-    data, apath = None, None
-    if isinstance(audio, dict):
-        data, apath = audio.get("bytes"), audio.get("path")
-    elif isinstance(audio, (bytes, bytearray)):
-        data = bytes(audio)
-    elif isinstance(audio, str):
-        apath = audio
-    if not data and apath:
-        apath = apath if os.path.isabs(apath) else os.path.join(base, apath)
-    elif not data:
+    data, apath = audio_cell({"path": audio} if isinstance(audio, str) else audio, base)
+    if not data and not apath:
         return InputError(path, rid, "row has no audio bytes or path")
     utts = rec.get(utt_col) or []
     if not isinstance(utts, list) or not utts:

@@ -61,17 +61,24 @@ class Segment:
     text: str
 
 
-def parse_segment_id(seg_id: str, audio_id: str) -> tuple[int, float, float]:
-    """(index, start s, end s) of ``<audio_id>-<index>-<start_cs>-<end_cs>``; ValueError if
-    malformed or naming another audio id."""
+def split_segment_id(seg_id: str) -> tuple[str, int, float, float]:
+    """(audio id, index, start s, end s) of ``<audio_id>-<index>-<start_cs>-<end_cs>``, parsed
+    from the right (the audio id may contain ``-``); ValueError if malformed."""
     parts = seg_id.rsplit("-", 3)
     if len(parts) != 4 or not all(p.isdigit() for p in parts[1:]):
         raise ValueError(
             f"malformed segment id {seg_id!r} (expected <audio_id>-<index>-<start_cs>-<end_cs>)"
         )
-    if parts[0] != audio_id:
+    return parts[0], int(parts[1]), int(parts[2]) / 100.0, int(parts[3]) / 100.0
+
+
+def parse_segment_id(seg_id: str, audio_id: str) -> tuple[int, float, float]:
+    """(index, start s, end s) of a segment of ``audio_id``; ValueError if malformed or naming
+    another audio id."""
+    found, index, start, end = split_segment_id(seg_id)
+    if found != audio_id:
         raise ValueError(f"segment id {seg_id!r} does not start with its audio id {audio_id!r}")
-    return int(parts[1]), int(parts[2]) / 100.0, int(parts[3]) / 100.0
+    return index, start, end
 
 
 def _entry_segments(

@@ -20,6 +20,8 @@ import os
 from collections.abc import Iterator
 
 from megatron_soda.data.readers import ReaderOptions
+from megatron_soda.data.readers.common import audio_cell
+from megatron_soda.data.readers.yodas2 import split_segment_id
 from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
 
 _UTT_COLUMNS = ("utt_id", "id")
@@ -28,10 +30,11 @@ _REC_COLUMNS = ("video_id", "recording_id")
 
 def _split_segment_id(utt_id: str) -> tuple[str, float] | None:
     """(recording id, start seconds) of a YODAS segment id, None if it is not one."""
-    parts = utt_id.rsplit("-", 3)
-    if len(parts) != 4 or not parts[0] or not all(p.isdigit() for p in parts[1:]):
+    try:
+        audio_id, _, start, _ = split_segment_id(utt_id)
+    except ValueError:
         return None
-    return parts[0], int(parts[2]) / 100.0
+    return (audio_id, start) if audio_id else None
 
 
 class _Grouper:
@@ -121,16 +124,9 @@ def _row(
     text = obj.get("text")
     if not isinstance(text, str):
         return InputError(path, uid, "row has no 'text'")
-    audio = obj.get("audio")
-    data, apath = None, None
-    if isinstance(audio, dict):
-        data, apath = audio.get("bytes"), audio.get("path")
-    elif isinstance(audio, (bytes, bytearray)):
-        data = bytes(audio)
+    data, apath = audio_cell(obj.get("audio"), base)
     if not data and not apath:
         return InputError(path, uid, "row has no audio bytes or path")
-    if not data:
-        apath = apath if os.path.isabs(apath) else os.path.join(base, apath)
     start = _num(obj, "start")
     if start is None and parsed is not None:
         start = parsed[1]
