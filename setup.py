@@ -1,22 +1,18 @@
 """megatron_soda: native audio foundation models (SODA recipe) on megatron-core."""
 
+import os
+import runpy
+
 from setuptools import find_packages, setup
 
 # Supported ranges, not pins: `pip install -e .` must keep the torch (and Transformer Engine) that
-# a GPU machine or an NGC PyTorch container already has.  The exact versions CI tests are in
-# constraints/ci.txt (scripts/setup_env.sh installs with `-c constraints/ci.txt`); docs/install.md
-# says why each bound is what it is.
+# a GPU machine or an NGC PyTorch container already has.  torch, megatron-core and transformers get
+# their ranges from megatron_soda/versions.py (checked again at run time); the exact versions CI
+# tests are in constraints/ci.txt (scripts/setup_env.sh installs with `-c constraints/ci.txt`).
+_versions = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "megatron_soda", "versions.py"))
 CORE = [
-    # megatron-core 0.16's own floor (its Requires-Dist: torch>=2.6.0).  No upper bound: none is
-    # known to break.  NGC's builds (2.10.0a0+b4e4ee81d3 in 25.12) are pre-releases: pip keeps an
-    # installed pre-release that satisfies >=2.6 (checked with pip 23.2 and 26.3, docs/install.md).
-    "torch>=2.6",
-    # compat/cpu.py, checkpointing/state.py and training/optimizer.py patch or work around 0.16's
-    # internals (distributed-optimizer reload, CPU shims): a new minor release needs checking first.
-    "megatron-core>=0.16,<0.17",
-    # 5.0: Qwen3Config(rope_parameters=...) (testing/qwen3_text.py, convert/hf_rope.py); MimiModel
-    # (4.45) and Qwen3 (4.51) are older.  audio/codec.py reads Mimi's codebook internals: <6.
-    "transformers>=5.0,<6",
+    *(_versions["requirement"](name) for name in ("torch", "megatron-core", "transformers")),
+    "packaging>=23",  # versions.py: the range check
     "tokenizers>=0.22",
     "numpy>=1.26",
     "soundfile>=0.12",

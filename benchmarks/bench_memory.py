@@ -13,6 +13,9 @@ size, so "streams" is a number, not a claim.  Measured:
 * ``preprocess-audio/<fmt>``: ``tools/preprocess/preprocess_data.py`` (``--codec random:tiny``,
   ``--workers 1``, so everything is one process) on a JSONL manifest of that recording's
   utterances, one recording: decode + resample + codec + shards;
+* ``preprocess-whole/<fmt>`` (``--whole``): the same tool on a manifest whose one utterance is
+  the whole recording (no start/end): the case that held the whole waveform before the codec
+  stage streamed (``megatron_soda/audio/streaming.py``);
 * ``read-text/<plain|zst>``: the ``text`` reader alone (every document) over a generated
   Nemotron-CC-like JSONL file (``--text-gb``), plain and zstd-compressed;
 * ``preprocess-text/<plain|zst>``: the same tool with ``--input-format text`` on that file.
@@ -22,13 +25,17 @@ written as FLAC (libsndfile path) and AAC in M4A (FFmpeg path).  Inputs are gene
 ``--workdir`` once and reused.
 
     .venv/bin/python benchmarks/bench_memory.py --hours 1 --text-gb 2 --json memory.json
+    .venv/bin/python benchmarks/bench_memory.py --hours 2 --whole --formats flac \
+        --skip decode text text-read --json memory_2h.json
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -114,7 +121,13 @@ def write_m4a(path: str, seconds: float, loop: np.ndarray) -> None:
         out.mux(stream.encode(None))
 
 
-def write_manifest(path: str, audio: str, seconds: float, utt: float) -> int:
+def write_manifest(path: str, audio: str, seconds: float, utt: float | None) -> int:
+    """One recording's utterances of ``utt`` seconds; ``utt=None``: one utterance, the whole
+    recording (no start/end)."""
+    if utt is None:
+        with open(path, "w") as f:
+            f.write(json.dumps({"id": "whole", "audio": audio, "text": " ".join(WORDS[:12])}) + "\n")
+        return 1
     n = int(seconds // utt)
     with open(path, "w") as f:
         for i in range(n):
@@ -190,10 +203,19 @@ print(sum(o.size for o in outs) / 24000, "s decoded")
 
 
 
-def preprocess_command(py: str, src: str, fmt: str, prefix: str, tokenizer: str) -> list[str]:
-    """preprocess_data.py on one input, in-process codec (one worker), random-weight Mimi."""
+def preprocess_command(
+    py: str, src: str, fmt: str, prefix: str, tokenizer: str, codec: str = "random:tiny"
+) -> list[str]:
+    """preprocess_data.py on one input, in-process codec (one worker), random-weight Mimi.
+    Earlier outputs of ``prefix`` are removed first: a codes cache left by a previous run would
+    be reused, and nothing would be encoded."""
+    for old in glob.glob(glob.escape(prefix) + "*"):
+        if os.path.isdir(old):
+            shutil.rmtree(old)
+        else:
+            os.remove(old)
     return [py, PREPROCESS, "--input", src, "--input-format", fmt, "--output-prefix", prefix,
-            "--tokenizer", tokenizer, "--codec", "random:tiny", "--workers", "1"]
+            "--tokenizer", tokenizer, "--codec", codec, "--workers", "1"]
 
 def main() -> None:
     p = argparse.ArgumentParser(
@@ -213,6 +235,12 @@ def main() -> None:
     p.add_argument(
         "--skip", nargs="*", default=[], choices=["decode", "audio", "text-read", "text"]
     )
+    p.add_argument(
+        "--whole", action="store_true",
+        help="also preprocess the recording as one utterance (no start/end)",
+    )
+    p.add_argument("--formats", nargs="*", default=["flac", "m4a"], choices=["flac", "m4a"])
+    p.add_argument("--codec", default="random:tiny", help="--codec for the audio preprocess runs")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
@@ -238,7 +266,8 @@ def main() -> None:
     pre_seconds = seconds if args.preprocess_minutes is None else args.preprocess_minutes * 60
     if "decode" not in args.skip or "audio" not in args.skip:
         loop = speech_loop()
-        for fmt, writer in (("flac", write_flac), ("m4a", write_m4a)):
+        writers = {"flac": write_flac, "m4a": write_m4a}
+        for fmt, writer in ((f, writers[f]) for f in args.formats):
             for secs in sorted({seconds, pre_seconds}):
                 path = os.path.join(w, f"speech_{int(secs)}s.{fmt}")
                 if not os.path.exists(path):
@@ -250,7 +279,7 @@ def main() -> None:
                         f"{time.perf_counter() - t0:.0f} s)",
                         flush=True,
                     )
-    for fmt in ("flac", "m4a"):
+    for fmt in args.formats:
         path = os.path.join(w, f"speech_{int(seconds)}s.{fmt}")
         if "decode" not in args.skip:
             record(
@@ -264,9 +293,19 @@ def main() -> None:
             write_manifest(manifest, path, pre_seconds, args.utterance_seconds)
             record(
                 f"preprocess-audio/{fmt} {pre_seconds / 60:.0f} min",
-                preprocess_command(py, manifest, "jsonl", os.path.join(w, f"out_audio_{fmt}"), args.tokenizer),
+                preprocess_command(py, manifest, "jsonl", os.path.join(w, f"out_audio_{fmt}"),
+                                   args.tokenizer, args.codec),
                 os.path.getsize(path),
             )
+            if args.whole:
+                manifest = os.path.join(w, f"manifest_{fmt}_{int(pre_seconds)}s_whole.jsonl")
+                write_manifest(manifest, path, pre_seconds, None)
+                record(
+                    f"preprocess-whole/{fmt} {pre_seconds / 60:.0f} min",
+                    preprocess_command(py, manifest, "jsonl",
+                                       os.path.join(w, f"out_whole_{fmt}"), args.tokenizer, args.codec),
+                    os.path.getsize(path),
+                )
     if "text" not in args.skip or "text-read" not in args.skip:
         plain = os.path.join(w, f"web_{args.text_gb:g}GB.jsonl")
         if not os.path.exists(plain):

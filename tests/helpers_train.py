@@ -17,13 +17,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYTHON_BIN = os.path.dirname(sys.executable)
 
 
+def _text_ids(tok: SodaTokenizer, rng: np.random.Generator, n: int) -> list[int]:
+    """``n`` random ids of the text vocabulary, never BOS or EOS (which only bound documents: the
+    trainer's shard check refuses them inside one)."""
+    lay = tok.layout
+    ids = rng.integers(0, lay.base_vocab_size, n)
+    ids[(ids == lay.bos_id) | (ids == lay.eos_id)] = 0
+    return ids.tolist()
+
+
 def speech_document(tok: SodaTokenizer, rng: np.random.Generator, utterances: int = 3) -> list[int]:
     """``<bos>(<text_start>T<text_end><audio_start>A<audio_end>)* <eos>``, either order."""
     lay = tok.layout
     text_first = bool(rng.integers(2))
     doc = [lay.bos_id]
     for _ in range(utterances):
-        text = [lay.text_start_id, *rng.integers(0, lay.base_vocab_size, rng.integers(3, 12)).tolist(), lay.text_end_id]
+        text = [lay.text_start_id, *_text_ids(tok, rng, int(rng.integers(3, 12))), lay.text_end_id]
         frames = int(rng.integers(2, 8))
         codes = rng.integers(0, lay.codebook_size, (lay.num_codebooks, frames))
         audio = [lay.audio_start_id, *lay.codes_to_ids(codes).tolist(), lay.audio_end_id]
@@ -33,7 +42,7 @@ def speech_document(tok: SodaTokenizer, rng: np.random.Generator, utterances: in
 
 def text_document(tok: SodaTokenizer, rng: np.random.Generator) -> list[int]:
     lay = tok.layout
-    body = rng.integers(0, lay.base_vocab_size, rng.integers(20, 80)).tolist()
+    body = _text_ids(tok, rng, int(rng.integers(20, 80)))
     return [lay.bos_id, *body, lay.eos_id]
 
 

@@ -8,12 +8,12 @@ Matroska; length within one codec frame (AAC 1024, MP3 1152, Opus 960 samples at
 rate), raw ADTS within two, since it has no edit list to drop the encoder's 1024-sample delay.
 """
 
-from fractions import Fraction
 
 import av
 import numpy as np
 import pytest
 import soxr
+from helpers_audio import encode
 
 from megatron_soda.audio import AudioError, Segment, decode_segments, load_audio
 from megatron_soda.audio.decoders import FFMPEG, SNDFILE, choose_decoder
@@ -26,24 +26,6 @@ TEXT = "The quick brown fox jumps over the lazy dog, and then it sleeps in the s
 def speech():
     x, sr = speak(TEXT)
     return x, sr, soxr.resample(x, sr, 24000, quality="HQ").astype(np.float32)
-
-
-def encode(path, x, sr, fmt, codec, rate, channels=1, options=None) -> bytes:
-    """``x`` (mono) encoded by FFmpeg; with 2 channels the right one is silent."""
-    y = soxr.resample(x, sr, rate, quality="HQ").astype(np.float32) if rate != sr else x
-    layout = "stereo" if channels == 2 else "mono"
-    with av.open(str(path), "w", format=fmt, options=options or {}) as out:
-        stream = out.add_stream(codec, rate=rate, layout=layout)
-        ctx = stream.codec_context
-        data = np.stack([y, np.zeros_like(y)]) if channels == 2 else y[None]
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data), format="fltp", layout=layout)
-        frame.sample_rate, frame.pts, frame.time_base = rate, 0, Fraction(1, rate)
-        fmt_name = ctx.codec.audio_formats[0].name
-        resampler = av.AudioResampler(fmt_name, layout, rate, frame_size=ctx.frame_size or None)
-        for f in resampler.resample(frame) + resampler.resample(None):
-            out.mux(stream.encode(f))
-        out.mux(stream.encode(None))
-    return path.read_bytes()
 
 
 def align(decoded, ref):

@@ -13,6 +13,7 @@ import shutil
 
 import pytest
 import torch
+from helpers_hostile import Payload
 
 from megatron_soda.atomic_files import write_json_atomic
 from megatron_soda.checkpointing import layout
@@ -333,19 +334,11 @@ def test_loss_check_tracker_naming_a_missing_iteration(tmp_path, capsys):
     assert "FAIL: " in capsys.readouterr().out
 
 
-class _Exploit:
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.path}",))
-
-
 def test_pickled_weights_are_never_loaded(soda, tmp_path):
     hf = copy_hf(soda, tmp_path, drop=("model.safetensors",))
     sentinel = tmp_path / "pwned"
     with open(os.path.join(hf, "pytorch_model.bin"), "wb") as f:
-        pickle.dump(_Exploit(str(sentinel)), f)
+        pickle.dump(Payload(str(sentinel)), f)
     with pytest.raises(ConversionError, match="pickled weights are not loaded"):
         convert_from_hf(hf, str(tmp_path / "out"), **QUIET)
     assert not sentinel.exists()
@@ -356,7 +349,7 @@ def test_checkpoint_metadata_is_unpickled_safely(soda, tmp_path):
     shutil.copytree(soda["ckpt"], ckpt)
     sentinel = tmp_path / "pwned"
     with open(os.path.join(ckpt, ".metadata"), "wb") as f:
-        pickle.dump(_Exploit(str(sentinel)), f)
+        pickle.dump(Payload(str(sentinel)), f)
     with pytest.raises(ConversionError, match="refusing to load posix.system"):
         convert_to_hf(ckpt, str(tmp_path / "out"))
     assert not sentinel.exists()

@@ -10,7 +10,8 @@ import megatron_soda
 
 # Bottom to top.  Packages on one row do not import each other.
 LAYERS: list[set[str]] = [
-    {"atomic_files", "compat"},
+    {"versions"},  # the supported torch/megatron-core/transformers ranges (setup.py reads it alone)
+    {"atomic_files", "compat", "output_lock", "safe_loading"},
     {"format"},
     {"tokenizer"},
     {"audio"},

@@ -164,6 +164,8 @@ def test_cli_json_contract_and_no_targets():
 def test_sweep_commands_set_the_authors_optimizer(soda_plan, tmp_path):
     run = soda_plan.runs[0]
     argv = build_argv(run, LaunchConfig(out_dir=str(tmp_path)), str(tmp_path / run.name))
+    assert "--exit-signal-handler" in argv  # a preempted or timed-out run saves where it stopped
+    argv = [a for a in argv if a != "--exit-signal-handler"]
     flags = dict(zip(argv[1::2], argv[2::2]))  # argv[0] is the trainer
     assert flags["--optimizer"] == "cautious"
     assert (flags["--adam-beta1"], flags["--adam-eps"], flags["--weight-decay"]) == (

@@ -171,3 +171,19 @@ def test_preprocess_array_container(fake_slurm, tmp_path):
     for flag in CONTAINER_FLAGS:
         assert flag in boxed[:py]
     assert boxed[py + 1 :] == plain[1:]
+
+
+def test_preprocess_merge_container(fake_slurm, tmp_path):
+    env = {**fake_slurm, "REPO": REPO, "OUTPUT_PREFIX": str(tmp_path / "p"), "NUM_SHARDS": "8"}
+    merge = os.path.join(REPO, "slurm", "preprocess_merge.sbatch")
+    plain = command(run(merge, env, cwd=str(tmp_path)))
+    assert plain == [os.path.join(REPO, ".venv", "bin", "python"),
+                     os.path.join(REPO, "tools", "preprocess", "merge_shards.py"),
+                     "--output-prefix", str(tmp_path / "p"), "--num-shards", "8"]
+    boxed = command(run(merge, {**env, "CONTAINER_IMAGE": IMAGE, "CONTAINER_MOUNTS": "/data:/data"},
+                        cwd=str(tmp_path)))
+    py = boxed.index("python")
+    assert boxed[0] == "srun" and "--ntasks=1" in boxed[:py]
+    for flag in CONTAINER_FLAGS:
+        assert flag in boxed[:py]
+    assert boxed[py + 1:] == plain[1:]

@@ -13,6 +13,9 @@ samples) before encoding, which with Mimi's causal convolutions and causal encod
 transformer makes each valid frame depend only on its own clip.  Long audio is encoded in
 pieces (SODA: 60 s, a whole number of frames) and concatenated; batches are formed from a
 fixed sample budget in input order, so the same inputs give the same batches on every run.
+Pieces are encoded as they complete (:mod:`megatron_soda.audio.streaming`), so a recording
+that arrives in blocks is encoded in the memory of one piece and gets the same codes as the
+whole waveform.
 
 On CPU the default is one piece per forward pass (``batch_seconds=None``): batching buys no
 arithmetic throughput there, and padding clips to the longest in a batch wasted compute and
@@ -171,7 +174,8 @@ def _build_pretrained(spec: CodecSpec, decoder: bool) -> torch.nn.Module:
         config = MimiConfig.from_pretrained(path, local_files_only=True)
         if not decoder:
             config.decoder_config = None
-        return MimiModel.from_pretrained(path, config=config, local_files_only=True)
+        # safetensors only: a pickled pytorch_model.bin is never read (docs/security.md)
+        return MimiModel.from_pretrained(path, config=config, local_files_only=True, use_safetensors=True)
     except Exception as e:
         raise CodecError(f"codec {spec.name!r}: cannot load a MimiModel from {path} ({e})") from e
 
@@ -268,31 +272,20 @@ class MimiCodec:
     def encode(self, waves: Sequence[np.ndarray]) -> list[np.ndarray]:
         """24 kHz mono float32 waves -> codes ``int16 [num_codebooks, frames]`` each,
         ``frames = ceil(len / 1920)``."""
-        pieces: list[tuple[int, np.ndarray]] = []
+        from megatron_soda.audio.streaming import PieceEncoder
+
         for i, w in enumerate(waves):
             if w.ndim != 1 or w.size == 0:
                 raise ValueError(f"wave {i}: expected a non-empty 1-D array, got shape {w.shape}")
-            for s in range(0, w.size, self.chunk_samples):
-                pieces.append((i, w[s : s + self.chunk_samples]))
-        codes: list[list[np.ndarray]] = [[] for _ in waves]
-        for batch in self._batches(pieces):
-            for (i, _), c in zip(batch, self._encode_batch([p for _, p in batch])):
-                codes[i].append(c)
-        return [np.concatenate(c, axis=1) for c in codes]
+        encoder = PieceEncoder(self)
+        streams = [encoder.stream() for _ in waves]
+        for w, stream in zip(waves, streams):
+            stream.write(w)
+            stream.close()
+        encoder.flush()
+        return [stream.codes() for stream in streams]
 
-    def _batches(self, pieces: list[tuple[int, np.ndarray]]):
-        batch: list[tuple[int, np.ndarray]] = []
-        longest = 0
-        for item in pieces:
-            n = self.num_frames(item[1].size) * self.samples_per_frame
-            if batch and max(longest, n) * (len(batch) + 1) > self.batch_samples:
-                yield batch
-                batch, longest = [], 0
-            batch.append(item)
-            longest = max(longest, n)
-        if batch:
-            yield batch
-
+    @torch.inference_mode()
     def _encode_batch(self, waves: list[np.ndarray]) -> list[np.ndarray]:
         frames = [self.num_frames(w.size) for w in waves]
         x = np.zeros((len(waves), 1, max(frames) * self.samples_per_frame), dtype=np.float32)

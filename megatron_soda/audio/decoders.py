@@ -1,22 +1,29 @@
 """Which decoder reads a source, chosen from its first bytes, and the FFmpeg (PyAV) decoder.
 
 libsndfile stays the decoder for what it reads well (WAV, FLAC, Ogg Vorbis/Opus, MP3): its
-truncation behaviour is known and checked in :mod:`megatron_soda.audio.io`.  What it cannot
+truncation behaviour is known and checked in :mod:`megatron_soda.audio.sources`.  What it cannot
 read at all (AAC in MP4/M4A or as raw ADTS, anything in WebM/Matroska) goes to FFmpeg through
 PyAV, whose wheels bundle FFmpeg's decoders.  The choice is made from the content, never from
 the file name: corpora publish AAC under ``.wav`` names and Opus under ``.webm``/``.mka``.
 
 :class:`FFmpegSource` decodes packet by packet and hands out mono float32 blocks, so an
 hour-long file costs one sequential pass and a few blocks of memory, like the libsndfile path.
-FFmpeg is given a file object, never a path, so its own probing cannot use the extension either.
+Both decoders are given the file object that :mod:`megatron_soda.audio.sources` opened and
+checked (a regular file, never a path to open again), so the file read is the file checked, and
+FFmpeg's own probing cannot use the extension either.  :class:`SndfileSource` puts libsndfile
+behind the interface of :class:`FFmpegSource` (``sample_rate``, ``declared``, ``seek``,
+``blocks``, ``close``).
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import re
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import numpy as np
+import soundfile as sf
 
 SNDFILE = "sndfile"
 FFMPEG = "ffmpeg"
@@ -25,6 +32,10 @@ FFMPEG = "ffmpeg"
 # a VBR stream would look truncated, so their length is not checked against it.
 _ESTIMATED_DURATION_FORMATS = ("aac", "mp3")
 _BLOCK = 1 << 18  # samples per block handed out (frames are coalesced up to this)
+# libsndfile formats whose seek is sample-exact (PCM-like framing, or FLAC's own seek table
+# search that decodes from the frame holding the sample)
+_EXACT_SEEK_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC")
+_OBJECT_REPR = re.compile(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
 
 
 class DecodeError(Exception):
@@ -65,6 +76,17 @@ def ffmpeg_reason(e: Exception) -> str:
     return " ".join(str(msg).split())[:200] or type(e).__name__
 
 
+def short_reason(e: Exception, file: object = None, shown: str = "<bytes>") -> str:
+    """libsndfile's message on one line, with ``file`` (the object it was given) written as
+    ``shown`` and no other object repr (error reports must be identical across runs: a file
+    object's repr holds a memory address or a descriptor number)."""
+    msg = str(e).replace("\n", " ").strip()
+    if file is not None:
+        msg = msg.replace(repr(file), shown)
+    msg = _OBJECT_REPR.sub("<bytes>", msg)
+    return msg[:200] if msg else type(e).__name__
+
+
 def _to_float(arr: np.ndarray) -> np.ndarray:
     if arr.dtype == np.float32:
         return arr
@@ -91,14 +113,14 @@ class FFmpegSource:
     """An audio stream opened with FFmpeg: ``sample_rate``, ``declared`` length in samples (0 when
     the container does not declare one) and :meth:`blocks`.  Raises :class:`DecodeError`."""
 
-    def __init__(self, src: str | bytes):
+    def __init__(self, file: BinaryIO):
+        """``file``: an open, seekable binary file positioned at the start; the caller owns it
+        (closes it after :meth:`close`)."""
         import av
 
-        self._file = io.BytesIO(src) if isinstance(src, bytes) else open(src, "rb")  # noqa: SIM115
         try:
-            self._container = av.open(self._file, mode="r")
+            self._container = av.open(file, mode="r")
         except (av.error.FFmpegError, ValueError, OSError) as e:
-            self._file.close()
             raise NotAudioError(f"FFmpeg: {ffmpeg_reason(e)}") from e
         try:
             self._setup()
@@ -155,8 +177,48 @@ class FFmpegSource:
         if failure is not None:
             raise failure
 
+    def seek(self, sample: int) -> int:
+        """Compressed streams are not sought (AAC/Opus seeking lands near, not on, a sample):
+        decoding starts at 0, the position returned."""
+        return 0
+
     def close(self) -> None:
+        self._container.close()
+
+
+class SndfileSource:
+    """libsndfile behind the interface of :class:`FFmpegSource`."""
+
+    def __init__(self, f: sf.SoundFile):
+        self._f = f
+        self.sample_rate, self.declared = f.samplerate, f.frames
+
+    def seek(self, sample: int) -> int:
+        """Position a WAV/FLAC-like source at ``sample`` (inside its declared length) so that
+        only what follows is decoded; the position reached (0 where the format's seek is not
+        sample-exact or the seek fails, so decoding starts at the beginning)."""
+        f = self._f
+        if f.format not in _EXACT_SEEK_FORMATS or not 0 < sample < self.declared:
+            return 0
+        if not f.seekable():
+            return 0
         try:
-            self._container.close()
-        finally:
-            self._file.close()
+            return int(f.seek(sample))
+        except (sf.LibsndfileError, RuntimeError):
+            with contextlib.suppress(sf.LibsndfileError, RuntimeError):
+                f.seek(0)
+            return 0
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        """Mono float32 blocks of ``_BLOCK`` frames (channels averaged), one sequential pass."""
+        try:
+            while True:
+                block = self._f.read(_BLOCK, dtype="float32", always_2d=True)
+                if block.shape[0] == 0:
+                    return
+                yield block.mean(axis=1) if block.shape[1] > 1 else block[:, 0]
+        except (sf.LibsndfileError, RuntimeError) as e:
+            raise DecodeError(short_reason(e)) from e
+
+    def close(self) -> None:
+        self._f.close()

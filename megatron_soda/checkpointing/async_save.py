@@ -23,19 +23,71 @@ one receives the tensors through a ``torch.multiprocessing`` queue, which on CPU
 shared memory, so the writer would see the parameters the training loop updates meanwhile.  A
 fork takes a copy-on-write snapshot (CPU), and on GPU the tensors are copied to host memory before
 the fork.  At most one save is in flight: scheduling another first finalizes the previous one.
+
+The writer is a copy of the trainer (hundreds of MB) and megatron's result-queue manager a spawned
+interpreter (~250 MB): a trainer killed with SIGKILL left both running as orphans.
+:func:`tie_children_to_this_process` makes every ``multiprocessing`` child of the trainer (the
+writer, the per-bucket writers it forks in turn, data-loader workers) and that manager die with
+their parent, through Linux's parent-death signal (:mod:`megatron_soda.compat.parent_death`):
+an after-fork hook for forked children, the manager's initializer for the spawned one.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.managers
+import multiprocessing.util
+import signal
 from collections.abc import Callable
 
+from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue, AsyncRequest
+
+from megatron_soda.compat.parent_death import die_with_parent
+
+
+def _die_with_parent(*_: object) -> None:
+    """Runs first in a ``multiprocessing`` child (after-fork hook, manager initializer)."""
+    parent = multiprocessing.parent_process()
+    die_with_parent(signal.SIGKILL, parent.pid if parent is not None else None)
+
+
+class _Key:
+    """A weak-referenceable owner for the after-fork registration (kept alive by the module)."""
+
+
+_AFTER_FORK_KEY = _Key()
+_tied = False
+
+
+def tie_children_to_this_process() -> None:
+    """From now on every forked ``multiprocessing`` child of this process (and of those children)
+    gets SIGKILL when its parent dies; megatron's checkpoint result-queue manager is started now
+    (:func:`start_write_results_queue`) so that it does too.  Idempotent."""
+    global _tied
+    if not _tied:
+        multiprocessing.util.register_after_fork(_AFTER_FORK_KEY, _die_with_parent)
+        _tied = True
+    start_write_results_queue()
+
+
+def start_write_results_queue() -> None:
+    """Start the queue through which megatron-core 0.16.1's file writer reports, as
+    ``filesystem_async._get_write_results_queue`` would at the first save (a ``spawn`` context
+    ``Manager().Queue()``), but with :func:`_die_with_parent` as the manager's initializer.
+    Megatron's function returns this queue from then on (it keeps it in a module global)."""
+    if filesystem_async._results_queue is not None:
+        return
+    manager = multiprocessing.managers.SyncManager(ctx=multiprocessing.get_context("spawn"))
+    manager.start(initializer=_die_with_parent)
+    filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 
 class AsyncSaves:
     """The checkpoint save in flight, if any (every method must be called on all ranks)."""
 
     def __init__(self) -> None:
+        tie_children_to_this_process()  # no writer outlives the trainer
         self._queue = AsyncCallsQueue(persistent=False)
         self.in_flight: int | None = None  # the iteration being written
 

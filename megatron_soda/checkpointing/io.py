@@ -40,6 +40,7 @@ from megatron_soda.checkpointing.state import (
 )
 from megatron_soda.format import field_differences
 from megatron_soda.models.config import SHAPE_FIELDS, SodaModelConfig
+from megatron_soda.safe_loading import UnsafeContentError
 from megatron_soda.tokenizer import SodaTokenizer
 
 # Model fields whose difference makes a checkpoint unloadable (the rest, e.g. seq_length or
@@ -120,6 +121,21 @@ def save_checkpoint(root: str, state: TrainState, model: list, optimizer, schedu
     if async_saves is None:
         commit()
     return layout.iteration_dir(root, iteration)
+
+
+def _unsafe_content(error: BaseException, depth: int = 0) -> UnsafeContentError | None:
+    """The :class:`UnsafeContentError` behind ``error``: its causes, or the per-rank failures a
+    DCP ``CheckpointException`` collects (``{rank: (exception, traceback)}``)."""
+    if isinstance(error, UnsafeContentError):
+        return error
+    if depth > 8:
+        return None
+    inner = [error.__cause__, error.__context__]
+    inner += [f[0] if isinstance(f, tuple) else f for f in (getattr(error, "failures", None) or {}).values()]
+    for e in inner:
+        if isinstance(e, BaseException) and (found := _unsafe_content(e, depth + 1)) is not None:
+            return found
+    return None
 
 
 def optimizer_kind(optimizer) -> str:
@@ -216,8 +232,14 @@ def load_checkpoint(path: str, model: list, optimizer, scheduler, *, model_cfg: 
         sd.pop("opt_param_scheduler")
     strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(ckpt), _dp_group())
     # megatron's naming: "unexpected" = requested here but absent from the checkpoint
-    loaded, _not_requested, absent = dist_checkpointing.load(sd, ckpt, sharded_strategy=strategy,
-                                                             strict=StrictHandling.RETURN_ALL)
+    try:
+        loaded, _not_requested, absent = dist_checkpointing.load(sd, ckpt, sharded_strategy=strategy,
+                                                                 strict=StrictHandling.RETURN_ALL)
+    except Exception as e:  # DCP wraps each rank's failure: surface a refused unpickling as itself
+        refused = _unsafe_content(e)
+        if refused is not None:
+            raise refused from e
+        raise
     missing = sorted(k for k in absent if not k.endswith("_extra_state"))
     if missing:
         raise layout.CheckpointError(f"{ckpt}: missing {len(missing)} tensors this model needs, e.g. {missing[:5]}")

@@ -6,6 +6,7 @@
                                           + tokenizer/ + run_args.json
       iter_0000012.tmp/                   a save in progress (or one that crashed)
       iter_0000002.deleting/              a checkpoint being deleted by retention (retention.py)
+      .soda.lock                          the one training run writing here (save_lock.py)
 
 A save writes everything into ``iter_N.tmp``, renames it to ``iter_N`` (atomic on one file
 system) and only then rewrites the tracker (write to a temp file, ``os.replace``).  A crash at any
@@ -25,6 +26,7 @@ from megatron_soda import atomic_files
 
 TRACKER = "latest_checkpointed_iteration.txt"
 META = "soda_checkpoint.json"
+LOCK = ".soda.lock"  # not a checkpoint: nothing here lists it (names start with iter_ or the tracker's)
 UNPUBLISHED = ("tmp", "old", "deleting")  # suffixes of iter_N directories that are not checkpoints
 
 

@@ -55,11 +55,18 @@ def model_state(model: list) -> dict[str, Any]:
 def _rng_state() -> dict[str, Any]:
     return {
         "random": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_rng_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "tracker": tensor_parallel.get_cuda_rng_tracker().get_states(),
     }
+
+
+def _numpy_rng_state() -> tuple:
+    """numpy's global RNG state with its key as a tensor: checkpoints are loaded with
+    ``torch.load(weights_only=True)`` (``safe_loading``), which builds tensors but no numpy arrays."""
+    name, key, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(key.astype(np.int64)), int(pos), int(has_gauss), float(cached)
 
 
 def rng_sharded_object() -> ShardedObject:
@@ -74,7 +81,8 @@ def rng_sharded_object() -> ShardedObject:
 def restore_rng(states: list[dict[str, Any]]) -> None:
     state = states[0]
     random.setstate(state["random"])
-    np.random.set_state(state["numpy"])
+    name, key, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(key, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])

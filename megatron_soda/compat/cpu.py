@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from megatron_soda.versions import UnsupportedVersionError, require
+
 __all__ = [
     "CpuCompatError",
     "CpuRNGStatesTracker",
@@ -306,6 +308,11 @@ def enable() -> bool:
     """
     if is_enabled():
         return False
+    for package in ("torch", "megatron-core"):
+        try:
+            require(package, "the CPU compatibility layer (--device cpu)")
+        except UnsupportedVersionError as e:
+            raise CpuCompatError(str(e)) from None
     if torch.cuda.is_available():
         raise CpuCompatError(
             "--device cpu: the CPU compatibility layer refuses to run while CUDA is available "

@@ -16,6 +16,12 @@ class CheckpointConfig:
         None, "checkpoint directory (or one iter_* inside it) to start from; ignored once --save "
         "holds a checkpoint of this run (resume wins, e.g. after a requeue)")
     save_interval: int | None = option(None)
+    load_fallback: bool = option(
+        False, "if the newest checkpoint is damaged (a missing or truncated file), load the newest "
+        "earlier whole one instead (logged) and redo the iterations since.  Off by default: saves are "
+        "committed atomically, so damage means a storage fault or an incomplete copy, which should "
+        "stop the run and be seen (without the flag the error names the file) rather than silently "
+        "cost iterations")
     async_save: bool = option(False, "write checkpoint shards in the background while training goes on "
                               "(committed once every rank's write is done)")
     keep_last_k: int | None = option(None, "keep only the N newest complete checkpoints in --save "

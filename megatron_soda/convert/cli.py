@@ -92,7 +92,12 @@ def to_hf_main(argv: list[str] | None = None) -> int:
         default="5GB",
         help="split model.safetensors above this size (index file)",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --save directory (only once the new one is complete: a failed "
+        "or interrupted conversion leaves it as it was)",
+    )
     args = p.parse_args(argv)
     from megatron_soda.convert.to_hf import convert_to_hf
 
@@ -159,7 +164,12 @@ def from_hf_main(argv: list[str] | None = None) -> int:
         "sequence length 4096 as in the authors' runs (default), or the text model's own",
     )
     p.add_argument("--seed", type=int, default=1234, help="warm start: seed of that noise")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --save directory")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a non-empty --save directory (only once the new one is complete: a failed "
+        "or interrupted conversion leaves it as it was)",
+    )
     args = p.parse_args(argv)
     from megatron_soda.convert.from_hf import convert_from_hf
 

@@ -14,8 +14,8 @@ Megatron saves each per-layer parameter as one global tensor with the layer inde
 per layer and tensor-parallel rank; the tensor-parallel split is already undone in the global
 view (``linear_fc1``'s gate/up halves of each rank land in the global ``[gate; up]``).
 
-Safety: ``.metadata`` is read with an unpickler that only builds DCP's metadata classes and
-torch sizes/dtypes (anything else is refused), and every chunk is read with
+Safety: ``.metadata`` is read with :class:`megatron_soda.safe_loading.DcpMetadataUnpickler`, which
+only builds DCP's metadata classes and torch sizes/dtypes (anything else is refused), and every chunk is read with
 ``torch.load(weights_only=True)``.  ``common.pt`` and the pickled ``_extra_state``/RNG objects
 are never opened.
 """
@@ -32,28 +32,8 @@ import torch
 
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.convert.safetensors_io import tensor_nbytes
-
-_DCP_MODULES = (
-    "torch.distributed.checkpoint.metadata",
-    "torch.distributed.checkpoint.planner",
-    "torch.distributed.checkpoint.filesystem",
-)
-_ALLOWED_GLOBALS = {
-    ("torch", "Size"),
-    ("torch.serialization", "_get_layout"),
-    ("collections", "OrderedDict"),
-}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str):
-        if module in _DCP_MODULES and not name.startswith("__"):
-            return super().find_class(module, name)
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from checkpoint metadata")
+from megatron_soda.safe_loading import load_dcp_metadata
+from megatron_soda.versions import UnsupportedVersionError
 
 
 class _FileWindow(io.RawIOBase):
@@ -93,6 +73,23 @@ class _Chunk:
     length: int
 
 
+def _check_tiling(md_path: str, key: str, shape: tuple[int, ...], chunks: list[_Chunk]) -> None:
+    """The chunks of ``key`` lie inside its global shape and do not overlap (megatron writes each
+    element once; overlapping chunks would make the coverage count of :meth:`read` lie)."""
+    boxes = []
+    for c in chunks:
+        if len(c.offsets) != len(shape) or any(o < 0 or n < 0 or o + n > d for o, n, d in zip(c.offsets, c.sizes, shape)):
+            raise ConversionError(f"{md_path}: chunk {c.offsets} x {c.sizes} of {key} lies outside its shape {shape}")
+        boxes.append(c)
+    boxes.sort(key=lambda c: c.offsets)
+    for i, a in enumerate(boxes):
+        for b in boxes[i + 1:]:
+            if b.offsets[0] >= a.offsets[0] + a.sizes[0]:
+                break
+            if all(max(x, y) < min(x + n, y + m) for x, n, y, m in zip(a.offsets, a.sizes, b.offsets, b.sizes)):
+                raise ConversionError(f"{md_path}: chunks {a.offsets} and {b.offsets} of {key} overlap")
+
+
 class DistCheckpointReader:
     """Global tensors of one ``iter_N`` directory, read chunk by chunk."""
 
@@ -110,8 +107,8 @@ class DistCheckpointReader:
         md_path = os.path.join(path, ".metadata")
         try:
             with open(md_path, "rb") as f:
-                md = _MetadataUnpickler(f).load()
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError) as e:
+                md = load_dcp_metadata(f)
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, UnsupportedVersionError) as e:
             raise ConversionError(f"{md_path}: unreadable checkpoint metadata ({e})") from e
         self._shapes: dict[str, tuple[int, ...]] = {}
         self._dtypes: dict[str, torch.dtype] = {}
@@ -119,6 +116,10 @@ class DistCheckpointReader:
         storage = {
             (idx.fqn, tuple(idx.offset or ())): info for idx, info in md.storage_data.items()
         }
+        for index, info in storage.items():  # DCP writes flat file names (__R_I.distcp)
+            rel = str(info.relative_path)
+            if os.path.isabs(rel) or os.sep in rel or rel in ("", ".", ".."):
+                raise ConversionError(f"{md_path}: chunk file {rel!r} of {index[0]} is not a file of the checkpoint")
         for key, tmd in md.state_dict_metadata.items():
             if not hasattr(tmd, "chunks"):  # BytesStorageMetadata: pickled objects, never read here
                 continue
@@ -146,6 +147,7 @@ class DistCheckpointReader:
             self._shapes[key] = tuple(tmd.size)
             self._dtypes[key] = tmd.properties.dtype
             self._chunks[key] = chunks
+            _check_tiling(md_path, key, self._shapes[key], chunks)
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
     def keys(self) -> list[str]:
@@ -213,6 +215,11 @@ class DistCheckpointReader:
                 )
         except (OSError, RuntimeError, pickle.UnpicklingError) as e:
             raise ConversionError(f"{path}: cannot read {key} chunk {c.offsets} ({e})") from e
+        if not isinstance(data, torch.Tensor):
+            raise ConversionError(f"{path}: {key} chunk {c.offsets} holds a {type(data).__name__}, not a tensor")
+        if data.dtype != self._dtypes[key]:
+            raise ConversionError(
+                f"{path}: {key} chunk is {data.dtype}, metadata says {self._dtypes[key]}")
         if tuple(data.shape) != c.sizes:
             raise ConversionError(
                 f"{path}: {key} chunk has shape {tuple(data.shape)}, metadata says {c.sizes}"

@@ -7,6 +7,12 @@ megatron itself) and save with :func:`megatron_soda.checkpointing.save_checkpoin
 is iteration 0 with no optimizer state, marked ``"weights_only": true`` in
 ``soda_checkpoint.json``: ``pretrain_soda.py --load CKPT`` (with or without ``--finetune``)
 starts a fresh optimizer, schedule and data order from it.
+
+The checkpoint is built in a staging directory beside ``save`` and swapped in when complete
+(:func:`megatron_soda.atomic_files.replacing_dir`): with ``overwrite``, a failed or killed
+conversion leaves the existing checkpoint whole, and the next run removes the leftover.  Every
+file read from the HF directory is confined to it and a regular file
+(:mod:`megatron_soda.convert.hf_files`); safetensors headers are validated in full.
 """
 
 from __future__ import annotations
@@ -14,22 +20,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from typing import Any
 
-from megatron_soda.atomic_files import write_json_atomic
+from megatron_soda.atomic_files import replacing_dir, write_json_atomic
 from megatron_soda.checkpointing import layout
 from megatron_soda.config.cli import flags_for
 from megatron_soda.convert import names
 from megatron_soda.convert.errors import ConversionError
 from megatron_soda.convert.hf_config import hf_dir_config, model_config_from_hf
+from megatron_soda.convert.hf_files import check_hf_dir
 from megatron_soda.convert.hf_rope import describe
 from megatron_soda.convert.hf_tokenizer import resolve_tokenizer
 from megatron_soda.convert.hf_weights import HFWeights, extension_rows
+from megatron_soda.convert.to_hf import check_output
 from megatron_soda.models.config import PRESETS, SHAPE_FIELDS, SodaModelConfig
 from megatron_soda.tokenizer import SodaTokenizer
 
@@ -111,6 +118,8 @@ def convert_from_hf(
     done in this process, unless ``in_process`` is False, this process already has a
     torch.distributed group, or it sees a GPU."""
     start = time.perf_counter()
+    check_hf_dir(load)
+    check_output(save, load, overwrite)
     config = hf_dir_config(load)
     where = os.path.join(load, "config.json")
     if warm_start_arch not in WARM_START_ARCHS:
@@ -156,15 +165,10 @@ def convert_from_hf(
             f"{load}: the embedding has {rows} rows, the SODA tokenizer ({resolved.how}) "
             f"{tok.vocab_size} ids"
         )
-    if os.path.exists(save) and os.listdir(save):
-        if not overwrite:
-            raise ConversionError(
-                f"{save}: exists and is not empty (pass --overwrite to replace it)"
-            )
-        shutil.rmtree(save)
-    os.makedirs(save, exist_ok=True)
     world = tensor_parallel * pipeline_parallel
-    with tempfile.TemporaryDirectory(prefix=".convert_", dir=save) as work:
+    with replacing_dir(save) as staged, tempfile.TemporaryDirectory(
+        prefix=".convert_", dir=staged
+    ) as work:
         extension_path = None
         if copy_rows < tok.vocab_size:
             from safetensors.torch import save_file
@@ -188,7 +192,7 @@ def convert_from_hf(
         tok.save(os.path.join(work, "tokenizer"))
         plan = {
             "hf_dir": os.path.abspath(load),
-            "save": os.path.abspath(save),
+            "save": os.path.abspath(staged),
             "cfg": cfg.to_dict(),
             "tp": tensor_parallel,
             "pp": pipeline_parallel,
@@ -230,16 +234,19 @@ def convert_from_hf(
             run(plan, 0)
         else:
             _spawn(plan, world, work)
-    meta = layout.read_meta(ckpt)
-    meta.update(
-        weights_only=True,
-        converted_from={
-            "hf_dir": os.path.abspath(load),
-            "tokenizer": resolved.how,
-            "warm_start": not resolved.soda_source,
-        },
-    )
-    write_json_atomic(os.path.join(ckpt, layout.META), meta, durable=True, indent=2, sort_keys=True)
+        staged_ckpt = layout.iteration_dir(staged, 0)
+        meta = layout.read_meta(staged_ckpt)
+        meta.update(
+            weights_only=True,
+            converted_from={
+                "hf_dir": os.path.abspath(load),
+                "tokenizer": resolved.how,
+                "warm_start": not resolved.soda_source,
+            },
+        )
+        write_json_atomic(
+            os.path.join(staged_ckpt, layout.META), meta, durable=True, indent=2, sort_keys=True
+        )
     seconds = time.perf_counter() - start
     log(
         f"converted {load} -> {ckpt} (TP {tensor_parallel}, PP {pipeline_parallel}, weights only) in {seconds:.1f} s\n"

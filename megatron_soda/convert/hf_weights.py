@@ -17,6 +17,9 @@ from megatron_soda.models.config import SodaModelConfig
 
 # HF tensors that carry no weights (buffers some old exports include).
 _IGNORABLE_SUFFIXES = ("rotary_emb.inv_freq",)
+# What a weight may be stored as: read into the model's floating-point parameters exactly (an
+# integer or boolean "weight" is a header that lies about its bytes, or not a model at all).
+WEIGHT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 NOISE_UNITS = ("absolute", "std")
@@ -85,7 +88,10 @@ class HFWeights:
             if name not in st:
                 problems.append(f"missing {name}")
             elif st.shape(name) != shape:
-                problems.append(f"{name} has shape {st.shape(name)}, config.json implies {shape}")
+                problems.append(
+                    f"{name} has shape {st.shape(name)}, config.json implies {shape} "
+                    f"(in {st.file_of(name)})"
+                )
         for name in vocab_names:
             if name not in st:
                 problems.append(
@@ -94,11 +100,19 @@ class HFWeights:
                 )
             elif len(st.shape(name)) != 2 or st.shape(name)[1] != cfg.hidden_size:
                 problems.append(
-                    f"{name} has shape {st.shape(name)}, hidden size is {cfg.hidden_size}"
+                    f"{name} has shape {st.shape(name)}, hidden size is {cfg.hidden_size} "
+                    f"(in {st.file_of(name)})"
                 )
             elif st.shape(name)[0] < self.copy_rows:
                 problems.append(
-                    f"{name} has {st.shape(name)[0]} rows, the tokenizer needs {self.copy_rows}"
+                    f"{name} has {st.shape(name)[0]} rows, the tokenizer needs {self.copy_rows} "
+                    f"(in {st.file_of(name)})"
+                )
+        for name in [*expected, *vocab_names]:
+            if name in st and st.dtype(name) not in WEIGHT_DTYPES:
+                problems.append(
+                    f"{name} is stored as {st.dtype(name)}, a weight must be a floating-point "
+                    f"type: F32, BF16, F16 or F64 (in {st.file_of(name)})"
                 )
         known = set(expected) | set(vocab_names) | {names.HF_OUTPUT}
         unknown = [n for n in st.names() if n not in known and not n.endswith(_IGNORABLE_SUFFIXES)]

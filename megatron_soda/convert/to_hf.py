@@ -2,22 +2,22 @@
 
 Streams: one megatron tensor (one layer's slice of a stacked tensor) is read, unfused and
 appended to its safetensors shard before the next is read, so memory stays at a few tensors
-whatever the model size.  The result is written to ``SAVE.tmp`` and renamed to ``SAVE`` when
-complete.
+whatever the model size.  The result is built in a staging directory beside ``SAVE`` and swapped
+in when complete (:func:`megatron_soda.atomic_files.replace_dir`): a failed or killed conversion
+leaves an existing ``SAVE`` whole.
 """
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from megatron_soda.atomic_files import write_json_atomic
+from megatron_soda.atomic_files import recover_dir, replacing_dir, write_json_atomic
 from megatron_soda.checkpointing import layout
 from megatron_soda.convert import names
 from megatron_soda.convert.dist_reader import DistCheckpointReader
@@ -79,6 +79,22 @@ def locate_checkpoint(load: str, iteration: int | None = None) -> str:
             f"{layout.TRACKER}); pass the --save directory of a training run or one iter_* in it"
         )
     return ckpt
+
+
+def check_output(save: str, source: str, overwrite: bool) -> None:
+    """Before building output ``save`` (in :func:`~megatron_soda.atomic_files.replacing_dir`):
+    clean up a killed run's leftovers, and refuse an output that is not a directory, is not empty
+    without ``overwrite``, or would replace the conversion's own input ``source``."""
+    recover_dir(save)
+    if os.path.lexists(save) and not os.path.isdir(save):
+        raise ConversionError(f"{save}: exists and is not a directory")
+    real = os.path.realpath(save)
+    if os.path.commonpath([real, os.path.realpath(source)]) == real:
+        raise ConversionError(
+            f"{save}: holds the conversion's own input {source}; choose another output directory"
+        )
+    if os.path.isdir(save) and os.listdir(save) and not overwrite:
+        raise ConversionError(f"{save}: exists and is not empty (pass --overwrite to replace it)")
 
 
 class MegatronSource:
@@ -187,11 +203,30 @@ def convert_to_hf(
     dtype = dtype or src.default_dtype()
     if dtype not in TORCH_DTYPES:
         raise ConversionError(f"--dtype {dtype!r}: choose fp32 or bf16")
-    if os.path.exists(save) and os.listdir(save) and not overwrite:
-        raise ConversionError(f"{save}: exists and is not empty (pass --overwrite to replace it)")
-    tmp = save.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
+    check_output(save, load, overwrite)
+    with replacing_dir(save) as tmp:
+        writer = _write_hf_dir(src, tmp, dtype, max_shard_size)
+    seconds = time.perf_counter() - start
+    read_bytes = sum(src.reader.nbytes(k) for k in [*src.layer_keys.values(), *names.GLOBAL_PARAMS])
+    summary = {
+        "checkpoint": ckpt,
+        "save": save,
+        "dtype": dtype,
+        "files": writer.files,
+        "seconds": seconds,
+        "model_bytes_read": read_bytes,
+        "bytes_written": writer.total_bytes,
+    }
+    log(
+        f"converted {ckpt} -> {save}: {len(writer.specs)} tensors, {writer.total_bytes / 1e6:.1f} MB {dtype} "
+        f"in {len(writer.files)} file(s), {seconds:.1f} s"
+    )
+    return summary
+
+
+def _write_hf_dir(src: MegatronSource, tmp: str, dtype: str, max_shard_size: str) -> SafetensorsWriter:
+    """Write the HF directory of ``src`` into the empty directory ``tmp``."""
+    ckpt = src.ckpt
     writer = SafetensorsWriter(
         tmp,
         [(name, shape, TORCH_DTYPES[dtype]) for name, shape in names.hf_specs(src.cfg)],
@@ -226,22 +261,4 @@ def convert_to_hf(
         },
         **HF_JSON,
     )
-    if os.path.exists(save):
-        shutil.rmtree(save)
-    os.replace(tmp, save)
-    seconds = time.perf_counter() - start
-    read_bytes = sum(src.reader.nbytes(k) for k in [*src.layer_keys.values(), *names.GLOBAL_PARAMS])
-    summary = {
-        "checkpoint": ckpt,
-        "save": save,
-        "dtype": dtype,
-        "files": writer.files,
-        "seconds": seconds,
-        "model_bytes_read": read_bytes,
-        "bytes_written": writer.total_bytes,
-    }
-    log(
-        f"converted {ckpt} -> {save}: {len(writer.specs)} tensors, {writer.total_bytes / 1e6:.1f} MB {dtype} "
-        f"in {len(writer.files)} file(s), {seconds:.1f} s"
-    )
-    return summary
+    return writer

@@ -17,15 +17,34 @@ from megatron_soda.data.preprocess import (
 )
 from megatron_soda.data.readers import INPUT_FORMATS
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, INTERLEAVE_MODES
+from megatron_soda.output_lock import OutputLocked
 
-EXIT_OK, EXIT_ERROR_RATE, EXIT_FATAL = 0, 1, 2
+# Exit codes of preprocess_data.py (documented in its --help and docs/preprocessing.md).
+EXIT_OK = 0  # done; rejected items (if any) within --max-error-rate
+EXIT_CRASH = 1  # an unexpected failure of the run itself (a bug, a dead worker): traceback logged
+EXIT_FATAL = 2  # unusable arguments or inputs (argparse uses 2 too); nothing was processed
+EXIT_ERROR_RATE = 3  # all good output written, but more items rejected than --max-error-rate
+EXIT_LOCKED = 4  # another live run writes this output prefix (P.lock); nothing was touched
+EXIT_CODES_HELP = f"""exit codes:
+  {EXIT_OK}  success: outputs written, rejected fraction within --max-error-rate
+  {EXIT_CRASH}  crash: an unexpected failure of the run itself (traceback in the log)
+  {EXIT_FATAL}  unusable arguments or inputs (no such input, bad tokenizer, missing codes cache)
+  {EXIT_ERROR_RATE}  error rate exceeded: every good item written, but the rejected fraction
+     (P.errors.jsonl, one line per item) is above --max-error-rate
+  {EXIT_LOCKED}  another live run writes this output prefix (it holds P.lock); nothing touched
+"""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown; the epilog's layout kept."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description="Audio (+ transcripts) and text -> Mimi codes -> SODA token documents -> "
         "Megatron indexed shards (.bin/.idx) with stats and an error report.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
+        epilog=EXIT_CODES_HELP,
     )
     io = p.add_argument_group("inputs and outputs")
     io.add_argument(
@@ -122,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-error-rate",
         type=float,
         default=0.01,
-        help="exit non-zero (after writing all good output) above this rejected fraction",
+        help=f"exit {EXIT_ERROR_RATE} (after writing all good output) above this rejected fraction",
     )
     run.add_argument("--log-level", default="INFO")
     return p
@@ -177,9 +196,16 @@ def preprocess_main(argv: list[str] | None = None) -> int:
     )
     try:
         summary = run_preprocess(cfg)
+    except OutputLocked as e:
+        print(f"preprocess_data: error: {e}", file=sys.stderr)
+        return EXIT_LOCKED
     except (PreprocessError, ValueError, OSError) as e:
         print(f"preprocess_data: error: {e}", file=sys.stderr)
         return EXIT_FATAL
+    except Exception as e:  # a bug, not bad input (items fail one at a time, never here)
+        logging.getLogger(__name__).error("run failed", exc_info=e)
+        print(f"preprocess_data: crashed: {type(e).__name__}: {e}", file=sys.stderr)
+        return EXIT_CRASH
     return report(summary, cfg.shard_prefix, cfg.max_error_rate)
 
 
@@ -237,6 +263,9 @@ def merge_main(argv: list[str] | None = None) -> int:
         return EXIT_FATAL
     try:
         summary = merge_outputs(prefixes, args.output_prefix)
+    except OutputLocked as e:
+        print(f"merge_shards: error: {e}", file=sys.stderr)
+        return EXIT_LOCKED
     except (PreprocessError, ValueError, OSError, AssertionError) as e:
         print(f"merge_shards: error: {e}", file=sys.stderr)
         return EXIT_FATAL

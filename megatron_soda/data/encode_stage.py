@@ -27,17 +27,18 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 
 from megatron_soda.audio.codec import SAMPLE_RATE, codec_fingerprint, parse_codec_spec
-from megatron_soda.audio.io import AudioError, Segment, decode_segments
+from megatron_soda.audio.io import AudioError, Segment
+from megatron_soda.audio.streaming import PieceEncoder, encode_segments
+from megatron_soda.compat.parent_death import init_dying_with_parent
 from megatron_soda.data.codes_cache import (
     Chunk,
     EncodedRecording,
     EncodedUtterance,
     UnitCache,
-    write_chunk,
 )
 from megatron_soda.data.progress import StageProgress, read_position
 from megatron_soda.data.readers import read_source
-from megatron_soda.data.records import InputError, Recording
+from megatron_soda.data.records import InputError, Recording, unexpected
 from megatron_soda.data.units import WorkUnit
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
@@ -159,8 +160,10 @@ def _init_worker(cfg: EncodeConfig, threads: int | None) -> None:
     )
 
 
-def _decode_recording(rec: Recording, errors: list[InputError]) -> list:
-    """Waves of a recording's utterances (None where decoding failed, with an error logged)."""
+def _decode_recording(rec: Recording, errors: list[InputError], encoder: PieceEncoder) -> list:
+    """Code streams of a recording's utterances (None where decoding failed, with an error
+    logged), decoded and encoded in one streaming pass per source: a long recording costs a
+    codec piece of memory, not its waveform (audio/streaming.py)."""
     waves: list = [None] * len(rec.utterances)
     by_source: dict[str, list[int]] = {}
     for i, u in enumerate(rec.utterances):
@@ -169,7 +172,8 @@ def _decode_recording(rec: Recording, errors: list[InputError]) -> list:
         ref = rec.utterances[idxs[0]].audio
         whole = len(idxs) == 1 and ref.start is None and ref.end is None
         try:
-            outs = decode_segments(
+            outs = encode_segments(
+                encoder,
                 ref.path if ref.path is not None else ref.data,
                 [Segment(rec.utterances[i].audio.start, rec.utterances[i].audio.end) for i in idxs],
                 name=ref.name or ref.path,
@@ -177,6 +181,9 @@ def _decode_recording(rec: Recording, errors: list[InputError]) -> list:
             )
         except AudioError as e:
             outs = [e] * len(idxs)
+        except Exception as e:  # unforeseen: costs this source's utterances only
+            where = ref.name or ref.path or rec.id
+            outs = [AudioError(f"{where}: {unexpected(e, rec.source, where)}")] * len(idxs)
         for i, out in zip(idxs, outs):
             if isinstance(out, AudioError):
                 errors.append(InputError(rec.source, rec.utterances[i].id, str(out), stage="audio"))
@@ -187,14 +194,31 @@ def _decode_recording(rec: Recording, errors: list[InputError]) -> list:
 
 def encode_job(recordings: list[Recording]) -> dict:
     """Decode + encode whole recordings: per recording, per utterance ``(seconds, codes)``
-    or None where its audio was rejected (the reason is in ``errors``)."""
+    or None where its audio was rejected (the reason is in ``errors``).
+
+    An exception nobody foresaw costs only the recording it happened in: the job is redone
+    one recording at a time, and the failing recording's utterances are reported under their
+    ids with the exception's type and message (never a traceback that ends the run)."""
+    try:
+        return _encode_recordings(recordings)
+    except Exception as e:
+        if len(recordings) == 1:
+            rec = recordings[0]
+            reason = unexpected(e, rec.source, rec.id)
+            errors = [InputError(rec.source, u.id, reason, stage="audio") for u in rec.utterances]
+            return {"encoded": [[None] * len(rec.utterances)], "errors": errors}
+        parts = [encode_job([rec]) for rec in recordings]
+        return {k: [x for p in parts for x in p[k]] for k in ("encoded", "errors")}
+
+
+def _encode_recordings(recordings: list[Recording]) -> dict:
     errors: list[InputError] = []
-    all_waves = [_decode_recording(rec, errors) for rec in recordings]
-    flat = [w for waves in all_waves for w in waves if w is not None]
-    codes = iter(_CODEC.encode(flat) if flat else [])
+    encoder = PieceEncoder(_CODEC)  # one per job: a GPU batches pieces across its sources
+    all_streams = [_decode_recording(rec, errors, encoder) for rec in recordings]
+    encoder.flush()
     encoded = [
-        [None if w is None else (w.size / SAMPLE_RATE, next(codes)) for w in waves]
-        for waves in all_waves
+        [None if s is None else (s.samples / SAMPLE_RATE, s.codes()) for s in streams]
+        for streams in all_streams
     ]
     return {"encoded": encoded, "errors": errors}
 
@@ -295,7 +319,7 @@ class _Pending:
 def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> list[UnitCache]:
     """Run (or resume) the codec stage for every unit; returns their complete caches."""
     caches = unit_caches(codes_dir, units, cfg)
-    todo = [(u, c) for u, c in zip(units, caches) if not c.is_complete()]
+    todo = [(u, c) for u, c in zip(units, caches) if not c.verify_complete()]  # damaged: again
     if not todo:
         logger.info("encode: all %d units already cached in %s", len(units), codes_dir)
         return caches
@@ -308,8 +332,8 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
         pool = ProcessPoolExecutor(
             workers,
             mp_context=mp.get_context("spawn"),
-            initializer=_init_worker,
-            initargs=(cfg, threads),
+            initializer=init_dying_with_parent,  # no orphan workers after a kill -9
+            initargs=(_init_worker, cfg, threads),
         )
     else:
         import torch
@@ -329,7 +353,7 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
         results = [j.result() if isinstance(j, Future) else j for j in p.jobs]
         running -= len(p.jobs)
         chunk, counts = assemble_chunk(p.recordings or [], p.read_errors or [], results)
-        write_chunk(p.cache.chunk_path(p.index), chunk, cfg.cache_codebooks)
+        p.cache.write_chunk(p.index, chunk, cfg.cache_codebooks)
         progress.update(counts)
 
     try:
@@ -338,7 +362,7 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
             progress.reading(unit)
             n = 0
             for n, (recs, errs) in enumerate(chunk_stream(unit, cfg.chunk_utterances), 1):
-                if cache.has_chunk(n - 1):
+                if cache.reuse_chunk(n - 1):  # on disk and intact
                     progress.skipped += 1
                     continue
                 parts = split_jobs(recs, job_utts)

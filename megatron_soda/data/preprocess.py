@@ -6,6 +6,13 @@ Outputs for ``--output-prefix P`` (``P`` gains ``_{I:05d}_of_{K:05d}`` with ``--
 * ``P.stats.json`` (and one per split): documents, utterances, audio hours, tokens by kind,
   errors, and the token layout the trainer checks against its tokenizer
 * ``P.errors.jsonl``: one line per rejected input (file, item, reason, stage)
+
+One run writes a prefix at a time: the run holds ``P.lock`` (:class:`OutputLock`; a stale lock of
+a dead run is taken over) and a second one stops with :class:`OutputLocked`.  The shards are
+flushed to disk, then their stats written (recording the files they describe under ``files``:
+the ``.bin`` size, the ``.idx`` size and sha256), then the shards renamed into place: a crash
+leaves the old shards with new stats at worst, which the trainer refuses (the files differ from
+the record), never new shards that old stats would vouch for.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from megatron_soda.data.tokenize_stage import (
 )
 from megatron_soda.data.units import WorkUnit, expand_inputs, plan_units
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, shard_layout, validate_shard
+from megatron_soda.format.shard_verify import IDENTITY_KEY
+from megatron_soda.output_lock import OutputLock
 from megatron_soda.tokenizer import SodaTokenizer
 
 logger = logging.getLogger(__name__)
@@ -108,6 +117,27 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         raise PreprocessError(f"--valid-fraction must be in [0, 1), got {cfg.valid_fraction}")
     if cfg.input_format in SPEECH_FORMATS and cfg.codec is None:
         raise PreprocessError(CODEC_REQUIRED)  # before any input is read or output written
+    with output_locked(cfg.shard_prefix):
+        return _run_locked(cfg)
+
+
+def output_locked(prefix: str) -> OutputLock:
+    """The lock of output prefix ``prefix`` (``prefix.lock``), for a ``with`` block: held for a
+    whole run; :class:`~megatron_soda.output_lock.OutputLocked` (naming the holder) when another
+    live run holds it."""
+    return _LoggedLock(prefix + ".lock", "preprocessing run")
+
+
+class _LoggedLock(OutputLock):
+    def acquire(self) -> None:
+        super().acquire()
+        if self.took_over:
+            t = self.took_over
+            logger.warning("%s: took over the lock of a run that is gone (host %s, pid %s: %s)",
+                           self.path, t.get("host"), t.get("pid"), t.get("reason"))
+
+
+def _run_locked(cfg: PreprocessConfig) -> dict:
     try:
         files = expand_inputs(cfg.inputs, cfg.input_format)
         units = plan_units(files, cfg.input_format, cfg.num_shards, cfg.shard_index)
@@ -139,11 +169,13 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
             tokenize_cached_units(caches, tokenizer, cfg.interleave, out)
         else:
             tokenize_text_units(units, tokenizer, out, cfg.json_keys)
-        out.finalize()
+        files = out.close()  # flushed, not yet visible
+        summary = write_reports(cfg, tokenizer, out, files)  # the stats first, durably
+        out.publish()
     except BaseException:
         out.abort()
         raise
-    return write_reports(cfg, tokenizer, out)
+    return summary
 
 
 def _cached_units(
@@ -163,6 +195,13 @@ def _cached_units(
             f"{c.description['input']}{more}: {why}; run --stage encode (or all) first with the "
             "same inputs, codec and --codes-dir"
         )
+    for c in caches:  # chunks damaged since they were written (logged and redone by encode)
+        damaged = c.damaged_chunks()
+        if damaged:
+            raise PreprocessError(
+                f"--stage tokenize: {damaged[0][1]} ({len(damaged)} damaged chunk(s) in {c.dir}); "
+                "run --stage encode (or all) with the same arguments to encode them again"
+            )
     return caches
 
 
@@ -224,27 +263,43 @@ def _summary(
 
 
 def _write_reports(
-    prefix: str, header: dict, splits: dict[str, SplitStats], summary: dict, errors: list[dict]
+    prefix: str,
+    header: dict,
+    splits: dict[str, SplitStats],
+    summary: dict,
+    errors: list[dict],
+    files: dict[str, dict],
 ) -> None:
     """``P.stats.json`` (and ``P_{split}.stats.json`` per split side) and ``P.errors.jsonl``:
-    readable JSON, keys sorted, non-ASCII text kept."""
-    style = dict(tmp_suffix=TMP_SUFFIX, ensure_ascii=False, sort_keys=True)
+    readable JSON, keys sorted, non-ASCII text kept; durable (written before the shards they
+    describe are renamed into place).  Each stats file describing a shard pair records its
+    identity (``files``: ``files[split]``, from :meth:`ShardWriter.close`)."""
+    style = dict(tmp_suffix=TMP_SUFFIX, ensure_ascii=False, sort_keys=True, durable=True)
     reports = {}
     if set(splits) != {"all"}:
         for name, st in splits.items():
-            reports[f"{prefix}_{name}.stats.json"] = {**header, "split": name, **st.to_dict()}
-    reports[prefix + ".stats.json"] = summary
+            reports[f"{prefix}_{name}.stats.json"] = {
+                **header, "split": name, **st.to_dict(), IDENTITY_KEY: files[name]
+            }
+        reports[prefix + ".stats.json"] = summary
+    else:
+        reports[prefix + ".stats.json"] = {**summary, IDENTITY_KEY: files["all"]}
     for path, report in reports.items():
         atomic_files.write_json_atomic(path, report, end="\n", indent=2, **style)
     atomic_files.write_jsonl_atomic(prefix + ".errors.jsonl", errors, **style)
+    atomic_files.fsync_path(os.path.dirname(os.path.abspath(prefix)))
 
 
-def write_reports(cfg: PreprocessConfig, tokenizer: SodaTokenizer, out: OutputSet) -> dict:
+def write_reports(
+    cfg: PreprocessConfig, tokenizer: SodaTokenizer, out: OutputSet, files: dict[str, dict]
+) -> dict:
+    """The run's stats and error report; ``files``: each split's shard identity
+    (:meth:`OutputSet.close`)."""
     header = _header(cfg, tokenizer)
     n_err = len(out.errors)
     summary = _summary(header, out.stats, n_err, out.attempted, out.text_collisions)
     errors = [e.to_dict() for e in out.errors]
-    _write_reports(cfg.shard_prefix, header, out.stats, summary, errors)
+    _write_reports(cfg.shard_prefix, header, out.stats, summary, errors, files)
     if out.text_collisions:
         logger.warning(
             "%d transcript characters fall in the audio character range U+E000..; ids are correct, "
@@ -255,9 +310,15 @@ def write_reports(cfg: PreprocessConfig, tokenizer: SodaTokenizer, out: OutputSe
 
 
 def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
-    """Combine shard outputs (in the order given) into one prefix, splits kept apart."""
+    """Combine shard outputs (in the order given) into one prefix, splits kept apart; holds the
+    output prefix's lock (:func:`output_locked`) meanwhile."""
     if not prefixes:
         raise PreprocessError("merge: no input prefixes")
+    with output_locked(output_prefix):
+        return _merge_locked(prefixes, output_prefix)
+
+
+def _merge_locked(prefixes: list[str], output_prefix: str) -> dict:
     stats = []
     for p in prefixes:
         path = p + ".stats.json"
@@ -284,17 +345,29 @@ def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
         for suffix in suffixes.values():
             validate_shard(p + suffix, layout, scan_ids=False)
     merged: dict[str, SplitStats] = {}
-    for name, suffix in suffixes.items():
-        w = ShardWriter(output_prefix + suffix)
-        merged[name] = SplitStats()
-        try:
+    writers: dict[str, ShardWriter] = {}
+    try:
+        for name, suffix in suffixes.items():
+            w = writers[name] = ShardWriter(output_prefix + suffix)
+            merged[name] = SplitStats()
             for p, s in zip(prefixes, stats):
                 w.add_prefix(p + suffix)
                 merged[name].merge(SplitStats.from_dict(s["splits"][name] if name != "all" else s))
-            w.finalize()
-        except BaseException:
+        files = {name: w.close() for name, w in writers.items()}
+        summary = _merge_reports(prefixes, output_prefix, stats, merged, files)
+        for w in writers.values():
+            w.publish()
+    except BaseException:
+        for w in writers.values():
             w.abort()
-            raise
+        raise
+    return summary
+
+
+def _merge_reports(
+    prefixes: list[str], output_prefix: str, stats: list[dict], merged: dict[str, SplitStats],
+    files: dict[str, dict],
+) -> dict:
     header = {k: v for k, v in stats[0].items() if k in HEADER_KEYS}
     header["merged_from"] = [os.path.basename(p) for p in prefixes]
     errors: list[dict] = []
@@ -304,5 +377,5 @@ def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
     attempted = sum(s["attempted"] for s in stats)
     collisions = sum(s.get("text_audio_char_collisions", 0) for s in stats)
     summary = _summary(header, merged, len(errors), attempted, collisions)
-    _write_reports(output_prefix, header, merged, summary, errors)
+    _write_reports(output_prefix, header, merged, summary, errors, files)
     return summary

@@ -20,7 +20,7 @@ import numpy as np
 from megatron_soda.data.codes_cache import Chunk, UnitCache, read_chunk
 from megatron_soda.data.progress import StageProgress, read_position
 from megatron_soda.data.readers import read_source
-from megatron_soda.data.records import InputError, TextDocument
+from megatron_soda.data.records import InputError, TextDocument, unexpected
 from megatron_soda.data.shards import ShardWriter
 from megatron_soda.data.split import is_heldout
 from megatron_soda.data.units import WorkUnit
@@ -109,9 +109,14 @@ class OutputSet:
             return "all"
         return "valid" if is_heldout(record_id, self.split) else "train"
 
-    def finalize(self) -> None:
+    def close(self) -> dict[str, dict]:
+        """Finish and flush every shard (not yet visible); each side's identity for its stats."""
+        return {n: w.close() for n, w in self.writers.items()}
+
+    def publish(self) -> None:
+        """Rename the closed shards into place: after their stats are written."""
         for w in self.writers.values():
-            w.finalize()
+            w.publish()
 
     def abort(self) -> None:
         for w in self.writers.values():
@@ -127,18 +132,66 @@ def _collisions(texts: list[str], num_audio_tokens: int) -> int:
     return sum(text_audio_char_collisions(t, num_audio_tokens) for t in texts)
 
 
+def encode_each(tokenizer: SodaTokenizer, texts: list[str]) -> list[np.ndarray | Exception]:
+    """Each text's token ids (int32), batch-encoded; where the batch fails, each text alone,
+    so a text the tokenizer cannot take is that text's exception, not the chunk's."""
+    try:
+        return [np.asarray(t, np.int32) for t in tokenizer.encode_texts(texts)]
+    except Exception:
+        out: list[np.ndarray | Exception] = []
+        for t in texts:
+            try:
+                out.append(np.asarray(tokenizer.encode_texts([t])[0], np.int32))
+            except Exception as e:
+                out.append(e)
+        return out
+
+
+def _add_recording(out: OutputSet, lay, kinds, rec, t_ids: list) -> None:
+    """One recording's documents (one per variant).  An utterance whose transcript the
+    tokenizer failed on is left out, with its error; an exception while building the documents
+    is an error for each utterance, and nothing of the recording is written."""
+    keep = []
+    for u, ids in zip(rec.utterances, t_ids):
+        if isinstance(ids, Exception):
+            reason = unexpected(ids, rec.source, u.id)
+            out.errors.append(InputError(rec.source, u.id, reason, stage="tokenize"))
+        else:
+            keep.append((u, ids))
+    if not keep:
+        return
+    try:
+        texts, codes = [ids for _, ids in keep], [u.codes for u, _ in keep]
+        side = out.side(rec.id)
+        docs = [
+            (v, interleaved_document(lay, texts, codes, v), interleaved_kind_counts(lay, texts, codes, v))
+            for v in kinds
+        ]
+    except Exception as e:  # unforeseen: costs this recording only
+        reason = unexpected(e, rec.source, rec.id)
+        out.errors.extend(InputError(rec.source, u.id, reason, stage="tokenize") for u, _ in keep)
+        return
+    st = out.stats[side]
+    st.recordings += 1
+    st.utterances += len(keep)
+    st.audio_seconds += sum(u.seconds for u, _ in keep)
+    for variant, doc, counts in docs:
+        out.writers[side].add(doc)
+        st.add_document(variant, counts, doc.size)
+
+
 def _prepared_chunks(
     caches: list[UnitCache], tokenizer: SodaTokenizer
-) -> Iterator[tuple[Chunk, list[str], list[np.ndarray]]]:
+) -> Iterator[tuple[Chunk, list[str], list[np.ndarray | Exception]]]:
     """Each cached chunk with its transcripts' token ids (int32, once per span, so both
     variants copy without converting).  The next chunk is read and its transcripts tokenised
     in a thread (the Rust tokenizer and numpy release the GIL) while the caller builds and
     writes the current one's documents."""
 
-    def prepare(cache: UnitCache, k: int) -> tuple[Chunk, list[str], list[np.ndarray]]:
+    def prepare(cache: UnitCache, k: int) -> tuple[Chunk, list[str], list[np.ndarray | Exception]]:
         chunk = read_chunk(cache.chunk_path(k))
         texts = [u.text for r in chunk.recordings for u in r.utterances]
-        return chunk, texts, [np.asarray(t, np.int32) for t in tokenizer.encode_texts(texts)]
+        return chunk, texts, encode_each(tokenizer, texts)
 
     jobs = ((c, k) for c in caches for k in range(c.num_chunks()))
     with ThreadPoolExecutor(1) as pool:
@@ -181,18 +234,7 @@ def tokenize_cached_units(
         out.text_collisions += _collisions(texts, lay.num_audio_tokens)
         text_ids = iter(chunk_text_ids)
         for rec in chunk.recordings:
-            t_ids = [next(text_ids) for _ in rec.utterances]
-            codes = [u.codes for u in rec.utterances]
-            side = out.side(rec.id)
-            st = out.stats[side]
-            st.recordings += 1
-            st.utterances += len(rec.utterances)
-            st.audio_seconds += sum(u.seconds for u in rec.utterances)
-            for variant in kinds:
-                doc = interleaved_document(lay, t_ids, codes, variant)
-                out.writers[side].add(doc)
-                counts = interleaved_kind_counts(lay, t_ids, codes, variant)
-                st.add_document(variant, counts, doc.size)
+            _add_recording(out, lay, kinds, rec, [next(text_ids) for _ in rec.utterances])
     progress.close()
 
 
@@ -206,11 +248,19 @@ def tokenize_text_units(
     lay = tokenizer.layout
 
     def flush(batch: list[TextDocument]) -> None:
-        for doc_rec, ids in zip(batch, tokenizer.encode_texts([d.text for d in batch])):
-            side = out.side(doc_rec.id)
-            doc = text_document(lay, ids)
+        for doc_rec, ids in zip(batch, encode_each(tokenizer, [d.text for d in batch])):
+            try:  # one document's surprise is that document's error
+                if isinstance(ids, Exception):
+                    raise ids
+                side = out.side(doc_rec.id)
+                doc = text_document(lay, ids)
+                counts = lay.count_kinds(doc)
+            except Exception as e:
+                reason = unexpected(e, doc_rec.source, doc_rec.id)
+                out.errors.append(InputError(doc_rec.source, doc_rec.id, reason, stage="tokenize"))
+                continue
             out.writers[side].add(doc)
-            out.stats[side].add_document("text", lay.count_kinds(doc), doc.size)
+            out.stats[side].add_document("text", counts, doc.size)
 
     units = list(units)
     sizes = [os.path.getsize(u.path) for u in units]

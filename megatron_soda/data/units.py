@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
+from megatron_soda.audio.files import special_file_reason
 from megatron_soda.data.readers import input_format, lhotse_manifests, yodas2
 from megatron_soda.data.records import InputError
 
@@ -25,7 +26,9 @@ class InputSpecError(ValueError):
 
 
 def expand_inputs(inputs: list[str], fmt: str) -> list[str]:
-    """Files, directories (their matching files, sorted) and globs -> absolute file paths."""
+    """Files, directories (their matching files, sorted) and globs -> absolute file paths;
+    anything that is no regular file (a FIFO, a device, a socket) is an :class:`InputSpecError`
+    naming it, before it is opened."""
     extensions = input_format(fmt).extensions
     out: list[str] = []
     for spec in inputs:
@@ -40,13 +43,21 @@ def expand_inputs(inputs: list[str], fmt: str) -> list[str]:
                 raise InputSpecError(
                     f"{spec}: directory holds no {'/'.join(extensions)} files for --input-format {fmt}"
                 )
-        elif os.path.isfile(spec):
+        elif os.path.exists(spec):
             found = [spec]
         else:
             found = sorted(glob.glob(spec))
             if not found:
                 raise InputSpecError(f"{spec}: no such file, directory or glob match")
-        out.extend(_unit_path(os.path.abspath(p), fmt) for p in found if not _skipped(p, fmt))
+        for p in found:
+            if _skipped(p, fmt):
+                continue
+            reason = special_file_reason(p)
+            if reason and os.path.isdir(p):  # matched by a glob
+                raise InputSpecError(f"{p}: a directory matched by {spec}; give it as --input itself")
+            if reason:  # a FIFO would hang the run, a device never end: refused unopened
+                raise InputSpecError(f"{p}: {reason}")
+            out.append(_unit_path(os.path.abspath(p), fmt))
     return list(dict.fromkeys(out))  # first occurrence of each, in order
 
 
@@ -65,8 +76,9 @@ def _unit_path(path: str, fmt: str) -> str:
         unit = lhotse_manifests.recordings_path(path)
     else:
         return path
-    if not os.path.isfile(unit):
-        raise InputSpecError(f"{path}: its {fmt} work unit {unit} does not exist")
+    reason = special_file_reason(unit)
+    if reason:
+        raise InputSpecError(f"{path}: its {fmt} work unit {unit}: {reason}")
     return unit
 
 

@@ -18,6 +18,13 @@ from typing import NamedTuple
 import numpy as np
 
 from megatron_soda.format.layout import TokenLayout, layout_mismatch
+from megatron_soda.format.shard_verify import (
+    ShardError,
+    check_index,
+    check_stats_current,
+    read_stats,
+    scan_tokens,
+)
 
 IDX_MAGIC = b"MMIDIDX\x00\x00"
 _HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequences, documents
@@ -33,10 +40,6 @@ _DTYPES = {
     8: np.uint16,
 }
 _SCAN_BLOCK = 1 << 24  # tokens per block of the id scan
-
-
-class ShardError(ValueError):
-    """A shard that is missing, truncated, inconsistent, or made for another tokenizer."""
 
 
 class ShardIndex(NamedTuple):
@@ -65,10 +68,14 @@ def read_index(idx_path: str) -> ShardIndex:
         raise ShardError(
             f"{idx_path}: truncated index ({size} bytes, header promises {need} for {n_seq} sequences)"
         )
-    offset = _HEADER.size
-    lengths = np.fromfile(idx_path, dtype=np.int32, count=n_seq, offset=offset)
-    pointers = np.fromfile(idx_path, dtype=np.int64, count=n_seq, offset=offset + 4 * n_seq)
-    docs = np.fromfile(idx_path, dtype=np.int64, count=n_doc, offset=offset + 12 * n_seq)
+    offset = _HEADER.size  # memory-mapped: the checks read a terabyte shard's index in chunks
+
+    def array(dtype: type, count: int, at: int) -> np.ndarray:
+        return np.memmap(idx_path, dtype=dtype, mode="r", offset=at, shape=(count,))
+
+    lengths = array(np.int32, n_seq, offset)
+    pointers = array(np.int64, n_seq, offset + 4 * n_seq)
+    docs = array(np.int64, n_doc, offset + 12 * n_seq)
     return ShardIndex(np.dtype(_DTYPES[code]), lengths, pointers, docs)
 
 
@@ -97,13 +104,7 @@ def shard_provenance(prefix: str) -> dict:
     path = prefix + ".stats.json"
     if not os.path.isfile(path):
         return {}
-    try:
-        with open(path, encoding="utf-8") as f:
-            stats = json.load(f)
-    except ValueError as e:
-        raise ShardError(f"{path}: not JSON ({e})") from None
-    if not isinstance(stats, dict):
-        raise ShardError(f"{path}: not a JSON object")
+    stats = read_stats(path)
     return {k: stats[k] for k in PROVENANCE_FIELDS if stats.get(k) is not None}
 
 
@@ -126,16 +127,20 @@ def validate_shard(
     max_scan_gib: float | None = None,
     check_boundaries: bool = False,
     allow_empty: bool = True,
+    check_stats: bool = False,
 ) -> ShardSummary:
     """Check a shard; raise :class:`ShardError` naming the file at the first problem.
 
-    Always: both files exist; the ``.idx`` header, length, sequence pointers and document index
-    are consistent; the ``.bin`` holds exactly the tokens the index describes (a truncated copy
-    is caught).  With ``layout``: the layout recorded in ``PREFIX.stats.json`` (if any) is this
+    Always: both files exist; the ``.idx`` header, length, every sequence pointer and the
+    document index are consistent; the ``.bin`` holds exactly the tokens the index describes (a
+    truncated copy is caught).  ``check_stats``: ``PREFIX.stats.json`` (if any) describes these
+    shards, not ones they replaced (:func:`~megatron_soda.format.shard_verify.check_stats_current`).  With ``layout``: the layout recorded in ``PREFIX.stats.json`` (if any) is this
     one.  ``allow_empty=False`` refuses a shard with no documents.  ``scan_ids``: no id is
     negative or (with ``layout``) outside its vocabulary; beyond ``max_scan_gib`` of tokens only
     evenly spread blocks (head and tail included) are scanned.  ``check_boundaries`` (with
-    ``layout``): every document starts with BOS and ends with EOS."""
+    ``layout``): every document starts with BOS, ends with EOS and holds neither inside (in the
+    blocks scanned).  Blocks are bounded; :func:`~megatron_soda.format.shard_verify.scan_tokens`
+    says how long the scan takes per GB."""
     idx_path, bin_path = prefix + ".idx", prefix + ".bin"
     for p in (idx_path, bin_path):
         if not os.path.isfile(p):
@@ -144,76 +149,25 @@ def validate_shard(
                 "written by tools/preprocess)"
             )
     index = read_index(idx_path)
-    itemsize = index.dtype.itemsize
-    lengths = index.lengths.astype(np.int64)
-    tokens = int(lengths.sum())
-    expected, actual = tokens * itemsize, os.path.getsize(bin_path)
-    if actual != expected:
-        what = "truncated" if actual < expected else "longer than its index"
-        raise ShardError(f"{bin_path}: {what} ({actual} bytes, {idx_path} describes {expected})")
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]) if len(lengths) else lengths
-    if (index.pointers != starts * itemsize).any():
-        raise ShardError(f"{idx_path}: sequence pointers do not match the sequence lengths")
-    docs = index.document_indices
-    if len(docs) == 0 or docs[0] != 0 or (np.diff(docs) < 0).any() or docs[-1] != len(lengths):
-        raise ShardError(f"{idx_path}: inconsistent document index")
+    tokens = check_index(idx_path, bin_path, index)
+    if check_stats:
+        check_stats_current(prefix, len(index.document_indices) - 1, tokens)
     recorded = shard_layout(prefix) if layout is not None else None
     if recorded is not None and (why := layout_mismatch(recorded, layout, "shard")):
         raise ShardError(
             f"{prefix}.stats.json: {why} (the shard was preprocessed with another --tokenizer or "
             "--num-codebooks)"
         )
-    if not allow_empty and len(lengths) == 0:
+    if not allow_empty and len(index.lengths) == 0:
         raise ShardError(f"{idx_path}: the shard holds no documents")
     lo = hi = scanned = 0
-    if tokens and (scan_ids or check_boundaries):
-        data = np.memmap(bin_path, dtype=index.dtype, mode="r")
-        if scan_ids:
-            vocab = layout.vocab_size if layout is not None else None
-            lo, hi, scanned = _scan_ids(bin_path, data, vocab, max_scan_gib)
-        if check_boundaries and layout is not None:
-            _check_boundaries(bin_path, data, starts, lengths, layout)
-    return ShardSummary(prefix, len(docs) - 1, len(lengths), tokens, lo, hi, scanned)
-
-
-def _scan_ids(
-    bin_path: str, data: np.ndarray, vocab_size: int | None, max_scan_gib: float | None
-) -> tuple[int, int, int]:
-    """(min, max, count) of the ids scanned, in blocks; raises at the first id out of range."""
-    n = len(data)
-    if max_scan_gib is None or n * data.itemsize <= max_scan_gib * (1 << 30):
-        starts = range(0, n, _SCAN_BLOCK)
-    else:  # sample: head, tail and evenly spread blocks up to the byte budget
-        k = max(2, int(max_scan_gib * (1 << 30) // (_SCAN_BLOCK * data.itemsize)))
-        starts = sorted({int(x) for x in np.linspace(0, max(n - _SCAN_BLOCK, 0), k)})
-    lo, hi, scanned = None, None, 0
-    for s in starts:
-        block = np.asarray(data[s : s + _SCAN_BLOCK])
-        b_lo, b_hi = int(block.min()), int(block.max())
-        bad = b_lo if b_lo < 0 else b_hi if vocab_size is not None and b_hi >= vocab_size else None
-        if bad is not None:
-            pos = s + int(np.flatnonzero(block == bad)[0])
-            vocab = f"[0, {vocab_size})" if vocab_size is not None else "(ids are >= 0)"
-            raise ShardError(
-                f"{bin_path}: token id {bad} at position {pos} is outside the vocabulary {vocab} "
-                "(shard made with another tokenizer or --num-codebooks?)"
-            )
-        lo = b_lo if lo is None else min(lo, b_lo)
-        hi = b_hi if hi is None else max(hi, b_hi)
-        scanned += block.size
-    return (lo, hi, scanned) if lo is not None else (0, 0, 0)
-
-
-def _check_boundaries(
-    bin_path: str, data: np.ndarray, starts: np.ndarray, lengths: np.ndarray, layout: TokenLayout
-) -> None:
-    for what, where, want in (
-        ("start with BOS", starts, layout.bos_id),
-        ("end with EOS", starts + lengths - 1, layout.eos_id),
-    ):
-        wrong = np.flatnonzero(data[where] != want)
-        if wrong.size:
-            raise ShardError(f"{bin_path}: document {int(wrong[0])} does not {what} {want}")
+    if scan_ids or (check_boundaries and layout is not None):
+        marks = (layout.bos_id, layout.eos_id) if check_boundaries and layout is not None else (None, None)
+        vocab = layout.vocab_size if scan_ids and layout is not None else None
+        lo, hi, scanned = scan_tokens(bin_path, index, tokens, vocab_size=vocab, bos=marks[0],
+                                      eos=marks[1], block=_SCAN_BLOCK,
+                                      max_scan_gib=max_scan_gib if scan_ids else None)
+    return ShardSummary(prefix, len(index.document_indices) - 1, len(index.lengths), tokens, lo, hi, scanned)
 
 
 def read_document(prefix: str, index: int) -> np.ndarray:

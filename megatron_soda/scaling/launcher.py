@@ -72,6 +72,9 @@ TRAINER_FIELDS: tuple[tuple[str, str], ...] = (
     ("tokenizer", "tokenizer"),
     ("num_codebooks", "num_codebooks"),
     ("eval_iters", "eval_iters"),  # set only with LaunchConfig.eval_samples
+    # slurm/scaling_array.sbatch stops a run with SIGTERM before the time limit or on preemption:
+    # the run saves the iteration it reached and the requeued task redoes no step
+    ("exit_signal_handler", "exit_signal_handler"),
 )
 
 
@@ -121,6 +124,7 @@ def trainer_values(run: PlannedRun, cfg: LaunchConfig, run_dir: str) -> dict[str
         eval_interval=cfg.eval_interval or run.steps,
         save=os.path.join(run_dir, "checkpoints"),
         metrics_jsonl=os.path.join(run_dir, schema.METRICS_FILE),
+        exit_signal_handler=True,
         **_launch_values(run, cfg),
     )
     return values

@@ -1,7 +1,9 @@
 """The trainer's checks on its data shards before any model is built: the format's validator
 (:func:`megatron_soda.format.validate_shard`, messages that name the file) with the training
-tokenizer's layout, plus the check that ``--split`` leaves no split empty (the default's
-validation split may be: the run then trains without validation).
+tokenizer's layout (every index entry, BOS/EOS placement and id range, stats that describe the
+shards beside them), the blend's provenance (one comparison of what the shards record, which also
+gives the tokenizer its codebook count), plus the check that ``--split`` leaves no split empty
+(the default's validation split may be: the run then trains without validation).
 
 ``DataError`` is the format's :class:`~megatron_soda.format.ShardError`: one error type for a
 shard that cannot be used, whoever finds it.
@@ -10,6 +12,7 @@ shard that cannot be used, whoever finds it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from megatron_soda.config.data import DEFAULT_SPLIT
 from megatron_soda.format import ShardError, shard_provenance, validate_shard
@@ -20,13 +23,31 @@ DataError = ShardError
 
 def check_prefix(prefix: str, tokenizer: SodaTokenizer, mode: str = "full", max_scan_gib: float = 4.0) -> dict:
     """Validate one shard for training with ``tokenizer``; returns a small summary.  ``mode``:
-    full (every id checked against the vocabulary, sampled beyond ``max_scan_gib``) | quick
-    (structure and recorded layout only) | none."""
+    full (structure, stats and every id against the vocabulary, every document's BOS/EOS placement;
+    sampled beyond ``max_scan_gib``) | quick (structure: every index entry, the ``.bin`` size,
+    ``PREFIX.stats.json`` describing these shards and recording this layout) | none.  The full
+    scan's cost per GB: :func:`megatron_soda.format.shard_verify.scan_tokens`."""
     if mode == "none":
         return {}
-    s = validate_shard(prefix, tokenizer.layout, scan_ids=mode == "full", max_scan_gib=max_scan_gib,
-                       allow_empty=False)
+    full = mode == "full"
+    s = validate_shard(prefix, tokenizer.layout, scan_ids=full, check_boundaries=full,
+                       max_scan_gib=max_scan_gib, allow_empty=False, check_stats=True)
     return {"prefix": prefix, "sequences": s.sequences, "tokens": s.tokens}
+
+
+def check_prefixes(prefixes: list[str], tokenizer: SodaTokenizer, mode: str = "full",
+                   max_scan_gib: float = 4.0) -> tuple[dict, dict[str, dict]]:
+    """Every check of a run's shards, cheapest first, so that a bad blend is refused before any
+    token is scanned: each shard's files and whether its stats describe them (stale stats would
+    make the next comparison meaningless), then what the blend's stats record
+    (:func:`check_blend_provenance`: a mixed blend is named as such), then each shard against
+    ``tokenizer`` (:func:`check_prefix` in ``mode``).  Returns the codec the shards share and each
+    prefix's summary."""
+    if mode != "none":
+        for p in prefixes:
+            validate_shard(p, None, scan_ids=False, check_stats=True)
+    shared = check_blend_provenance(prefixes)
+    return shared, {p: check_prefix(p, tokenizer, mode, max_scan_gib) for p in prefixes}
 
 
 # Fields two prefixes of one run must share: speech prefixes the codec (its fingerprint
@@ -35,13 +56,38 @@ _CODEC_FIELDS = ("codec_fingerprint", "num_codebooks")
 _LAYOUT_FIELDS = ("layout",)
 
 
-def check_blend_provenance(prefixes: list[str]) -> dict:
-    """Refuse a run whose prefixes were made with different codecs, codebook counts or token
-    layouts, naming two prefixes and the field; returns what they share (``codec``,
-    ``codec_fingerprint``, ``codec_random``: the data facts a checkpoint records).  A field a
-    shard does not record (text shards: no codec; shards from before fingerprints) is unknown
-    and never refused."""
-    first: dict[str, tuple[str, object]] = {}  # field -> (prefix, value) of the first to record it
+@dataclass(frozen=True)
+class BlendMismatch:
+    """Two prefixes of a blend that record different values of ``field``."""
+
+    field: str
+    first: tuple[str, object]  # (prefix, value) of the first prefix to record the field
+    other: tuple[str, object]
+
+    def codebook_counts(self) -> tuple[object, object] | None:
+        """The two codebook counts, when they are what differs (directly or in the layouts)."""
+        a, b = self.first[1], self.other[1]
+        if self.field == "layout" and isinstance(a, dict) and isinstance(b, dict):
+            a, b = a.get("num_codebooks"), b.get("num_codebooks")
+        elif self.field != "num_codebooks":
+            return None
+        return (a, b) if a != b else None
+
+    def message(self) -> str:
+        (pa, a), (pb, b) = self.first, self.other
+        shown = (a, b) if self.field != "layout" else _differing_layout_fields(a, b)
+        return (f"the data blend mixes shards made differently: {pa} has {self.field} {shown[0]}, "
+                f"{pb} has {self.field} {shown[1]} ({pb}.stats.json); preprocess them with the "
+                "same --codec, --num-codebooks and --tokenizer")
+
+
+def blend_provenance(prefixes: list[str]) -> tuple[dict[str, tuple[str, object]], dict, BlendMismatch | None]:
+    """The one comparison of what a blend's shards record (``PREFIX.stats.json``): the fields
+    they agree on (field -> (first prefix recording it, value)), the codec of the first speech
+    prefix, and the first disagreement (None if none).  Speech prefixes must share the codec
+    (fingerprint) and codebook count, every prefix the token layout; a field a shard does not
+    record (text shards: no codec; shards from before fingerprints) is unknown, never different."""
+    first: dict[str, tuple[str, object]] = {}
     shared: dict = {}
     for prefix in prefixes:
         prov = shard_provenance(prefix)
@@ -49,16 +95,21 @@ def check_blend_provenance(prefixes: list[str]) -> dict:
         for field in (_CODEC_FIELDS if speech else ()) + _LAYOUT_FIELDS:
             if field not in prov:
                 continue
-            value = prov[field]
-            seen = first.setdefault(field, (prefix, value))
-            if json.dumps(seen[1], sort_keys=True) != json.dumps(value, sort_keys=True):
-                shown = (seen[1], value) if field != "layout" else _differing_layout_fields(seen[1], value)
-                raise DataError(
-                    f"the data blend mixes shards made differently: {seen[0]} has {field} {shown[0]}, "
-                    f"{prefix} has {field} {shown[1]} ({prefix}.stats.json); preprocess them with the "
-                    "same --codec, --num-codebooks and --tokenizer")
+            seen = first.setdefault(field, (prefix, prov[field]))
+            if json.dumps(seen[1], sort_keys=True) != json.dumps(prov[field], sort_keys=True):
+                return first, shared, BlendMismatch(field, seen, (prefix, prov[field]))
         if speech and not shared:
             shared = {k: prov[k] for k in ("codec", "codec_fingerprint", "codec_random") if k in prov}
+    return first, shared, None
+
+
+def check_blend_provenance(prefixes: list[str]) -> dict:
+    """Refuse a run whose prefixes were made with different codecs, codebook counts or token
+    layouts, naming two prefixes and the field; returns what they share (``codec``,
+    ``codec_fingerprint``, ``codec_random``: the data facts a checkpoint records)."""
+    _, shared, mismatch = blend_provenance(prefixes)
+    if mismatch is not None:
+        raise DataError(mismatch.message())
     return shared
 
 

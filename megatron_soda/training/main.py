@@ -14,7 +14,9 @@ from collections.abc import Sequence
 from megatron_soda.compat import CpuCompatError
 from megatron_soda.config import ConfigError
 from megatron_soda.config.cli import parse_argv
+from megatron_soda.safe_loading import UnsafeContentError, restricted_loading
 from megatron_soda.tokenizer import TokenizerError
+from megatron_soda.versions import UnsupportedVersionError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -26,9 +28,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     from megatron_soda.training.trainer import Trainer
 
     try:
-        with Trainer(config) as trainer:
+        # Checkpoints and caches may come from elsewhere: nothing read runs code (safe_loading).
+        with restricted_loading(), Trainer(config) as trainer:
             trainer.train()
-    except (TokenizerError, DataError, ConfigError, CheckpointError, NonFiniteLossError, CpuCompatError) as e:
+    except (TokenizerError, DataError, ConfigError, CheckpointError, NonFiniteLossError, CpuCompatError,
+            UnsafeContentError, UnsupportedVersionError) as e:
         if rank0:
             print(f"pretrain_soda.py: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

@@ -13,19 +13,25 @@ from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 
 def _data_num_codebooks(config: TrainConfig) -> int | None:
     """The codebook count recorded by the shards (PREFIX.stats.json); None if none records it.
-    Shards that disagree are refused."""
+    The shards' records are compared by the blend check (one comparison, here before the
+    tokenizer exists): a blend of different codebook counts is refused here, any other
+    disagreement as the data check would refuse it."""
     from megatron_soda.format import shard_layout
     from megatron_soda.training.data import all_prefixes
+    from megatron_soda.training.data_checks import DataError, blend_provenance
 
-    found: dict[int, str] = {}
-    for prefix in all_prefixes(config.data):
-        layout = shard_layout(prefix)
-        if layout is not None:
-            found.setdefault(layout.num_codebooks, prefix)
-    if len(found) > 1:
-        raise ConfigError("the data shards were made with different numbers of codebooks: "
-                          + ", ".join(f"{p} has {n}" for n, p in sorted(found.items())))
-    return next(iter(found), None)
+    agreed, _, mismatch = blend_provenance(all_prefixes(config.data))
+    if mismatch is not None:
+        counts = mismatch.codebook_counts()
+        if counts is None:
+            raise DataError(mismatch.message())
+        (a, _), (b, _) = mismatch.first, mismatch.other
+        raise ConfigError(f"the data shards were made with different numbers of codebooks: {a} has "
+                          f"{counts[0]}, {b} has {counts[1]}")
+    if "layout" not in agreed:
+        return None
+    layout = shard_layout(agreed["layout"][0])  # the layout's own check: a malformed one is named
+    return None if layout is None else layout.num_codebooks
 
 
 def load_tokenizer(config: TrainConfig) -> SodaTokenizer:
@@ -36,11 +42,10 @@ def load_tokenizer(config: TrainConfig) -> SodaTokenizer:
     from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
     path, flag = config.model.tokenizer, config.model.num_codebooks
+    if not os.path.isdir(path) and not flag:  # the shards' errors name the shards, not --tokenizer
+        flag = _data_num_codebooks(config) or DEFAULT_NUM_CODEBOOKS
     try:
-        if os.path.isdir(path):
-            return SodaTokenizer.load(path, num_codebooks=flag)
-        num_codebooks = flag or _data_num_codebooks(config) or DEFAULT_NUM_CODEBOOKS
-        return SodaTokenizer.load(path, num_codebooks=num_codebooks)
+        return SodaTokenizer.load(path, num_codebooks=flag)
     except (ValueError, OSError) as e:  # a malformed file, an impossible layout: one line, not a traceback
         if isinstance(e, (ConfigError, TokenizerError)):
             raise
@@ -58,8 +63,7 @@ def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> dict:
     from megatron_soda.training.data import all_prefixes, blends
     from megatron_soda.training.data_checks import (
         DataError,
-        check_blend_provenance,
-        check_prefix,
+        check_prefixes,
         check_split,
         without_validation,
     )
@@ -68,11 +72,11 @@ def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> dict:
     verdict: list = [None, {}, []]  # error, shared codec, prefixes the default split leaves no validation
     if torch.distributed.get_rank() == 0:
         try:
-            verdict[1] = check_blend_provenance(list(all_prefixes(data)))
+            verdict[1], summaries = check_prefixes(all_prefixes(data), tokenizer, data.data_check,
+                                                   data.data_check_max_gib)
             b = blends(data)
             split_prefixes = set(b["blend"][0]) if "blend" in b else set()  # --split divides these
-            for prefix in all_prefixes(data):
-                summary = check_prefix(prefix, tokenizer, data.data_check, data.data_check_max_gib)
+            for prefix, summary in summaries.items():
                 if prefix in split_prefixes and summary and not check_split(prefix, summary["sequences"], data.split):
                     verdict[2].append(f"{prefix} ({summary['sequences']} documents)")
         except (ValueError, OSError) as e:

@@ -11,10 +11,18 @@ and the process exits 0.  Megatron-LM does the same with an all-gather of the fl
 The handler is installed only when the flag is given, for the life of the ``with`` block (from
 before the distributed set-up, so that a signal during set-up is not lost), and the previous
 handlers are restored on leaving it.
+
+A worker must not outlive its torchrun agent: torchrun forwards SIGTERM, SIGINT, SIGHUP and
+SIGQUIT to its workers, but any other signal that ends it (SIGUSR1, which Slurm's ``--signal``
+sends, has no handler in torchrun; SIGKILL; an OOM kill) left the workers training on, orphaned,
+with nobody to collect them.  :func:`die_with_launcher` asks the kernel to send each worker the
+stop signal when its agent dies: with ``--exit-signal-handler`` that is ``--exit-signal`` (the
+ranks agree, save and exit 0, as on any stop), else SIGTERM (the process ends).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -95,12 +103,29 @@ def start_checkpoint_writer_shielded(sig: signal.Signals) -> None:
     pending (Linux never discards a blocked signal) and reaches the handler afterwards.  Forked
     helpers (the parallel writers, data-loader workers) inherit the handler itself.
     """
-    from megatron.core.dist_checkpointing.strategies import filesystem_async
+    from megatron_soda.checkpointing.async_save import start_write_results_queue
 
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {sig})
     handler = signal.signal(sig, signal.SIG_IGN)
     try:
-        filesystem_async._get_write_results_queue()
+        start_write_results_queue()  # as megatron's _get_write_results_queue, dying with this process
     finally:
         signal.signal(sig, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def die_with_launcher(signal_name: str | None) -> signal.Signals | None:
+    """Under torchrun (``TORCHELASTIC_RUN_ID`` set), have the kernel send this worker
+    ``signal_name`` (the ``--exit-signal`` when the handler is on; SIGTERM when None) when its
+    agent dies; returns the signal, None when not under torchrun or not supported.  Not done for
+    a process started by hand: its parent is a shell, whose end (``nohup``, ``disown``) must not
+    stop a run."""
+    from megatron_soda.compat.parent_death import die_with_parent
+
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    sig = signal.Signals[signal_name or "SIGTERM"]
+    parent = os.getppid()
+    if parent == 1:  # the agent is gone already
+        os.kill(os.getpid(), sig)
+    return sig if die_with_parent(sig, parent) else None

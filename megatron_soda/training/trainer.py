@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,7 +22,7 @@ from megatron_soda.config.derived import derive, run_record
 from megatron_soda.models.loss import REPORT_SIZE
 from megatron_soda.training.metrics import Progress, losses_from_report
 from megatron_soda.training.run_inputs import check_data, load_tokenizer
-from megatron_soda.training.stop import StopConditions
+from megatron_soda.training.stop import StopConditions, die_with_launcher
 
 
 class Trainer:
@@ -35,15 +36,19 @@ class Trainer:
         self.record = run_record(config, self.derived)
         ckpt = config.checkpoint  # the wall clock of --exit-duration-in-mins starts here
         self.stop = StopConditions(ckpt.exit_signal if ckpt.exit_signal_handler else None, ckpt.exit_duration_in_mins)
+        die_with_launcher(self.stop.signal_name)  # a torchrun worker stops when its agent dies
         self._exit = contextlib.ExitStack()
         self._entered = False
 
     def __enter__(self) -> Trainer:
+        from megatron_soda.checkpointing.save_lock import save_dir_locked
         from megatron_soda.training.initialize import distributed_runtime
 
         self._exit.enter_context(self.stop.installed())  # --exit-signal-handler, until __exit__
         self.device = self._exit.enter_context(distributed_runtime(self.config))
         try:
+            # one run per --save, held until the last save is committed (released after it)
+            self._took_over = self._exit.enter_context(save_dir_locked(self.config.checkpoint.save, self.device))
             self._build()
         except BaseException:
             self._exit.close()
@@ -115,8 +120,9 @@ class Trainer:
     def _build(self) -> None:
         from megatron.core import parallel_state
 
-        from megatron_soda.checkpointing import TrainState, find_checkpoint, load_checkpoint
+        from megatron_soda.checkpointing import TrainState
         from megatron_soda.checkpointing.async_save import AsyncSaves
+        from megatron_soda.checkpointing.verify import has_checkpoints
         from megatron_soda.scaling.flops import run_flop_counts
         from megatron_soda.training import data, model_setup
         from megatron_soda.training.metrics import MetricsLogger, peak_tflops
@@ -126,6 +132,10 @@ class Trainer:
         cfg, arch, ckpt = self.config, self.derived.architecture, self.config.checkpoint
         self.logger = MetricsLogger(cfg, self.record)
         self._exit.callback(self.logger.close)
+        if self._took_over:
+            held = self._took_over
+            self.logger.print(f"--save {ckpt.save}: took over a stale lock ({held.get('reason')}; held by pid "
+                              f"{held.get('pid')} on {held.get('host')} since {held.get('taken_at')})")
         self.data_codec = check_data(cfg, self.tokenizer)  # recorded in every checkpoint
         self.lr = self.derived.lr
         self.transformer_config = model_setup.transformer_config(arch, cfg.parallel, cfg.precision)
@@ -137,13 +147,10 @@ class Trainer:
         self.state = TrainState()
         # A checkpoint of this run's own (--save) wins over --load: a requeued fine-tune resumes
         # where it stopped instead of restarting from the weights it started from.
-        own = ckpt.save and os.path.isdir(ckpt.save) and find_checkpoint(ckpt.save)
+        own = bool(ckpt.save) and has_checkpoints(ckpt.save)
         source = ckpt.save if own else ckpt.load
         if source:
-            loaded = load_checkpoint(source, self.model, self.optimizer, self.scheduler, model_cfg=arch,
-                                     tokenizer=self.tokenizer, load_optimizer=not ckpt.no_load_optim,
-                                     load_rng=not ckpt.no_load_rng, finetune=ckpt.finetune and not own,
-                                     log=self.logger.print, data=self.data_codec)
+            loaded = self._resume(source, finetune=ckpt.finetune and not own)
             if loaded is None:
                 self.logger.print(f"no checkpoint in {source} yet: starting from scratch")
             self.state = loaded or self.state
@@ -173,6 +180,30 @@ class Trainer:
                           f"{cfg.precision.transformer_impl} spec | world {torch.distributed.get_world_size()} "
                           f"(TP {p.tensor_model_parallel_size}, PP {p.pipeline_model_parallel_size}, "
                           f"DP {parallel_state.get_data_parallel_world_size()}) | from iteration {self.state.iteration}")
+
+    def _resume(self, source: str, finetune: bool):
+        """Load the checkpoint chosen in ``source`` (verified first; ``--load-fallback``); any
+        failure while loading it is a :class:`CheckpointError` naming that checkpoint."""
+        from megatron_soda.checkpointing import CheckpointError, load_checkpoint
+        from megatron_soda.checkpointing.verify import agreed_checkpoint
+        from megatron_soda.safe_loading import UnsafeContentError
+
+        ckpt = self.config.checkpoint
+        chosen = agreed_checkpoint(source, fallback=ckpt.load_fallback, log=self.logger.print, device=self.device)
+        if chosen is None:
+            return None
+        try:
+            return load_checkpoint(chosen, self.model, self.optimizer, self.scheduler,
+                                   model_cfg=self.derived.architecture, tokenizer=self.tokenizer,
+                                   load_optimizer=not ckpt.no_load_optim, load_rng=not ckpt.no_load_rng,
+                                   finetune=finetune, log=self.logger.print, data=self.data_codec)
+        except (CheckpointError, UnsafeContentError):
+            raise
+        except Exception as e:  # noqa: BLE001 - named, then raised as the one-line error
+            error = CheckpointError(f"{chosen}: cannot load this checkpoint ({type(e).__name__}: {e})")
+            if torch.distributed.get_rank() != 0:  # main prints rank 0's errors only
+                print(f"rank {torch.distributed.get_rank()}: {error}", file=sys.stderr, flush=True)
+            raise error from e
 
     # ------------------------------------------------------------------ batches and records
     def _batch(self, raw: dict):

@@ -2,7 +2,9 @@
 
 A reader is ``read(path, options) -> Iterator[Recording | TextDocument | InputError]``: records
 in file order (deterministic), and an :class:`InputError` (never an exception) for an item it
-cannot use, so one bad line, member or row never costs the rest of the file.  Readers stream:
+cannot use, so one bad line, member or row never costs the rest of the file.  What a reader
+yields is checked once for all of them (:func:`megatron_soda.data.records.checked_items`: no
+NaN, infinite or negative times, no lone surrogates, no exception past the file).  Readers stream:
 memory is bounded by one recording (or one document), not by the input.
 
 ``--input`` names files, directories and globs; a directory contributes its files with the
@@ -15,6 +17,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+
+from megatron_soda.data.records import checked_items
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,12 @@ class InputFormat:
     speech: bool = True
 
     def read(self, path: str, options: ReaderOptions) -> Iterator:
+        """The reader's items, each checked (:func:`~megatron_soda.data.records.checked_items`):
+        every reader's output passes the same checks, and a reader that raises ends its file
+        with an error instead of ending the run."""
         module, function = self.reader.split(":")
-        return getattr(importlib.import_module(f"{__name__}.{module}"), function)(path, options)
+        reader = getattr(importlib.import_module(f"{__name__}.{module}"), function)
+        return checked_items(path, iter(reader(path, options)))
 
 
 _FORMATS = (

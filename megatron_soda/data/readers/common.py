@@ -1,15 +1,17 @@
 """What the readers share: JSON lines (plain, gzip or zstd, told apart by their first bytes)
-with per-line errors, and checked numeric fields."""
+with per-line errors, checked numeric fields, parquet audio cells, and the tar members
+no reader accepts (links, devices, FIFOs)."""
 
 from __future__ import annotations
 
 import json
 import os
+import tarfile
 import zlib
 from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
-from megatron_soda.data.records import InputError
+from megatron_soda.data.records import InputError, time_problem
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -149,14 +151,13 @@ def json_lines(path: str) -> Iterator[tuple[int, dict | InputError]]:
 
 
 def number(obj: dict, key: str) -> float | None:
+    """``obj[key]`` as seconds (None if absent); ValueError unless a finite number >= 0
+    (JSON manifests may hold ``NaN`` and ``Infinity``)."""
     v = obj.get(key)
-    if v is None:
-        return None
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        raise ValueError(f"{key!r} must be a number of seconds, got {v!r}")
-    if v < 0:
-        raise ValueError(f"{key!r} must be >= 0, got {v}")
-    return float(v)
+    problem = time_problem(v, repr(key))
+    if problem:
+        raise ValueError(problem)
+    return None if v is None else float(v)
 
 
 def audio_cell(value: object, base: str) -> tuple[bytes | None, str | None]:
@@ -173,3 +174,14 @@ def audio_cell(value: object, base: str) -> tuple[bytes | None, str | None]:
     if path:
         return None, path if os.path.isabs(path) else os.path.join(base, path)
     return None, None
+
+
+def refused_member(member: tarfile.TarInfo) -> str | None:
+    """Why a member that is no regular file or directory is refused (None: not refused)."""
+    if member.issym() or member.islnk():
+        kind = "symbolic link" if member.issym() else "hard link"
+        return f"{kind} member {member.name} -> {member.linkname} refused: store the file itself"
+    if member.ischr() or member.isblk() or member.isfifo():
+        kind = "character device" if member.ischr() else "block device" if member.isblk() else "FIFO"
+        return f"{kind} member {member.name} refused: not a file"
+    return None

@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
 
 from megatron_soda.data.readers import ReaderOptions
-from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
+from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance, unexpected
 
 _SUP = re.compile(r"supervisions")
 _REC = re.compile(r"recordings")
@@ -141,7 +142,7 @@ def to_document(path: str, rec, sups: list, offset: float = 0.0, doc_id: str | N
         start, end = offset + s.start, offset + s.start + s.duration
         if not isinstance(s.text, str):
             errors.append(InputError(path, s.id, "supervision has no text"))
-        elif s.duration <= 0 or start < 0:
+        elif not (math.isfinite(start) and math.isfinite(end)) or s.duration <= 0 or start < 0:
             errors.append(InputError(path, s.id, f"bad span [{start:.2f}s, {end:.2f}s]"))
         else:
             ref = AudioRef(
@@ -182,7 +183,10 @@ def _read_cuts(path: str) -> Iterator[Recording | InputError]:
                 path, cut.id, f"{type(cut).__name__} without a recording: not supported"
             )
             continue
-        doc, errors = to_document(path, cut.recording, list(cut.supervisions), cut.start, cut.id)
+        try:
+            doc, errors = to_document(path, cut.recording, list(cut.supervisions), cut.start, cut.id)
+        except Exception as e:  # one cut's surprise is that cut's error
+            doc, errors = None, [InputError(path, cut.id, unexpected(e, path, cut.id))]
         yield from errors
         if doc is not None:
             yield doc
@@ -227,7 +231,10 @@ def _read_pair(path: str, sup_path: str) -> Iterator[Recording | InputError]:
             continue
         yield from supervisions_of(rec.id)
         done.add(rec.id)
-        doc, errors = to_document(path, rec, ahead.pop(rec.id, []))
+        try:
+            doc, errors = to_document(path, rec, ahead.pop(rec.id, []))
+        except Exception as e:  # one recording's surprise is that recording's error
+            doc, errors = None, [InputError(path, rec.id, unexpected(e, path, rec.id))]
         yield from errors
         if doc is not None:
             yield doc

@@ -26,12 +26,17 @@ def read_librispeech(
     chapter = name[: -len(".trans.txt")] if name.endswith(".trans.txt") else name
     rec = Recording(chapter, path)
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, "rb") as f:
             lines = list(enumerate(f, 1))
-    except (OSError, UnicodeDecodeError) as e:
+    except OSError as e:
         yield InputError(path, "<file>", f"transcript file unreadable ({e})")
         return
-    for lineno, line in lines:
+    for lineno, raw in lines:
+        try:  # one line's bad bytes are that line's error
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            yield InputError(path, f"line {lineno}", f"invalid UTF-8 at byte {e.start}")
+            continue
         if not line.strip():
             continue
         uid, _, text = line.strip().partition(" ")

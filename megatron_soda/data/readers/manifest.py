@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from megatron_soda.data.readers import ReaderOptions
 from megatron_soda.data.readers.common import json_lines, number
-from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
+from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance, unexpected
 
 
 def read_jsonl_manifest(path: str, options: ReaderOptions | None = None) -> Iterator[Recording | InputError]:
@@ -33,6 +33,9 @@ def read_jsonl_manifest(path: str, options: ReaderOptions | None = None) -> Iter
                 raise ValueError(f"'end' ({end}) must be after 'start' ({start})")
         except ValueError as e:
             yield InputError(path, item, str(e))
+            continue
+        except Exception as e:  # a line nobody foresaw is that line's error
+            yield InputError(path, item, unexpected(e, path, item))
             continue
         audio_path = audio if os.path.isabs(audio) else os.path.join(base, audio)
         default_rec = audio if (start is not None or end is not None) else uid

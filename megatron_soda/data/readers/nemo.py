@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 from megatron_soda.data.readers import ReaderOptions
 from megatron_soda.data.readers.common import json_lines, number
-from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
+from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance, unexpected
 
 
 def _utterance(path: str, base: str, lineno: int, obj: dict) -> tuple[str, Utterance]:
@@ -56,9 +56,11 @@ def read_nemo_manifest(
             continue
         try:
             audio, utt = _utterance(path, base, lineno, obj)
-        except ValueError as e:
+        except Exception as e:  # ValueError: a bad value; anything else: unforeseen
             uid = obj.get("id", obj.get("audio_filepath", ""))
-            yield InputError(path, f"{uid} (line {lineno})" if uid else f"line {lineno}", str(e))
+            item = f"{uid} (line {lineno})" if uid else f"line {lineno}"
+            why = str(e) if isinstance(e, ValueError) else unexpected(e, path, item)
+            yield InputError(path, item, why)
             continue
         if audio != current_audio:
             if current is not None:

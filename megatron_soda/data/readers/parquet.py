@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from megatron_soda.data.readers import ReaderOptions
 from megatron_soda.data.readers.common import audio_cell, number
-from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
+from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance, unexpected
 
 _ID_COLUMNS = ("id", "recording_id", "video_id")
 _UTT_COLUMNS = ("utterances", "utts", "segments")
@@ -40,7 +40,10 @@ def read_parquet(path: str, options: ReaderOptions | None = None) -> Iterator[Re
         for batch in pf.iter_batches(batch_size=8, columns=columns):
             for rec in batch.to_pylist():
                 row += 1
-                yield _parquet_row(path, base, row, rec, id_col, utt_col)
+                try:
+                    yield _parquet_row(path, base, row, rec, id_col, utt_col)
+                except Exception as e:  # one row's surprise is that row's error
+                    yield InputError(path, f"row {row}", unexpected(e, path, f"row {row}"))
     except Exception as e:
         yield InputError(path, f"row {row + 1}", f"parquet data unreadable ({e})")
 

@@ -17,7 +17,7 @@ from collections.abc import Iterator, Sequence
 
 from megatron_soda.data.readers import ReaderOptions
 from megatron_soda.data.readers.common import json_lines
-from megatron_soda.data.records import InputError, TextDocument
+from megatron_soda.data.records import InputError, TextDocument, unexpected
 
 PARQUET_MAGIC = b"PAR1"
 _BATCH_ROWS = 1024
@@ -36,7 +36,17 @@ def read_text(
         if isinstance(obj, InputError):
             yield obj
             continue
-        yield _document(path, f"line {lineno}", obj, json_keys, lineno)
+        yield _guarded(path, f"line {lineno}", obj, json_keys, lineno)
+
+
+def _guarded(
+    path: str, item: str, obj: dict, json_keys: Sequence[str], number: int
+) -> TextDocument | InputError:
+    """:func:`_document`, with an exception nobody foresaw reported as the item's error."""
+    try:
+        return _document(path, item, obj, json_keys, number)
+    except Exception as e:
+        return InputError(path, item, unexpected(e, path, item))
 
 
 def _document(
@@ -75,7 +85,7 @@ def _read_parquet(path: str, json_keys: Sequence[str]) -> Iterator[TextDocument 
         for batch in pf.iter_batches(batch_size=_BATCH_ROWS, columns=columns):
             for obj in batch.to_pylist():
                 row += 1
-                yield _document(path, f"row {row}", obj, json_keys, row)
+                yield _guarded(path, f"row {row}", obj, json_keys, row)
     except Exception as e:  # a damaged page or row group: keep the rows before it
         yield InputError(path, f"row {row + 1}", f"parquet data unreadable ({_one_line(e)})")
 

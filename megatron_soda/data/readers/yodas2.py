@@ -32,10 +32,11 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from megatron_soda.audio.files import special_file_reason
+from megatron_soda.audio.sources import LENGTH_SLACK_S
 from megatron_soda.data.readers import ReaderOptions
-from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
-
-END_SLACK_S = 0.05  # as audio/io.py: a segment may end this much past the decoded audio
+from megatron_soda.data.readers.common import refused_member
+from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance, unexpected
 
 
 def transcript_path(tar_path: str) -> str:
@@ -105,6 +106,11 @@ def load_transcripts(
     json_path: str,
 ) -> tuple[dict[str, list[Segment]], list[InputError]]:
     """audio_id -> its valid segments (in index order), and the errors of the rest."""
+    reason = special_file_reason(json_path)
+    if reason == "no such file":
+        return {}, [InputError(json_path, "<file>", "transcript json not found")]
+    if reason:  # a FIFO would hang the run
+        return {}, [InputError(json_path, "<file>", f"transcript json {reason}")]
     try:
         with open(json_path, encoding="utf-8") as f:
             entries = json.load(f)
@@ -170,6 +176,10 @@ def read_yodas2(
     try:
         with tarfile.open(path, mode="r|*") as tar:
             for member in tar:
+                refused = refused_member(member)
+                if refused:
+                    yield InputError(path, member.name, refused)
+                    continue
                 if not member.isfile():
                     continue
                 base = os.path.basename(member.name)
@@ -187,7 +197,10 @@ def read_yodas2(
                 if audio_id not in transcripts:
                     yield InputError(path, audio_id, f"wav without an entry in {json_path}")
                     continue
-                yield from _recording(path, audio_id, data, transcripts[audio_id])
+                try:
+                    yield from _recording(path, audio_id, data, transcripts[audio_id])
+                except Exception as e:  # one recording's surprise is that recording's error
+                    yield InputError(path, audio_id, unexpected(e, path, audio_id))
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         where = reading if reading is not None else f"after {last}"
         yield InputError(path, where, f"tar archive truncated or corrupt ({e})")
@@ -207,7 +220,7 @@ def _recording(
     rec = Recording(audio_id, path)
     name = f"{os.path.basename(path)}:{audio_id}.wav"
     for s in segments:
-        if s.end > duration + END_SLACK_S:
+        if s.end > duration + LENGTH_SLACK_S:  # the decoder's own tolerance
             yield InputError(
                 path,
                 s.id,

@@ -20,9 +20,9 @@ import os
 from collections.abc import Iterator
 
 from megatron_soda.data.readers import ReaderOptions
-from megatron_soda.data.readers.common import audio_cell
+from megatron_soda.data.readers.common import audio_cell, number
 from megatron_soda.data.readers.yodas2 import split_segment_id
-from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
+from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance, unexpected
 
 _UTT_COLUMNS = ("utt_id", "id")
 _REC_COLUMNS = ("video_id", "recording_id")
@@ -93,7 +93,10 @@ def read_yodas_parquet(
         for batch in pf.iter_batches(batch_size=16, columns=columns):
             for obj in batch.to_pylist():
                 row += 1
-                item = _row(path, base, row, obj, utt_col, rec_col)
+                try:
+                    item = _row(path, base, row, obj, utt_col, rec_col)
+                except Exception as e:  # one row's surprise is that row's error
+                    item = InputError(path, f"row {row}", unexpected(e, path, f"row {row}"))
                 if isinstance(item, InputError):
                     yield item
                 else:
@@ -104,8 +107,12 @@ def read_yodas_parquet(
 
 
 def _num(obj: dict, key: str) -> float | None:
+    """A time column's value in seconds, None if absent or not a number; ValueError if NaN,
+    infinite or negative (a NaN start would also scramble the utterance order)."""
     v = obj.get(key)
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return None
+    return number(obj, key)
 
 
 def _row(
@@ -127,13 +134,16 @@ def _row(
     data, apath = audio_cell(obj.get("audio"), base)
     if not data and not apath:
         return InputError(path, uid, "row has no audio bytes or path")
-    start = _num(obj, "start")
+    try:
+        start, duration = _num(obj, "start"), _num(obj, "duration")
+    except ValueError as e:
+        return InputError(path, uid, str(e))
     if start is None and parsed is not None:
         start = parsed[1]
     ref = AudioRef(
         path=None if data else apath,
         data=data or None,
         name=f"{os.path.basename(path)}:{uid}",
-        expected_duration=_num(obj, "duration"),
+        expected_duration=duration,
     )
     return str(rec_id), start, Utterance(uid, text, ref)

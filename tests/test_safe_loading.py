@@ -1,0 +1,160 @@
+"""Nothing a run reads from a checkpoint or cache executes code (megatron_soda.safe_loading).
+
+Each hostile file below carries a pickle whose ``__reduce__`` calls ``os.system`` to create a
+marker file: the marker existing afterwards would mean code ran.  The unit tests feed such files
+to the three readers megatron-core and torch use (``torch.load``, ``numpy.load``, DCP's
+``.metadata`` reader); the torchrun test plants them in a real checkpoint and a real megatron
+dataset cache and resumes the trainer on them.
+"""
+
+from __future__ import annotations
+
+import glob
+import io
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers_hostile import Payload
+from helpers_train import base_args, torchrun, train_workspace
+from torch.distributed.checkpoint import filesystem as dcp_filesystem
+
+from megatron_soda.safe_loading import UnsafeContentError, load_dcp_metadata, restricted_loading
+
+
+def hostile_pickle(marker: str) -> bytes:
+    return pickle.dumps({"state": Payload(marker)})
+
+
+def hostile_torch_file(marker: str) -> bytes:
+    buf = io.BytesIO()
+    torch.save({"state": Payload(marker)}, buf)
+    return buf.getvalue()
+
+
+def test_stock_readers_would_run_the_payload(tmp_path):
+    """The premise: without the guard, each of these readers executes the payload."""
+    marker = tmp_path / "ran"
+    torch.load(io.BytesIO(hostile_torch_file(str(marker))), weights_only=False)
+    assert marker.exists()
+    marker.unlink()
+    np.save(tmp_path / "a.npy", np.array([Payload(str(marker))], dtype=object), allow_pickle=True)
+    np.load(tmp_path / "a.npy", allow_pickle=True)
+    assert marker.exists()
+    marker.unlink()
+    (tmp_path / ".metadata").write_bytes(hostile_pickle(str(marker)))
+    with pytest.raises(AttributeError):  # the payload returned a dict, not Metadata: after it ran
+        dcp_filesystem.FileSystemReader(str(tmp_path)).read_metadata()
+    assert marker.exists()
+
+
+def test_torch_load_is_weights_only_inside_the_guard_whatever_the_caller_asks(tmp_path, monkeypatch):
+    marker = tmp_path / "ran"
+    path = tmp_path / "common.pt"
+    path.write_bytes(hostile_torch_file(str(marker)))
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # must not reopen the hole
+    with restricted_loading(), pytest.raises(UnsafeContentError, match="common.pt"):
+        torch.load(str(path), weights_only=False)
+    assert not marker.exists()
+    assert os.environ["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] == "1"  # restored on exit
+    # tensors and plain containers still load
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(3), "step": 4, "name": ("MT19937", 1.5)}, buf)
+    buf.seek(0)
+    with restricted_loading():
+        got = torch.load(buf, weights_only=False)
+    assert torch.equal(got["w"], torch.arange(3)) and got["step"] == 4
+
+
+def test_numpy_load_never_unpickles_inside_the_guard(tmp_path):
+    marker = tmp_path / "ran"
+    path = str(tmp_path / "shuffle_index.npy")
+    np.save(path, np.array([Payload(str(marker))], dtype=object), allow_pickle=True)
+    with restricted_loading(), pytest.raises(UnsafeContentError, match="shuffle_index.npy"):
+        np.load(path, allow_pickle=True, mmap_mode="r")
+    assert not marker.exists()
+    np.save(path, np.arange(5))
+    with restricted_loading():
+        assert np.load(path, allow_pickle=True, mmap_mode="r").tolist() == [0, 1, 2, 3, 4]
+
+
+def test_dcp_metadata_reader_refuses_anything_but_metadata(tmp_path):
+    marker = tmp_path / "ran"
+    (tmp_path / ".metadata").write_bytes(hostile_pickle(str(marker)))
+    reader = dcp_filesystem.FileSystemReader(str(tmp_path))
+    with restricted_loading(), pytest.raises(UnsafeContentError, match="os|posix"):
+        reader.read_metadata()
+    assert not marker.exists()
+    with open(tmp_path / ".metadata", "rb") as f, pytest.raises(pickle.UnpicklingError):
+        load_dcp_metadata(f)
+
+
+def _short_unicode(text: bytes) -> bytes:
+    return b"\x8c" + bytes([len(text)]) + text
+
+
+@pytest.mark.parametrize("module,name", [
+    ("torch.distributed.checkpoint.filesystem", "os.system"),  # a dotted name through an allowed module
+    ("torch.distributed.checkpoint.metadata", "dataclasses.sys.modules"),
+    ("torch.distributed.checkpoint.filesystem", "os"),  # a module, not a class defined there
+])
+def test_dcp_metadata_unpickler_refuses_names_reached_through_allowed_modules(tmp_path, module, name):
+    marker = tmp_path / "ran"
+    payload = (b"\x80\x04" + _short_unicode(module.encode()) + _short_unicode(name.encode()) + b"\x93"
+               + _short_unicode(f"touch {marker}".encode()) + b"\x85R.")
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        load_dcp_metadata(io.BytesIO(payload))
+    assert not marker.exists()
+
+
+def test_guard_restores_the_stock_functions_and_nests():
+    stock = (torch.load, np.load, dcp_filesystem.pickle)
+    with restricted_loading():
+        with restricted_loading():
+            assert torch.load is not stock[0]
+        assert torch.load is not stock[0]  # still inside the outer block
+    assert (torch.load, np.load, dcp_filesystem.pickle) == stock
+
+
+def error_line(proc) -> str:
+    """The trainer's one-line error (torchrun's own report follows it)."""
+    return next((line for line in proc.stderr.splitlines() if line.startswith("pretrain_soda.py: error:")), "")
+
+
+@pytest.mark.torchrun
+def test_trainer_refuses_hostile_checkpoint_metadata_and_dataset_cache(tmp_path, small_bpe_path):
+    work = train_workspace(tmp_path, small_bpe_path)
+    ckpt, cache = str(tmp_path / "ck"), str(tmp_path / "cache")
+    marker = tmp_path / "ran"
+
+    def run(*extra: str, check: bool = True, nproc: int = 1):
+        args = base_args(work["tok"], work["speech"], work["text"], str(tmp_path / "m.jsonl"),
+                         "--save", ckpt, "--data-cache-path", cache, *extra)
+        return torchrun(nproc, args, check=check)
+
+    run("--train-iters", "2", "--save-interval", "2")
+    run("--train-iters", "3", "--save-interval", "3")  # a clean resume through the guard works
+    iteration = os.path.join(ckpt, "iter_0000003")
+    original = os.path.join(tmp_path, "metadata.orig")
+    shutil.copy(os.path.join(iteration, ".metadata"), original)
+    with open(os.path.join(iteration, ".metadata"), "wb") as f:
+        f.write(hostile_pickle(str(marker)))
+    proc = run("--train-iters", "4", check=False, nproc=2)  # two ranks: DCP collects per-rank failures
+    assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert not marker.exists()
+    assert ".metadata: not checkpoint metadata, refused unread (refusing to load posix.system" in error_line(proc), \
+        proc.stderr[-3000:]
+
+    shutil.copy(original, os.path.join(iteration, ".metadata"))
+    cached = sorted(glob.glob(os.path.join(cache, "**", "*.npy"), recursive=True))
+    assert cached, "megatron wrote no dataset index cache"
+    for path in cached:  # the index names hash the run's sample counts: same --train-iters as above
+        np.save(path, np.array([Payload(str(marker))], dtype=object), allow_pickle=True)
+    proc = run("--train-iters", "3", check=False)
+    assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert not marker.exists()
+    line = error_line(proc)
+    assert any(os.path.basename(p) in line for p in cached) and "never unpickled" in line, proc.stderr[-3000:]
