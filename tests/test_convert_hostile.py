@@ -344,3 +344,17 @@ def test_overwriting_the_input_itself_is_refused(soda, tmp_path):
     with pytest.raises(ConversionError, match="own input"):  # an ancestor of the input
         convert_to_hf(str(ckpt / "iter_0000002"), str(ckpt), overwrite=True, **QUIET)
     assert locate_checkpoint(str(ckpt)).endswith("iter_0000002")
+
+
+def test_a_second_conversion_into_the_same_output_is_refused(soda, tmp_path):
+    from megatron_soda.output_lock import OutputLock
+
+    save = str(tmp_path / "ckpt_out")
+    with OutputLock(save + ".lock", "conversion"):  # a conversion writing there now
+        with pytest.raises(ConversionError, match=r"ckpt_out\.lock: another conversion writes here .*pid"):
+            convert_from_hf(soda["hf"], save, **QUIET)
+        with pytest.raises(ConversionError, match="another conversion writes here"):
+            convert_to_hf(str(soda["root"] / "ckpt"), save, **QUIET)
+    assert not os.path.exists(save)
+    convert_from_hf(soda["hf"], save, **QUIET)  # released: the next one writes
+    assert sorted(os.listdir(tmp_path)) == ["ckpt_out"]  # and leaves no lock behind

@@ -36,7 +36,7 @@ from megatron_soda.convert.hf_files import check_hf_dir
 from megatron_soda.convert.hf_rope import describe
 from megatron_soda.convert.hf_tokenizer import resolve_tokenizer
 from megatron_soda.convert.hf_weights import HFWeights, extension_rows
-from megatron_soda.convert.to_hf import check_output
+from megatron_soda.convert.to_hf import check_output, one_writer
 from megatron_soda.models.config import PRESETS, SHAPE_FIELDS, SodaModelConfig
 from megatron_soda.tokenizer import SodaTokenizer
 
@@ -89,6 +89,7 @@ def trainer_flags(cfg: SodaModelConfig, tokenizer_dir: str, **fields: Any) -> li
     )
 
 
+@one_writer
 def convert_from_hf(
     load: str,
     save: str,

@@ -9,10 +9,11 @@ leaves an existing ``SAVE`` whole.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from megatron_soda.convert.hf_config import generation_config, hf_config
 from megatron_soda.convert.hf_tokenizer import SODA_TOKENIZER_DIR
 from megatron_soda.convert.safetensors_io import SafetensorsWriter
 from megatron_soda.models.config import SodaModelConfig
+from megatron_soda.output_lock import OutputLock, OutputLocked
 from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -79,6 +81,26 @@ def locate_checkpoint(load: str, iteration: int | None = None) -> str:
             f"{layout.TRACKER}); pass the --save directory of a training run or one iter_* in it"
         )
     return ckpt
+
+
+def one_writer(convert: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+    """``convert(load, save, ...)`` run holding ``<save>.lock`` (:class:`OutputLock`): a second
+    conversion into the same output is refused while the first one writes (docs/security.md)."""
+
+    @functools.wraps(convert)
+    def run(load: str, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        save = args[0] if args else kwargs["save"]
+        lock = OutputLock(os.path.normpath(os.path.abspath(save)) + ".lock", "conversion")
+        try:
+            lock.acquire()
+        except OutputLocked as e:
+            raise ConversionError(str(e)) from None
+        try:
+            return convert(load, *args, **kwargs)
+        finally:
+            lock.release()
+
+    return run
 
 
 def check_output(save: str, source: str, overwrite: bool) -> None:
@@ -187,6 +209,7 @@ class MegatronSource:
         yield names.HF_OUTPUT, r.read(names.OUTPUT)[:vocab]
 
 
+@one_writer
 def convert_to_hf(
     load: str,
     save: str,
