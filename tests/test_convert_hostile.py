@@ -241,13 +241,14 @@ def test_fifo_config_is_refused_without_hanging(soda, tmp_path):
         signal.alarm(0)
 
 
-def test_pickled_weights_of_any_name_are_refused_by_name(soda, tmp_path):
+@pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt"])
+def test_pickled_weights_of_any_name_are_refused_by_name(soda, tmp_path, name):
     hf = copy_hf(soda, tmp_path)
     os.remove(os.path.join(hf, ST))
     sentinel = tmp_path / "pwned"
-    with open(os.path.join(hf, "model.pt"), "wb") as f:
+    with open(os.path.join(hf, name), "wb") as f:
         pickle.dump(Payload(str(sentinel)), f)
-    with pytest.raises(ConversionError, match="found model.pt: pickled weights are not loaded"):
+    with pytest.raises(ConversionError, match=f"found {name}: pickled weights are not loaded"):
         convert_from_hf(hf, str(tmp_path / "out"), **QUIET)
     assert not sentinel.exists()
 

@@ -334,16 +334,6 @@ def test_loss_check_tracker_naming_a_missing_iteration(tmp_path, capsys):
     assert "FAIL: " in capsys.readouterr().out
 
 
-def test_pickled_weights_are_never_loaded(soda, tmp_path):
-    hf = copy_hf(soda, tmp_path, drop=("model.safetensors",))
-    sentinel = tmp_path / "pwned"
-    with open(os.path.join(hf, "pytorch_model.bin"), "wb") as f:
-        pickle.dump(Payload(str(sentinel)), f)
-    with pytest.raises(ConversionError, match="pickled weights are not loaded"):
-        convert_from_hf(hf, str(tmp_path / "out"), **QUIET)
-    assert not sentinel.exists()
-
-
 def test_checkpoint_metadata_is_unpickled_safely(soda, tmp_path):
     ckpt = str(tmp_path / "iter_0000003")
     shutil.copytree(soda["ckpt"], ckpt)

@@ -165,28 +165,19 @@ def choose_checkpoint(path: str, *, fallback: bool, log: Callable[[str], None]) 
                                  f"checkpoint in {path} is whole")
 
 
-def agreed_checkpoint(path: str, *, fallback: bool, log: Callable[[str], None],
-                      device: torch.device) -> str | None:
-    """:func:`choose_checkpoint` decided on rank 0 and broadcast (collective).  An error is raised
-    on every rank (rank 0's names the file), so that all of them stop at the same point."""
-    rank0 = torch.distributed.get_rank() == 0
-    chosen, error = None, None
-    if rank0:
+def agreed_checkpoint(path: str, *, fallback: bool, log: Callable[[str], None]) -> str | None:
+    """:func:`choose_checkpoint` decided on rank 0 and broadcast (collective; the verdict pattern
+    of ``training/run_inputs.check_data``).  An error is raised on every rank (rank 0's names the
+    file), so that all of them stop at the same point."""
+    verdict: list = [None, None]  # chosen checkpoint, error (rank 0)
+    error = None
+    if torch.distributed.get_rank() == 0:
         try:
-            chosen = choose_checkpoint(path, fallback=fallback, log=log)
+            verdict[0] = choose_checkpoint(path, fallback=fallback, log=log)
         except layout.CheckpointError as e:
-            error = e
-    code = -2 if error is not None else -1 if chosen is None else len(chosen.encode())
-    size = torch.tensor([code], dtype=torch.int64, device=device)
-    torch.distributed.broadcast(size, src=0)
-    n = int(size.item())
-    if n == -2:
+            error, verdict[1] = e, str(e)
+    torch.distributed.broadcast_object_list(verdict, src=0)
+    if verdict[1] is not None:
         raise error if error is not None else layout.CheckpointError(
             f"{path}: rank 0 found no loadable checkpoint (see its error)")
-    if n == -1:
-        return None
-    buf = torch.zeros(n, dtype=torch.uint8, device=device)
-    if rank0:
-        buf.copy_(torch.frombuffer(bytearray(chosen.encode()), dtype=torch.uint8))
-    torch.distributed.broadcast(buf, src=0)
-    return bytes(buf.cpu().tolist()).decode()
+    return verdict[0]

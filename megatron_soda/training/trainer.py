@@ -189,7 +189,7 @@ class Trainer:
         from megatron_soda.safe_loading import UnsafeContentError
 
         ckpt = self.config.checkpoint
-        chosen = agreed_checkpoint(source, fallback=ckpt.load_fallback, log=self.logger.print, device=self.device)
+        chosen = agreed_checkpoint(source, fallback=ckpt.load_fallback, log=self.logger.print)
         if chosen is None:
             return None
         try:
