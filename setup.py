@@ -43,6 +43,8 @@ EXTRAS = {
     # --input-format lhotse (imported by that reader only); lhotse 1.33 imports urllib3
     # without requiring it
     "lhotse": ["lhotse", "urllib3"],
+    # offline scorers of `python -m megatron_soda.eval asr|tts` (megatron_soda/eval/scorers.py)
+    "eval": ["jiwer>=3.0", "pocketsphinx>=5.0", "resemblyzer>=0.1.4"],
     "dev": [
         "pytest>=8",
         "ruff>=0.5",
@@ -51,6 +53,9 @@ EXTRAS = {
         "pyyaml",
         "lhotse",
         "urllib3",
+        "jiwer>=3.0",
+        "pocketsphinx>=5.0",
+        "resemblyzer>=0.1.4",
     ],
 }
 EXTRAS["gpu"] = EXTRAS["te"] + EXTRAS["flash"]
@@ -73,6 +78,8 @@ setup(
             "soda-convert-from-hf = megatron_soda.convert.cli:from_hf_main",
             "soda-check-hf-loss = megatron_soda.convert.cli:check_hf_loss_main",
             "soda-scaling = megatron_soda.scaling.cli:main",
+            "soda-eval = megatron_soda.eval.cli:main",
+            "soda-generate = megatron_soda.generate.cli:main",
         ]
     },
     python_requires=">=3.10",

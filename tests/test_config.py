@@ -64,6 +64,8 @@ VALUES = {
     "save_interval": ["5"],
     "load": None,  # must exist: covered by test_load_must_exist
     "wandb_project": None,  # needs wandb installed
+    "eval_tasks": None,  # needs a prepared-task directory: tests/test_train_task_eval.py
+    "eval_tasks_data": None,  # likewise
     "num_attention_heads": ["8"],
     "num_query_groups": ["4"],
     "seq_length": ["128"],

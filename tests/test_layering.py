@@ -15,13 +15,15 @@ LAYERS: list[set[str]] = [
     {"format"},
     {"tokenizer"},
     {"audio"},
-    {"data"},  # preprocessing: audio + text -> shards
+    {"data", "tasks"},  # preprocessing: audio + text -> shards; tasks: benchmark items as token sequences
     {"models", "optim"},  # optim: plain-torch optimizers (no run configuration, no megatron)
     {"config"},  # the run configuration (architecture presets come from models)
     {"scaling"},  # FLOP accounting and the scaling-law toolkit
     {"checkpointing"},
     {"training"},
     {"convert"},
+    {"generate"},  # token ids -> text and audio (KV-cache decoding, grammar, stop rules)
+    {"eval"},  # SODA's benchmarks: backends, runners, scorers, CLI
     {"testing"},  # fixtures for tests, quickstart and benchmarks: nothing in the product uses them
 ]
 ROOT = os.path.dirname(megatron_soda.__file__)

@@ -9,6 +9,7 @@ from megatron_soda.config.model import ModelConfig
 from megatron_soda.config.optim import OptimConfig
 from megatron_soda.config.parallel import ParallelConfig
 from megatron_soda.config.precision import PrecisionConfig
+from megatron_soda.config.task_eval import TaskEvalConfig
 from megatron_soda.config.train import TrainConfig
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "OptimConfig",
     "ParallelConfig",
     "PrecisionConfig",
+    "TaskEvalConfig",
     "TrainConfig",
 ]

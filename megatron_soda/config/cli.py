@@ -26,6 +26,7 @@ _TITLES = {
     "data": "data",
     "optim": "batch, optimizer and schedule",
     "checkpoint": "checkpoints and evaluation",
+    "task_eval": "in-training task evaluation (docs/evaluation.md)",
     "logging": "logging",
 }
 _ARCH_DEST = "architecture:"

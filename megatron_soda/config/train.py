@@ -28,6 +28,7 @@ from megatron_soda.config.model import ModelConfig, architecture_fields
 from megatron_soda.config.optim import OptimConfig
 from megatron_soda.config.parallel import ParallelConfig
 from megatron_soda.config.precision import PrecisionConfig
+from megatron_soda.config.task_eval import TaskEvalConfig
 
 # Section name -> dataclass, in command-line help order.
 SECTIONS: dict[str, type] = {
@@ -37,6 +38,7 @@ SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "optim": OptimConfig,
     "checkpoint": CheckpointConfig,
+    "task_eval": TaskEvalConfig,
     "logging": LoggingConfig,
 }
 
@@ -49,6 +51,7 @@ class TrainConfig:
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    task_eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def sections(self) -> dict[str, Any]:
@@ -62,6 +65,7 @@ class TrainConfig:
         self.data.validate(self.parallel.device)
         self.optim.validate()
         self.checkpoint.validate()
+        self.task_eval.validate(self.checkpoint.eval_interval)
         self.logging.validate(self.checkpoint.save)
         arch = self.model.architecture_for(vocab_size=0)
         self.parallel.resolve_virtual_stages(arch.num_layers)

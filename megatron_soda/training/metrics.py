@@ -13,6 +13,10 @@ JSONL schema (one object per line, written by global rank 0):
   time per iteration), ``peak_mem_gib`` (GPU runs only: ``torch.cuda.max_memory_allocated``);
 * evaluation record: ``split="valid"``, ``iteration``, ``consumed_samples``, ``lm_loss``,
   ``z_loss``, per-kind losses and counts, ``loss_audio``, ``tokens``;
+* task record (``--eval-tasks``, :mod:`megatron_soda.training.task_eval`): ``split="tasks"``,
+  ``iteration``, ``consumed_samples``, per task ``<task>/accuracy``, ``<task>/n``,
+  ``<task>/<subtask>/accuracy``, ``<task>/margin`` (pairs: mean score_positive - score_negative),
+  ``<task>/acc`` and ``<task>/acc_norm`` (multiple choice), ``seconds``;
 * run record, once per start: ``split="run"``, ``train_flops_per_token`` (the true count, actual
   head dim: what ``tflops_per_device`` and ``mfu`` use) and ``paper_train_flops_per_token``
   (Levanter's count, head dim = hidden / heads: the paper's compute axis).
@@ -194,9 +198,13 @@ class MetricsLogger:
             return
         split, it = record["split"], record["iteration"]
         kinds = " ".join(
-            f"{k}={record[f'loss_{k}']:.4f}" for k in KIND_NAMES if record[f"loss_{k}"] is not None
+            f"{k}={record[f'loss_{k}']:.4f}" for k in KIND_NAMES if record.get(f"loss_{k}") is not None
         )
-        if split == "train":
+        if split == "tasks":  # in-training task evaluation (training/task_eval.py)
+            accuracies = " | ".join(f"{k.removesuffix('/accuracy')} {v:.4f}" for k, v in record.items()
+                                    if k.endswith("/accuracy") and k.count("/") == 1)
+            print(f"[tasks] iter {it} | {accuracies} | {record['seconds']:.1f} s", flush=True)
+        elif split == "train":
             mfu = record["mfu"]
             print(
                 f"[train] iter {it} | lm_loss {record['lm_loss']:.6f} | z {record['z_loss']:.3f} | {kinds} | "

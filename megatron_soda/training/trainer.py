@@ -23,6 +23,7 @@ from megatron_soda.models.loss import REPORT_SIZE
 from megatron_soda.training.metrics import Progress, losses_from_report
 from megatron_soda.training.run_inputs import check_data, load_tokenizer
 from megatron_soda.training.stop import StopConditions, die_with_launcher
+from megatron_soda.training.task_eval import TaskEvaluator
 
 
 class Trainer:
@@ -34,6 +35,7 @@ class Trainer:
         world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self.derived = derive(config, self.tokenizer.vocab_size, self.tokenizer.layout.num_codebooks, world_size)
         self.record = run_record(config, self.derived)
+        self.task_eval = TaskEvaluator.from_config(config, self.tokenizer, self.derived.architecture.seq_length)
         ckpt = config.checkpoint  # the wall clock of --exit-duration-in-mins starts here
         self.stop = StopConditions(ckpt.exit_signal if ckpt.exit_signal_handler else None, ckpt.exit_duration_in_mins)
         die_with_launcher(self.stop.signal_name)  # a torchrun worker stops when its agent dies
@@ -102,6 +104,8 @@ class Trainer:
                 window = _Window()
             if self.has_validation and (state.iteration % ckpt.eval_interval == 0 or state.iteration == iters):
                 log.log(self._eval_record(evaluate(self.step, self._valid_batches())))
+            if self.task_eval and self.task_eval.due(state.iteration, iters):  # --eval-tasks
+                log.log(self.task_eval.evaluate(self.step, self.device, state))
             if ckpt.save and ckpt.save_interval and state.iteration % ckpt.save_interval == 0:
                 self.save()
             if ckpt.inject_crash_at_iteration == state.iteration:
@@ -137,6 +141,8 @@ class Trainer:
             self.logger.print(f"--save {ckpt.save}: took over a stale lock ({held.get('reason')}; held by pid "
                               f"{held.get('pid')} on {held.get('host')} since {held.get('taken_at')})")
         self.data_codec = check_data(cfg, self.tokenizer)  # recorded in every checkpoint
+        if self.task_eval:
+            self.task_eval.start(self.data_codec, self.logger.print)
         self.lr = self.derived.lr
         self.transformer_config = model_setup.transformer_config(arch, cfg.parallel, cfg.precision)
         self.model = model_setup.build_model(cfg, arch, self.transformer_config)

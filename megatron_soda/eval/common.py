@@ -1,0 +1,75 @@
+"""Flags and set-up shared by the evaluation commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from megatron_soda.tasks.sequences import SCORE_SPANS
+
+
+def add_model_args(p: argparse.ArgumentParser, codec_required: bool = False) -> None:
+    p.add_argument("--model", required=True,
+                   help="an HF export (Qwen3ForCausalLM + SODA tokenizer) or a megatron_soda "
+                        "checkpoint directory (converted in memory)")
+    p.add_argument("--iteration", type=int, default=None,
+                   help="checkpoint iteration (default: the latest) for a megatron_soda --model")
+    p.add_argument("--codec", required=codec_required, default=None,
+                   help="Mimi codec spec, as in preprocessing (kyutai/mimi, a local dir, random:tiny:0)")
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda, cuda:N")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="model weights/activations (scores are always accumulated in float64)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+
+
+def add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", required=True, help="RESULT.json")
+    p.add_argument("--items", default=None, help="ITEMS.jsonl: one line per item")
+
+
+def add_span_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--score-span", default="all_audio", choices=SCORE_SPANS,
+                   help="all_audio: every audio token (the authors'); semantic: codebook 0 only "
+                        "(Llama-Mimi's sWUGGY/sBLIMP scoring)")
+
+
+def make_codec(spec: str | None, tok: Any, device: Any) -> Any:
+    """The preprocessing codec for ``tok``'s codebook count, or None without a spec."""
+    if spec is None:
+        return None
+    from megatron_soda.audio.codec import MimiCodec
+
+    return MimiCodec(spec, num_codebooks=tok.layout.num_codebooks, device=str(device))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def write_prompted_results(args: argparse.Namespace, task: str, rows: list[dict[str, Any]],
+                           metrics: dict[str, Any], loaded: Any, codec: Any, input_errors: list,
+                           settings: Any, world_size: int, **extra: Any) -> None:
+    """RESULT.json/ITEMS.jsonl of a prompted task (asr, tts), per-item errors logged."""
+    from megatron_soda.eval.results import run_record, write_results
+
+    for r in rows:
+        if "error" in r:
+            log(f"{r['id']}: {r['error']}")
+    result = {
+        "task": task, **metrics, **extra,
+        "input_errors": [vars(e) for e in input_errors],
+        "sampling": settings.to_dict(),
+        **run_record(args, loaded, codec=str(codec.spec), world_size=world_size),
+    }
+    write_results(args.output, result, args.items, rows)
+
+
+def read_limited(read: Any, args: argparse.Namespace) -> tuple[list, list]:
+    """``read(args.data)`` -> (items, input errors), cut to ``--limit``, errors logged."""
+    items, input_errors = read(args.data)
+    if args.limit is not None:
+        items = items[: args.limit]
+    for e in input_errors:
+        log(f"skipped: {e}")
+    return items, input_errors
