@@ -93,7 +93,7 @@ def test_asr_runner_end_to_end(tmp_path, tiny):
     from megatron_soda.convert.in_memory import load_model
     from megatron_soda.generate.engine import generate
     from megatron_soda.generate.prompts import asr_prompt
-    from megatron_soda.generate.settings import SamplingSettings
+    from megatron_soda.generate.settings import SamplingSettings, mode_defaults
 
     _write_speech(str(tmp_path / "a.wav"), "the cat sat")
     _write_speech(str(tmp_path / "b.flac"), "a dog ran home")
@@ -134,7 +134,8 @@ def test_asr_runner_end_to_end(tmp_path, tiny):
           "--temperature", "1.0", "--top-p", "1.0", "--max-new-tokens", "12", "--seed", "5",
           "--batch-size", "2", "--device", "cpu", "--output", out, "--items", items])
     sampled = [r["hypothesis"] for r in _read(out, items)[1]]
-    settings = SamplingSettings(temperature=1.0, top_p=1.0, max_new_tokens=12, seed=5)
+    settings = SamplingSettings(temperature=1.0, top_p=1.0, top_k=mode_defaults("asr").top_k,
+                                max_new_tokens=12, seed=5)  # the CLI keeps the mode's top-k
     direct = [generate(loaded.model, loaded.tokenizer, [asr_prompt(loaded.tokenizer, c)], settings,
                        stop_at="text_end", first_row=k)[0].text for c, k in zip(codes, (0, 2))]
     assert [sampled[0], sampled[2]] == direct

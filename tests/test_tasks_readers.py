@@ -204,6 +204,13 @@ def test_salmon_all_subtasks_ids_and_folder_fallback(tmp_path):
     write_parquet(str(snap / "rir_consistency/train/0000.parquet"), [row], no_task)
     expected.append(("rir_consistency/0", "rir_consistency", row["positive_audio"]["bytes"]))
 
+    # the converted parquet branch also holds pooled copies (all/, all_alignment/, ...): skipped
+    pooled = [{"task": t, "ind": 0, "positive_audio": {"bytes": wav_bytes(9), "path": None},
+               "negative_audio": {"bytes": wav_bytes(10), "path": None}}
+              for t in ("bg_alignment", "speaker_consistency")]
+    for folder in ("all", "all_alignment"):
+        write_parquet(str(snap / folder / "train/0000.parquet"), pooled, SALMON)
+
     items, errors = items_and_errors("salmon", str(snap))
     assert errors == []
     got = [(i.id, i.subtask, i.positive.audio) for i in items]

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 def add_common_generation_arguments(p: argparse.ArgumentParser, mode: str) -> None:
     """Flags shared by the ASR and TTS runners (defaults: ``generate.settings.mode_defaults``)."""
-    from megatron_soda.eval.common import add_model_args, add_output_args
+    from megatron_soda.eval.common import add_model_args, add_output_args, count_arg
     from megatron_soda.generate.settings import mode_defaults
 
     d = mode_defaults(mode)
@@ -38,7 +38,7 @@ def add_common_generation_arguments(p: argparse.ArgumentParser, mode: str) -> No
     p.add_argument("--top-k", type=int, default=d.top_k, help="0 = off")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--seed", type=int, default=d.seed, help="item k samples from seed stream k")
-    p.add_argument("--limit", type=int, default=None, help="only the first N items")
+    p.add_argument("--limit", type=count_arg, default=None, help="only the first N items")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -100,6 +100,7 @@ def transcribe_items(loaded: Any, codec: Any, items: Sequence[Any], settings: An
                      batch_size: int, first_index: int = 0) -> list[dict[str, Any]]:
     """One result row per item, in order: ``id``, ``reference``, and ``hypothesis`` +
     ``stop_reason`` or ``error``.  ``first_index``: the index of ``items[0]`` in the run."""
+    from megatron_soda.generate.engine import check_prompt_fits
     from megatron_soda.generate.prompts import asr_prompt
     from megatron_soda.generate.settings import MODE_STOP_AT
 
@@ -108,7 +109,16 @@ def transcribe_items(loaded: Any, codec: Any, items: Sequence[Any], settings: An
     for b in range(0, len(items), max(1, batch_size)):
         batch = items[b:b + batch_size]
         codes = encode_audio_items(codec, [(it.audio, it.start, it.end) for it in batch])
-        todo = [(i, asr_prompt(tok, c)) for i, c in enumerate(codes) if not isinstance(c, str)]
+        todo = []
+        for i, c in enumerate(codes):
+            if isinstance(c, str):
+                continue
+            try:
+                prompt = asr_prompt(tok, c)
+                check_prompt_fits(loaded.model, prompt)
+                todo.append((i, prompt))
+            except ValueError as e:
+                codes[i] = str(e)
         by_index = generate_rows(loaded, todo, settings, first_index + b,
                                  stop_at=MODE_STOP_AT["asr"])
         for i, it in enumerate(batch):
@@ -148,13 +158,14 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from megatron_soda.audio.codec import MimiCodec
     from megatron_soda.convert.in_memory import load_model
-    from megatron_soda.eval.common import read_limited, write_prompted_results
+    from megatron_soda.eval.common import EXIT_NOTHING_SCORED, read_limited, write_prompted_results
     from megatron_soda.eval.distributed import EvalWorld
     from megatron_soda.eval.librispeech import read_asr_items
 
     settings = sampling_settings(args, "asr")
     items, input_errors = read_limited(read_asr_items, args)
     world = EvalWorld(args.device)
+    status = 0
     try:
         loaded = load_model(args.model, device=world.device, dtype=args.dtype,
                             iteration=args.iteration)
@@ -165,10 +176,11 @@ def run(args: argparse.Namespace) -> int:
                                              args.batch_size, mine[0] if mine else 0))
         if world.is_main:
             metrics = summarize(rows)
+            status = 0 if metrics["n"] else EXIT_NOTHING_SCORED
             write_prompted_results(args, "asr", rows, metrics, loaded, codec, input_errors,
                                    settings, world.world)
             print(f"asr: WER {metrics['wer']:.4f} over {metrics['n']} utterances "
                   f"({metrics['n_errors']} unreadable), stops {metrics['stop_reasons']}")
     finally:
         world.close()
-    return 0
+    return status

@@ -8,6 +8,22 @@ from typing import Any
 
 from megatron_soda.tasks.sequences import SCORE_SPANS
 
+EXIT_NOTHING_SCORED = 2  # as `pairs` with no item left: empty data, --limit 0, every item unreadable
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def count_arg(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
 
 def add_model_args(p: argparse.ArgumentParser, codec_required: bool = False) -> None:
     p.add_argument("--model", required=True,
@@ -20,7 +36,7 @@ def add_model_args(p: argparse.ArgumentParser, codec_required: bool = False) -> 
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available), cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                    help="model weights/activations (scores are always accumulated in float64)")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="sequences per forward pass")
 
 
 def add_output_args(p: argparse.ArgumentParser) -> None:

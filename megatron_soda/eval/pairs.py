@@ -14,7 +14,14 @@ import os
 import time
 from typing import Any
 
-from megatron_soda.eval.common import add_model_args, add_output_args, add_span_arg, log, make_codec
+from megatron_soda.eval.common import (
+    add_model_args,
+    add_output_args,
+    add_span_arg,
+    count_arg,
+    log,
+    make_codec,
+)
 from megatron_soda.eval.distributed import EvalWorld
 
 EXIT_BAD_ITEMS = 2
@@ -26,7 +33,7 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", required=True,
                    help="jsonl (one pair per line: id, positive, negative) or a task name "
                         "(swuggy, sblimp, salmon, sstorycloze, tstorycloze, twuggy, tblimp, hellaswag)")
-    p.add_argument("--limit", type=int, default=None, help="score the first N items only")
+    p.add_argument("--limit", type=count_arg, default=None, help="score the first N items only")
     p.add_argument("--max-error-rate", type=float, default=0.0,
                    help="fraction of unreadable items tolerated (exit 2 above it)")
     add_span_arg(p)
@@ -50,6 +57,25 @@ def score_task(model: Any, task: Any, world: EvalWorld, batch_size: int) -> list
     seqs = task.sequences()
     scores = world.gather(score_sequences(model, world.shard(seqs), batch_size))
     return item_results(task, scores)
+
+
+def drop_too_long(task: Any, model: Any) -> tuple[Any, list[str]]:
+    """``task`` without the items that have a sequence longer than the model's positions (the
+    trainer refuses those too, so both score the same items), and one message per item left out."""
+    from megatron_soda.tasks.prepared import PreparedTask
+
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit is None:
+        return task, []
+    kept, errors = [], []
+    for it in task.items:
+        members = (it.positive, it.negative) if task.kind == "pairs" else it.choices
+        longest = max(len(s) for s in members)
+        if longest > limit:
+            errors.append(f"item {it.id}: {longest} tokens, longer than the model's {limit} positions")
+        else:
+            kept.append(it)
+    return PreparedTask(task.name, task.kind, kept), errors
 
 
 def _load(args: argparse.Namespace, world: EvalWorld) -> Any:
@@ -80,11 +106,13 @@ def run_pairs(args: argparse.Namespace) -> int:
             log(f"skipped: {e}")
         task = parse_task(args.format, task_kind(args.format),
                           ((f"item {r['id']}", r) for r in good), tok, args.score_span)
+        task, too_long = drop_too_long(task, loaded.model)
+        errors += too_long
         prepared_s = time.perf_counter() - start
         item_rows = score_task(loaded.model, task, world, args.batch_size)
         seconds = time.perf_counter() - start
         metrics = summarize(task, item_rows)
-        too_many = len(errors) > args.max_error_rate * max(len(items), 1) or not good
+        too_many = len(errors) > args.max_error_rate * max(len(items), 1) or not task.items
         if world.is_main:
             result = {**metrics, "score_span": args.score_span, "errors": errors,
                       "seconds": seconds, "prepare_seconds": prepared_s,
@@ -110,9 +138,12 @@ def run_likelihood(args: argparse.Namespace) -> int:
         results: dict[str, Any] = {}
         for name, task in tasks.items():
             start = time.perf_counter()
+            task, too_long = drop_too_long(task, loaded.model)
+            for e in too_long if world.is_main else ():
+                log(f"{name}: skipped: {e}")
             rows = score_task(loaded.model, task, world, args.batch_size)
             seconds = time.perf_counter() - start
-            results[name] = {**summarize(task, rows), "seconds": seconds,
+            results[name] = {**summarize(task, rows), "skipped": too_long, "seconds": seconds,
                              "items_per_second": len(rows) / max(seconds, 1e-9)}
             if world.is_main:
                 log(f"{name}: accuracy {results[name]['accuracy']:.4f} over {len(rows)} items")

@@ -11,7 +11,7 @@ import json
 import os
 from typing import Any
 
-from megatron_soda.eval.common import log, make_codec
+from megatron_soda.eval.common import count_arg, log, make_codec
 
 EXIT_ERROR_RATE = 3
 
@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "of its data (FORMAT defaults to NAME: swuggy, sblimp, salmon, ...; jsonl "
                         "for the generic pair format); repeat the flag")
     p.add_argument("--output", required=True, help="the prepared directory")
-    p.add_argument("--limit", type=int, default=None, help="at most N items per task")
+    p.add_argument("--limit", type=count_arg, default=None, help="at most N items per task")
     p.add_argument("--max-error-rate", type=float, default=0.0,
                    help="fraction of bad items tolerated per task (exit 3 above it)")
     p.add_argument("--device", default="cpu", help="codec device")
@@ -41,6 +41,25 @@ def parse_task_flag(value: str) -> tuple[str, str, str]:
     if colon and tail and "/" not in tail and not os.path.exists(rest):
         path, fmt = head, tail
     return name, path, fmt
+
+
+def source_identity(path: str) -> str:
+    """Size and modification time of the data (every file under a directory, hidden folders
+    such as the hub client's ``.cache/`` left out): a task is prepared again when its data
+    changed."""
+    import hashlib
+
+    files = [path]
+    if os.path.isdir(path):
+        files = []
+        for d, dirs, names in os.walk(path):
+            dirs[:] = sorted(x for x in dirs if not x.startswith("."))
+            files += [os.path.join(d, n) for n in sorted(names)]
+    h = hashlib.sha256()
+    for f in files:
+        st = os.stat(f)
+        h.update(f"{os.path.relpath(f, path)}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 def prepare_task(name: str, path: str, fmt: str, tok: Any, codec: Any, out: str,
@@ -64,7 +83,8 @@ def prepare_task(name: str, path: str, fmt: str, tok: Any, codec: Any, out: str,
     write_jsonl_atomic(os.path.join(out, f"{name}.jsonl"), good)
     write_jsonl_atomic(os.path.join(out, f"{name}.errors.jsonl"), ({"error": e} for e in errors))
     info = {"kind": task_kind(fmt), "format": fmt, "n": len(good), "errors": len(errors),
-            "source": os.path.abspath(path)}
+            "source": os.path.abspath(path), "source_identity": source_identity(path),
+            "limit": limit}
     return info, errors
 
 
@@ -95,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
     for flag in args.task:
         name, path, fmt = parse_task_flag(flag)
         old = tasks.get(name)
-        if (not args.force and old and old.get("source") == os.path.abspath(path)
-                and old.get("format") == fmt and os.path.isfile(os.path.join(args.output, f"{name}.jsonl"))):
+        same = old and all(old.get(k) == v for k, v in (
+            ("source", os.path.abspath(path)), ("format", fmt), ("limit", args.limit),
+            ("source_identity", source_identity(path))))
+        if not args.force and same and os.path.isfile(os.path.join(args.output, f"{name}.jsonl")):
             log(f"{name}: already prepared ({old['n']} items), kept")
             continue
         if codec is None and args.codec:

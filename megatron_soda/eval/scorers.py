@@ -44,7 +44,7 @@ TRANSCRIBERS = ("pocketsphinx", "whisper:DIR")
 SPEAKER_ENCODERS = ("resemblyzer", "wavlm:DIR")
 
 
-class ScorerError(RuntimeError):
+class ScorerError(ValueError):
     """A scorer spec that cannot be honoured (unknown name, missing package or directory)."""
 
 

@@ -25,6 +25,9 @@ COLUMNS = [  # (key, header, scale)
     ("sstorycloze", "sSC", 100.0),
     ("tstorycloze", "tSC", 100.0),
     ("hellaswag", "HellaSwag", 100.0),
+    ("s2st_asr_bleu", "CVSS ASR-BLEU", 1.0),  # sacrebleu's 0-100 scale
+    ("s2st_text_bleu", "CVSS text BLEU", 1.0),
+    ("s2st_sim", "CVSS SIM", 1.0),
 ]
 REPORTED_SODA = {"asr_wer": 0.050, "tts_wer": 0.061, "salmon": 0.706, "sblimp": 0.524,
                  "swuggy": 0.618, "tblimp": 0.713, "twuggy": 0.748, "hellaswag": 0.526}
@@ -50,6 +53,9 @@ def collect(paths: list[str]) -> tuple[dict[str, float], str | None]:
                 row[name] = m["accuracy"]
         elif "task" in r and "accuracy" in r:  # pairs
             row[r["task"]] = r["accuracy"]
+        elif "asr_bleu" in r:  # s2st
+            row["s2st_asr_bleu"], row["s2st_text_bleu"] = r["asr_bleu"], r["text_bleu"]
+            row["s2st_sim"] = r["speaker_similarity"]
         elif "speaker_similarity" in r:  # tts
             row["tts_wer"], row["tts_sim"] = r["wer"], r["speaker_similarity"]
         elif "wer" in r:  # asr
@@ -59,14 +65,19 @@ def collect(paths: list[str]) -> tuple[dict[str, float], str | None]:
     return row, model
 
 
+def _cell(value: float | None, key: str, scale: float) -> str:
+    if value is None:  # a metric written as null (nothing scored, NaN)
+        return "n/a"
+    return f"{value:.3f}" if key.endswith("_sim") else f"{value * scale:.1f}"  # SIM: a cosine
+
+
 def markdown(rows: dict[str, dict[str, float]]) -> str:
     keys = [k for k, _, _ in COLUMNS if any(k in r for r in rows.values())] or [k for k, _, _ in COLUMNS]
     head = {k: (h, s) for k, h, s in COLUMNS}
     lines = ["| model | " + " | ".join(head[k][0] for k in keys) + " |",
              "|---|" + "---:|" * len(keys)]
     for name, r in rows.items():
-        cells = [f"{r[k] * head[k][1]:.1f}" if k in r and k != "tts_sim" else
-                 (f"{r[k]:.3f}" if k in r else "") for k in keys]
+        cells = [_cell(r[k], k, head[k][1]) if k in r else "" for k in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

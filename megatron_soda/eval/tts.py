@@ -61,6 +61,7 @@ def generate_items(loaded: Any, codec: Any, items: Sequence[Any], settings: Any,
                    batch_size: int, audio_dir: str, first_index: int = 0) -> list[dict[str, Any]]:
     """Generate and write each item's WAV; rows carry ``wav``/``prompt_wav`` paths or ``error``."""
     from megatron_soda.generate.audio_out import codes_to_wave, write_wav
+    from megatron_soda.generate.engine import check_prompt_fits
     from megatron_soda.generate.prompts import tts_prompt
     from megatron_soda.generate.settings import MODE_STOP_AT
     from megatron_soda.generate.silence import silence_codes
@@ -77,7 +78,9 @@ def generate_items(loaded: Any, codec: Any, items: Sequence[Any], settings: Any,
                 continue
             try:
                 wav_name(it.id)
-                todo.append((i, tts_prompt(tok, it.target_text, c, it.prompt_text)))
+                prompt = tts_prompt(tok, it.target_text, c, it.prompt_text)
+                check_prompt_fits(loaded.model, prompt)
+                todo.append((i, prompt))
             except ValueError as e:
                 codes[i] = str(e)
         by_index = generate_rows(loaded, todo, settings, first_index + b, silence=silence,
@@ -145,7 +148,7 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from megatron_soda.audio.codec import MimiCodec
     from megatron_soda.convert.in_memory import load_model
-    from megatron_soda.eval.common import read_limited, write_prompted_results
+    from megatron_soda.eval.common import EXIT_NOTHING_SCORED, read_limited, write_prompted_results
     from megatron_soda.eval.distributed import EvalWorld
     from megatron_soda.eval.librispeech import read_seedtts_meta
     from megatron_soda.eval.scorers import make_speaker_encoder, make_transcriber
@@ -153,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
     settings = sampling_settings(args, "tts")
     items, input_errors = read_limited(read_seedtts_meta, args)
     world = EvalWorld(args.device)
+    status = 0
     try:
         scorer_device = args.scorer_device or str(world.device)
         # scorers first: a bad --asr-scorer/--speaker-scorer fails before any generation
@@ -171,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         rows = world.gather(mine)
         if world.is_main:
             metrics = summarize(rows)
+            status = 0 if metrics["n"] else EXIT_NOTHING_SCORED
             write_prompted_results(args, "tts", rows, metrics, loaded, codec, input_errors,
                                    settings, world.world, asr_scorer=transcriber.name,
                                    speaker_scorer=speaker.name)
@@ -179,4 +184,4 @@ def run(args: argparse.Namespace) -> int:
                   f"({metrics['n_errors']} failed), stops {metrics['stop_reasons']}")
     finally:
         world.close()
-    return 0
+    return status

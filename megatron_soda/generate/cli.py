@@ -94,11 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_soda.generate.silence import silence_codes
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    settings = mode_defaults(args.mode).with_overrides(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        max_new_tokens=args.max_new_tokens, seed=args.seed, silence_frames=args.silence_frames,
-        repetition_ngram=args.repetition_ngram)
     try:
+        settings = mode_defaults(args.mode).with_overrides(
+            temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
+            max_new_tokens=args.max_new_tokens, seed=args.seed,
+            silence_frames=args.silence_frames, repetition_ngram=args.repetition_ngram)
         if args.backend == "vllm":
             from megatron_soda.generate.vllm_backend import load_tokenizer
 

@@ -104,6 +104,18 @@ def generate(
     return out
 
 
+def max_positions(model: torch.nn.Module) -> int | None:
+    return getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
+
+def check_prompt_fits(model: torch.nn.Module, prompt: np.ndarray) -> None:
+    """Raise ValueError when ``prompt`` leaves no position to generate into."""
+    limit = max_positions(model)
+    if limit is not None and len(prompt) >= limit:
+        raise ValueError(f"a prompt of {len(prompt)} tokens leaves nothing to generate in the "
+                         f"model's {limit} positions")
+
+
 def _cache_kwarg(model: torch.nn.Module) -> str:
     """transformers 5.x renames ``past_key_values`` to ``cache`` (the old name warns)."""
     import inspect
@@ -123,7 +135,12 @@ def _forward(model, ids, mask, positions, cache) -> torch.Tensor:
 def _generate_batch(model, tok, prompts, settings, silence, stop_at, rows) -> list[Generation]:
     lay = tok.layout
     device = next(model.parameters()).device
-    trackers = [RowTracker(lay, p, settings, stop_id_for(tok, p, stop_at), silence) for p in prompts]
+    for p in prompts:
+        check_prompt_fits(model, p)
+    limit = max_positions(model) or 1 << 62  # a row stops (max_tokens) at the last position
+    trackers = [RowTracker(lay, p, settings.with_overrides(
+        max_new_tokens=min(settings.max_new_tokens, limit - len(p))),
+        stop_id_for(tok, p, stop_at), silence) for p in prompts]
     generators = [row_generator(settings.seed, r) for r in rows]
     vocab = model.get_output_embeddings().weight.shape[0]
     grammar = Grammar(lay, vocab, device)

@@ -4,8 +4,10 @@ Defaults follow the first author's harness (potsawee/blueberry-eval, ../shared/S
 section 6): ASR ``asr_librispeech/inference_0shot.py`` samples with temperature 0.5, top-p
 0.8 and at most 200 new tokens, stopping at ``<|text_end|>`` (lines 147-155); TTS
 ``tts_seedttseval/inference_0shot.py`` uses temperature 0.9, top-p 0.8, at most 1,500 new
-tokens (its usage lines 5-8), stopping at ``<|audio_end|>`` (line 144).  ``temperature=0``
-means greedy decoding.  The stop rules the harness lacks (silence, repetition) are ours
+tokens (its usage lines 5-8), stopping at ``<|audio_end|>`` (line 144).  Neither passes
+``top_k``, so transformers' ``generate`` applied its default ``top_k=50``
+(``GenerationConfig._get_default_generation_params``): the authors sampled with top-k 50 too, and
+so do our mode defaults.  ``temperature=0`` means greedy decoding.  The stop rules the harness lacks (silence, repetition) are ours
 (:mod:`megatron_soda.generate.stops`).
 """
 
@@ -76,5 +78,5 @@ def mode_defaults(mode: str) -> SamplingSettings:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: choose one of {MODES}")
     if mode == "asr":
-        return SamplingSettings(temperature=0.5, top_p=0.8, max_new_tokens=200)
-    return SamplingSettings(temperature=0.9, top_p=0.8, max_new_tokens=1500)
+        return SamplingSettings(temperature=0.5, top_p=0.8, top_k=50, max_new_tokens=200)
+    return SamplingSettings(temperature=0.9, top_p=0.8, top_k=50, max_new_tokens=1500)

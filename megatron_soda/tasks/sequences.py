@@ -69,13 +69,17 @@ def text_sequence(tok: SodaTokenizer, text: str) -> Scored:
 
 
 def continuation_sequence(tok: SodaTokenizer, context: str, ending: str) -> tuple[Scored, int]:
-    """Plain text as SODA pretrains on it (``<bos> text``, no markers): ``context`` then
-    ``" " + ending`` with the ending's tokens scored; also returns the ending's length in
-    characters (HellaSwag's ``acc_norm`` divides by it).  The context is tokenized alone and the
-    ending appended, as lm-evaluation-harness does for loglikelihood requests."""
+    """Plain text as SODA pretrains on it (``<bos> text``, no markers): ``context + " " + ending``
+    with the ending's tokens scored, and the ending's length in characters (HellaSwag's
+    ``acc_norm`` divides by it).  As lm-evaluation-harness does (``HFLM._encode_pair`` and
+    ``ConfigurableTask.process_results``): the continuation is the target delimiter ``" "`` plus
+    the choice, the whole string is tokenized and the context's own tokens are split off the
+    front, and the normaliser is ``len(choice)`` without the delimiter."""
     ctx = tok.encode_text(context)
-    cont = tok.encode_text(" " + ending.lstrip())
-    ids = np.array([tok.bos, *ctx, *cont], dtype=np.int64)
+    whole = tok.encode_text(context + " " + ending)
+    ids = np.array([tok.bos, *whole], dtype=np.int64)
     scored = np.zeros(ids.size, dtype=bool)
     scored[1 + len(ctx) :] = True
-    return Scored(ids, scored), len(" " + ending.lstrip())
+    if not scored.any():
+        raise ValueError(f"ending {ending!r} adds no tokens to its context")
+    return Scored(ids, scored), len(ending)

@@ -78,7 +78,11 @@ def read_hf_pairs(task: str, path: str) -> Iterator[PairItem | ItemError]:
     and columns are checked before the first item: a missing column raises ValueError."""
     layout = LAYOUTS[task]
     plan = []
-    for f in split_parquet_files(path, layout.split):
+    files = split_parquet_files(path, layout.split)
+    if layout.subtask_column:  # SALMon's converted branch also has pooled copies: all*/
+        own = [f for f in files if not _folder(f, layout.split).startswith("all")]
+        files = own or files
+    for f in files:
         names = parquet_columns(f)
         check_columns(f, names, [layout.positive, layout.negative])
         extra = [c for c in (layout.id_column, layout.subtask_column) if c and c in names]
@@ -86,13 +90,18 @@ def read_hf_pairs(task: str, path: str) -> Iterator[PairItem | ItemError]:
     return parquet_items(plan, partial(_pair, layout))
 
 
-def _config_folder(path: str, split: str) -> str:
-    """The sub-task a file's folder names: ``bg_alignment/train-*.parquet`` or the converted
+def _folder(path: str, split: str) -> str:
+    """The folder naming a file's config: ``bg_alignment/train-*.parquet`` or the converted
     branch's ``bg_alignment/train/0000.parquet``."""
     parent = os.path.dirname(os.path.abspath(path))
     if os.path.basename(parent) == split:
         parent = os.path.dirname(parent)
-    name = os.path.basename(parent)
+    return os.path.basename(parent)
+
+
+def _config_folder(path: str, split: str) -> str:
+    """The sub-task a file's folder names ("" for a pooled or plain data folder)."""
+    name = _folder(path, split)
     return "" if name in ("data", "all") else name
 
 
