@@ -35,7 +35,7 @@ EXTRAS = {
     # --no-build-isolation, since transformer-engine-torch builds against the installed torch
     "te": ["transformer-engine[pytorch]>=2.9,<2.12"],
     "flash": ["flash-attn"],
-    "deepspeed": ["deepspeed"],
+    "deepspeed": ["deepspeed"],  # tools/finetune/finetune_deepspeed.py (tested with 0.19.8)
     "dali": ["nvidia-dali-cuda120"],
     "wandb": ["wandb"],
     # apex is not on PyPI: build it from source (README "GPU extras", docs/install.md).
@@ -43,8 +43,9 @@ EXTRAS = {
     # --input-format lhotse (imported by that reader only); lhotse 1.33 imports urllib3
     # without requiring it
     "lhotse": ["lhotse", "urllib3"],
-    # offline scorers of `python -m megatron_soda.eval asr|tts` (megatron_soda/eval/scorers.py)
-    "eval": ["jiwer>=3.0", "pocketsphinx>=5.0", "resemblyzer>=0.1.4"],
+    # offline scorers of `python -m megatron_soda.eval asr|tts|s2st` (megatron_soda/eval/scorers.py;
+    # sacrebleu: ASR-BLEU and text BLEU of eval/s2st.py)
+    "eval": ["jiwer>=3.0", "pocketsphinx>=5.0", "resemblyzer>=0.1.4", "sacrebleu>=2.0"],
     "dev": [
         "pytest>=8",
         "ruff>=0.5",
@@ -56,6 +57,9 @@ EXTRAS = {
         "jiwer>=3.0",
         "pocketsphinx>=5.0",
         "resemblyzer>=0.1.4",
+        "sacrebleu>=2.0",
+        # DeepSpeed ZeRO runs on CPU (gloo): tests/test_finetune_deepspeed*.py exercise it
+        "deepspeed",
     ],
 }
 EXTRAS["gpu"] = EXTRAS["te"] + EXTRAS["flash"]
@@ -70,6 +74,7 @@ setup(
     entry_points={
         "console_scripts": [
             "soda-pretrain = megatron_soda.training.main:main",
+            "soda-finetune = megatron_soda.finetune.megatron_sft:main",
             "soda-preprocess = megatron_soda.data.cli:preprocess_main",
             "soda-merge-shards = megatron_soda.data.cli:merge_main",
             "soda-inspect-shards = megatron_soda.data.inspect:inspect_main",
@@ -80,6 +85,7 @@ setup(
             "soda-scaling = megatron_soda.scaling.cli:main",
             "soda-eval = megatron_soda.eval.cli:main",
             "soda-generate = megatron_soda.generate.cli:main",
+            "soda-finetune-deepspeed = megatron_soda.finetune.deepspeed_main:main",
         ]
     },
     python_requires=">=3.10",

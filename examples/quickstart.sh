@@ -7,6 +7,8 @@
 #   3. preprocess: Mimi codes (random-weight Mimi, no download) -> SODA documents -> shards
 #   4. pretrain a tiny SODA model on a 95/5 speech/text blend (2 processes, TP=2 then resume)
 #   5. convert the checkpoint to Hugging Face and check transformers reproduces the held-out loss
+#   6. evaluate and listen: spoken and written minimal pairs scored as SODA's benchmarks are (the
+#      checkpoint converted in memory), and TTS from the HF export to a WAV (docs/evaluation.md)
 #
 # Everything lands in work_dirs/quickstart (override with WORK=...).  Re-running resumes.
 set -euo pipefail
@@ -55,3 +57,23 @@ echo "== 4. convert to Hugging Face (Qwen3ForCausalLM + SODA tokenizer); transfo
 echo "      the held-out data with the loss the trainer reported"
 $PY tools/checkpoint/convert_to_hf.py --load "$WORK/ckpt" --save "$WORK/hf" --overwrite
 $PY tools/checkpoint/check_hf_loss.py --hf "$WORK/hf"
+
+echo "== 5. evaluate and listen (random weights: the numbers and the sound mean nothing yet,"
+echo "      but every stage runs): minimal pairs scored as SODA's benchmarks are, then TTS to a WAV"
+$PY - "$WORK/eval" <<'PAIRS'
+import json, os, sys
+import soundfile as sf
+from megatron_soda.testing.sample_data import speak
+root = sys.argv[1]
+os.makedirs(root, exist_ok=True)
+with open(f"{root}/pairs.jsonl", "w") as f:  # the generic pair format: audio paths or {"text": ...}
+    for word, nonword in (("brick", "blick"), ("window", "wondow")):  # sWUGGY-style spoken pairs
+        for w in (word, nonword):
+            sf.write(f"{root}/{w}.wav", *speak(w))
+        f.write(json.dumps({"id": word, "positive": f"{word}.wav", "negative": f"{nonword}.wav"}) + "\n")
+        f.write(json.dumps({"id": word + "_text", "positive": {"text": word}, "negative": {"text": nonword}}) + "\n")
+PAIRS
+$PY -m megatron_soda.eval pairs --model "$WORK/ckpt" --codec random:tiny --data "$WORK/eval/pairs.jsonl" \
+  --format jsonl --output "$WORK/eval/pairs.json" --items "$WORK/eval/pairs_items.jsonl"
+$PY -m megatron_soda.generate --model "$WORK/hf" --codec random:tiny --mode tts --text "Hello there." \
+  --max-new-tokens 96 --seed 0 --output-json "$WORK/eval/tts.json" --output-wav "$WORK/eval/tts.wav"

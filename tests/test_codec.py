@@ -106,3 +106,13 @@ def test_decoder_round_trip_shape():
     codes = full.encode([_speechy(1.0, 0)])[0]
     audio = full.decode(codes)
     assert audio.shape == (codes.shape[1] * 1920,)
+
+
+def test_random_codec_encodes_the_same_with_or_without_its_decoder():
+    """Generation builds the codec with its decoder, preprocessing without: a random codec must
+    give both the same codes, or prompts would not match the training data."""
+    wave = np.random.default_rng(3).standard_normal(3 * 24000).astype(np.float32) * 0.1
+    for spec in ("random:tiny:0", "random:tiny:7"):
+        plain = MimiCodec(spec).encode([wave])[0]
+        with_decoder = MimiCodec(spec, decoder=True).encode([wave])[0]
+        assert np.array_equal(plain, with_decoder)

@@ -1,6 +1,7 @@
-"""The command-line entry points: every ``tools/`` script (and ``pretrain_soda.py``) runs from any
-directory without touching ``sys.path``, each is a shim of one ``main`` in the package, and that
-``main`` is also installed as a console script (setup.py ``entry_points``)."""
+"""The command-line entry points: every ``tools/`` script (and ``pretrain_soda.py``,
+``finetune_soda.py``) runs from any directory without touching ``sys.path``, each is a shim of
+one ``main`` in the package, and that ``main`` is also installed as a console script (setup.py
+``entry_points``)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ SCRIPTS = sorted(
     for d, _, names in os.walk(os.path.join(REPO, "tools"))
     for n in names
     if n.endswith(".py")
-) + ["pretrain_soda.py"]
+) + ["pretrain_soda.py", "finetune_soda.py"]
 CONSOLE_SCRIPTS = {
     ep.name: ep
     for ep in importlib.metadata.distribution("megatron_soda").entry_points
@@ -83,6 +84,7 @@ def test_no_script_edits_sys_path():
                 path = os.path.join(d, n)
                 if n.endswith(".py") and "sys.path" in open(path, encoding="utf-8").read():
                     offenders.append(os.path.relpath(path, REPO))
-    if "sys.path" in open(os.path.join(REPO, "pretrain_soda.py"), encoding="utf-8").read():
-        offenders.append("pretrain_soda.py")
+    for top_script in ("pretrain_soda.py", "finetune_soda.py"):
+        if "sys.path" in open(os.path.join(REPO, top_script), encoding="utf-8").read():
+            offenders.append(top_script)
     assert not offenders, f"sys.path manipulation in {offenders}"

@@ -211,9 +211,13 @@ def test_prompts_follow_the_authors_strings(tiny):
     assert prompts.tts_prompt(tok, "hi there", codes, "a b").tolist() == [
         lay.bos_id, lay.text_start_id, *enc("a b"), lay.text_end_id, lay.audio_start_id, *audio,
         lay.audio_end_id, lay.text_start_id, *enc("hi there"), lay.text_end_id, lay.audio_start_id]
+    # the fine-tuning document's instruction (format/sft.py): the source speech alone
     assert prompts.s2st_prompt(tok, codes, "de").tolist() == [
+        lay.bos_id, lay.audio_start_id, *audio, lay.audio_end_id]
+    assert prompts.s2st_prompt(tok, codes, "de", "ja").tolist() == [
         lay.bos_id, lay.audio_start_id, *audio, lay.audio_end_id, lay.text_start_id,
-        *enc("<language>de</language>")]
+        *enc("<language>de</language>ja"), lay.text_end_id, lay.text_start_id,
+        *enc("<language>en</language>")]
 
 
 def test_s2st_stops_at_the_target_audio_end_not_the_text_end(tiny):
@@ -222,7 +226,8 @@ def test_s2st_stops_at_the_target_audio_end_not_the_text_end(tiny):
     def route(call, logits):  # close the text at once, then open audio, then close it
         logits[:, [lay.text_end_id, lay.audio_start_id, lay.audio_end_id]] += 50.0
 
-    (g,) = generate(Biased(tiny.model, route), tok, [_prompts(tok)[3]],
+    forced = prompts.s2st_prompt(tok, np.ones((lay.num_codebooks, 2), int), "de", "ja")  # open tgt span
+    (g,) = generate(Biased(tiny.model, route), tok, [forced],
                     SamplingSettings(temperature=1.0, top_p=1.0, **OFF), stop_at="audio_end")
     ids = g.token_ids.tolist()
     assert ids[0] == lay.text_end_id and ids[1] == lay.audio_start_id  # went on past <text_end>

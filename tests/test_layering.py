@@ -22,6 +22,8 @@ LAYERS: list[set[str]] = [
     {"checkpointing"},
     {"training"},
     {"convert"},
+    {"steer"},  # steering vectors: extract from text, hook decoder-layer outputs (generate/eval import it)
+    {"finetune"},  # fine-tuning outside megatron: DeepSpeed / plain torch on the HF Qwen3 model
     {"generate"},  # token ids -> text and audio (KV-cache decoding, grammar, stop rules)
     {"eval"},  # SODA's benchmarks: backends, runners, scorers, CLI
     {"testing"},  # fixtures for tests, quickstart and benchmarks: nothing in the product uses them

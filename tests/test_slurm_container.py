@@ -187,3 +187,15 @@ def test_preprocess_merge_container(fake_slurm, tmp_path):
     for flag in CONTAINER_FLAGS:
         assert flag in boxed[:py]
     assert boxed[py + 1:] == plain[1:]
+
+
+def test_pretrain_sbatch_runs_the_finetuning_entry(fake_slurm):
+    default = command(run(PRETRAIN, pretrain_env(fake_slurm)))
+    assert os.path.join(REPO, "pretrain_soda.py") in default
+    sft = command(run(PRETRAIN, pretrain_env(fake_slurm, ENTRY="finetune_soda.py")))
+    assert os.path.join(REPO, "finetune_soda.py") in sft and os.path.join(REPO, "pretrain_soda.py") not in sft
+    # otherwise the same command
+    assert [a.replace("finetune_soda.py", "pretrain_soda.py") for a in sft] == default
+    bad = subprocess.run(["bash", PRETRAIN], env={**pretrain_env(fake_slurm, ENTRY="x.py"), "DRY_RUN": "1"},
+                         cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "ENTRY=x.py" in bad.stdout + bad.stderr

@@ -140,13 +140,16 @@ def _build_random(spec: CodecSpec, decoder: bool) -> torch.nn.Module:
     from transformers import MimiConfig, MimiModel
 
     config = MimiConfig(**(TINY_CONFIG if spec.name == "tiny" else {}))
-    if not decoder:
-        config.decoder_config = None
     generator = torch.Generator().manual_seed(spec.seed)
     fork_devices: list = []
+    # always built with its decoder, which draws from the RNG before the quantizer: an
+    # encoder-only copy (preprocessing) and a decoding one (generation) get the same weights
     with torch.random.fork_rng(devices=fork_devices):
         torch.manual_seed(spec.seed)
         model = MimiModel(config)
+    if not decoder:
+        model.decoder = None
+        model.config.decoder_config = None
     _randomise_codebooks(model, generator)
     return model
 
@@ -197,6 +200,8 @@ def codec_fingerprint(
     spec = spec if isinstance(spec, CodecSpec) else parse_codec_spec(spec)
     named = with_location or spec.kind == "random"  # a random spec is its own content
     key: dict = {"spec": str(spec) if named else "pretrained", "chunk_s": chunk_seconds}
+    if spec.kind == "random":  # random weights built with the decoder since build 2
+        key["random_build"] = 2
     if precision != "fp32":  # fp32 keeps the fingerprint it always had
         key["precision"] = precision
     h = hashlib.sha256(json.dumps(key).encode())

@@ -9,6 +9,7 @@ from megatron_soda.config.model import ModelConfig
 from megatron_soda.config.optim import OptimConfig
 from megatron_soda.config.parallel import ParallelConfig
 from megatron_soda.config.precision import PrecisionConfig
+from megatron_soda.config.sft import SftConfig
 from megatron_soda.config.task_eval import TaskEvalConfig
 from megatron_soda.config.train import TrainConfig
 
@@ -21,6 +22,7 @@ __all__ = [
     "OptimConfig",
     "ParallelConfig",
     "PrecisionConfig",
+    "SftConfig",
     "TaskEvalConfig",
     "TrainConfig",
 ]

@@ -27,6 +27,7 @@ _TITLES = {
     "optim": "batch, optimizer and schedule",
     "checkpoint": "checkpoints and evaluation",
     "task_eval": "in-training task evaluation (docs/evaluation.md)",
+    "sft": "supervised fine-tuning (docs/finetuning.md)",
     "logging": "logging",
 }
 _ARCH_DEST = "architecture:"

@@ -28,6 +28,7 @@ from megatron_soda.config.model import ModelConfig, architecture_fields
 from megatron_soda.config.optim import OptimConfig
 from megatron_soda.config.parallel import ParallelConfig
 from megatron_soda.config.precision import PrecisionConfig
+from megatron_soda.config.sft import SftConfig
 from megatron_soda.config.task_eval import TaskEvalConfig
 
 # Section name -> dataclass, in command-line help order.
@@ -39,6 +40,7 @@ SECTIONS: dict[str, type] = {
     "optim": OptimConfig,
     "checkpoint": CheckpointConfig,
     "task_eval": TaskEvalConfig,
+    "sft": SftConfig,
     "logging": LoggingConfig,
 }
 
@@ -52,6 +54,7 @@ class TrainConfig:
     precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     task_eval: TaskEvalConfig = field(default_factory=TaskEvalConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def sections(self) -> dict[str, Any]:

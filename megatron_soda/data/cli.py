@@ -16,7 +16,9 @@ from megatron_soda.data.preprocess import (
     run_preprocess,
 )
 from megatron_soda.data.readers import INPUT_FORMATS
+from megatron_soda.data.readers.cvss import SPLITS
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, INTERLEAVE_MODES
+from megatron_soda.format.sft import PROMPT_ENDS
 from megatron_soda.output_lock import OutputLocked
 
 # Exit codes of preprocess_data.py (documented in its --help and docs/preprocessing.md).
@@ -60,6 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument(
         "--json-keys", nargs="+", default=["text"], help="text fields of --input-format text"
     )
+    io.add_argument(
+        "--cvss-source-root",
+        default=None,
+        metavar="DIR",
+        help="--input-format cvss: the source side, Common Voice clips (DIR/<lang>/clips/) and "
+        "CoVoST 2 TSVs (DIR/<lang>/covost_v2.<lang>_en.tsv); --input is the CVSS-C/-T root",
+    )
+    io.add_argument(
+        "--sft-prompt-end",
+        default="source_audio",
+        choices=PROMPT_ENDS,
+        help="cvss/s2st-jsonl: where the instruction (unscored prompt) ends: after the source "
+        "speech, or after the source text too (format/sft.py)",
+    )
     tok = p.add_argument_group("tokens")
     tok.add_argument(
         "--tokenizer", required=True, help="base tokenizer.json (or a saved SodaTokenizer dir)"
@@ -81,11 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tok.add_argument(
         "--split",
-        type=float,
         default=None,
         dest="deprecated_split",
-        help="deprecated spelling of --valid-fraction (pretrain_soda.py's --split is Megatron's "
-        "train,valid,test weights, another thing)",
+        help="--input-format cvss: the split (train, dev, test) a CVSS root contributes; "
+        "otherwise a number, the deprecated spelling of --valid-fraction (pretrain_soda.py's "
+        "--split is Megatron's train,valid,test weights, another thing)",
     )
     codec = p.add_argument_group("codec stage")
     codec.add_argument(
@@ -155,10 +171,26 @@ def _setup_logging(level: str) -> None:
     )
 
 
+def _data_split(args: argparse.Namespace) -> str:
+    """--split as a data split (cvss): train, dev or test (default train)."""
+    if args.input_format != "cvss" or args.deprecated_split is None:
+        return "train"
+    if args.deprecated_split not in SPLITS:
+        raise SystemExit(f"preprocess_data: error: --split must be one of {SPLITS} with "
+                         f"--input-format cvss, got {args.deprecated_split!r}")
+    return args.deprecated_split
+
+
 def _valid_fraction(args: argparse.Namespace) -> float:
     """--valid-fraction, or its deprecated spelling --split (warned about), not both."""
-    if args.deprecated_split is None:
+    if args.deprecated_split is None or args.input_format == "cvss":
         return args.valid_fraction or 0.0
+    try:
+        args.deprecated_split = float(args.deprecated_split)
+    except ValueError:
+        raise SystemExit(f"preprocess_data: error: --split {args.deprecated_split!r}: a held-out "
+                         "fraction (deprecated; --valid-fraction), or with --input-format cvss "
+                         f"one of {SPLITS}") from None
     if args.valid_fraction is not None:
         raise SystemExit("preprocess_data: error: give --valid-fraction, not both it and --split")
     logging.getLogger(__name__).warning(
@@ -193,6 +225,9 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         json_keys=tuple(args.json_keys),
         max_error_rate=args.max_error_rate,
         chunk_utterances=args.chunk_utterances,
+        sft_prompt_end=args.sft_prompt_end,
+        data_split=_data_split(args),
+        cvss_source_root=args.cvss_source_root,
     )
     try:
         summary = run_preprocess(cfg)

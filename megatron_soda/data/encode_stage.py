@@ -105,7 +105,7 @@ def chunk_stream(
     recs: list[Recording] = []
     errors: list[InputError] = []
     n_utts = 0
-    for item in unit.select(read_source(unit.path, unit.fmt)):
+    for item in unit.select(read_source(unit.path, unit.fmt, source_root=unit.source_root)):
         if isinstance(item, InputError):
             errors.append(item)
             continue

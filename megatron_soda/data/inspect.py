@@ -11,6 +11,7 @@ import numpy as np
 
 from megatron_soda.format import KIND_NAMES, ShardError, read_document, shard_layout, validate_shard
 from megatron_soda.format.layout import FRAME_RATE, TokenLayout
+from megatron_soda.format.sft import LOSS_START_SUFFIX, read_loss_starts
 from megatron_soda.tokenizer import SodaTokenizer, TokenizerError
 
 
@@ -59,6 +60,12 @@ def inspect_main(argv: list[str] | None = None) -> int:
     print(
         f"OK {summary.prefix}: {summary.documents} documents, {summary.tokens} tokens, ids in [{summary.min_id}, {summary.max_id}]"
     )
+    starts = read_loss_starts(args.prefix) if summary.loss_starts else None
+    if starts is not None:
+        prompt = int(starts.sum())
+        print(f"SFT shard ({summary.prefix}{LOSS_START_SUFFIX}, prompt end "
+              f"{((stats or {}).get('sft') or {}).get('prompt_end', '?')}): {prompt} prompt (unscored) "
+              f"tokens, {summary.tokens - prompt} trained")
     if args.to_wav:
         if layout is None:
             print("inspect_shards: error: --to-wav needs the shard's layout (PREFIX.stats.json) "
@@ -95,7 +102,8 @@ def inspect_main(argv: list[str] | None = None) -> int:
             print(f"(document {i} out of range 0..{summary.documents - 1})")
             continue
         doc = read_document(args.prefix, i)
-        print(f"--- document {i}: {doc.size} tokens")
+        where = "" if starts is None else f", loss from token {int(starts[i])}"
+        print(f"--- document {i}: {doc.size} tokens{where}")
         print(
             tok.render(doc, max_codes=args.max_codes)
             if tok

@@ -26,7 +26,8 @@ from megatron_soda import atomic_files
 from megatron_soda.audio.codec import codec_fingerprint, parse_codec_spec
 from megatron_soda.data.codes_cache import UnitCache
 from megatron_soda.data.encode_stage import EncodeConfig, encode_units, unit_caches
-from megatron_soda.data.readers import INPUT_FORMATS, SPEECH_FORMATS
+from megatron_soda.data.readers import INPUT_FORMATS, SFT_FORMATS, SPEECH_FORMATS
+from megatron_soda.data.sft_stage import sft_record, tokenize_cached_pairs
 from megatron_soda.data.shards import TMP_SUFFIX, ShardWriter
 from megatron_soda.data.tokenize_stage import (
     OutputSet,
@@ -36,6 +37,7 @@ from megatron_soda.data.tokenize_stage import (
 )
 from megatron_soda.data.units import WorkUnit, expand_inputs, plan_units
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, shard_layout, validate_shard
+from megatron_soda.format.sft import PROMPT_ENDS
 from megatron_soda.format.shard_verify import IDENTITY_KEY
 from megatron_soda.output_lock import OutputLock
 from megatron_soda.tokenizer import SodaTokenizer
@@ -79,6 +81,14 @@ class PreprocessConfig:
     json_keys: tuple[str, ...] = ("text",)
     max_error_rate: float = 0.01
     chunk_utterances: int = 128
+    # speech-to-speech pairs (--input-format cvss|s2st-jsonl): S2ST documents + loss starts
+    sft_prompt_end: str = "source_audio"  # where the instruction ends (format/sft.py)
+    data_split: str = "train"  # cvss: the split a directory --input contributes
+    cvss_source_root: str | None = None  # cvss: Common Voice clips + CoVoST 2 TSVs
+
+    @property
+    def sft(self) -> bool:
+        return self.input_format in SFT_FORMATS
 
     @property
     def shard_prefix(self) -> str:
@@ -117,6 +127,11 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         raise PreprocessError(f"--valid-fraction must be in [0, 1), got {cfg.valid_fraction}")
     if cfg.input_format in SPEECH_FORMATS and cfg.codec is None:
         raise PreprocessError(CODEC_REQUIRED)  # before any input is read or output written
+    if cfg.sft and cfg.sft_prompt_end not in PROMPT_ENDS:
+        raise PreprocessError(f"--sft-prompt-end must be one of {PROMPT_ENDS}, got {cfg.sft_prompt_end!r}")
+    if cfg.input_format == "cvss" and not cfg.cvss_source_root:
+        raise PreprocessError("--input-format cvss needs --cvss-source-root: the directory of the "
+                              "Common Voice clips and the CoVoST 2 TSVs (docs/finetuning.md)")
     with output_locked(cfg.shard_prefix):
         return _run_locked(cfg)
 
@@ -139,8 +154,9 @@ class _LoggedLock(OutputLock):
 
 def _run_locked(cfg: PreprocessConfig) -> dict:
     try:
-        files = expand_inputs(cfg.inputs, cfg.input_format)
-        units = plan_units(files, cfg.input_format, cfg.num_shards, cfg.shard_index)
+        files = expand_inputs(cfg.inputs, cfg.input_format, cfg.data_split)
+        units = plan_units(files, cfg.input_format, cfg.num_shards, cfg.shard_index,
+                           cfg.cvss_source_root)
     except ValueError as e:
         raise PreprocessError(str(e)) from e
     tokenizer = SodaTokenizer.load(cfg.tokenizer, num_codebooks=cfg.num_codebooks)
@@ -163,9 +179,11 @@ def _run_locked(cfg: PreprocessConfig) -> dict:
     if cfg.stage == "encode":
         return {"stage": "encode", "units": len(units), "codes_dir": cfg.resolved_codes_dir}
 
-    out = OutputSet(cfg.shard_prefix, cfg.valid_fraction)
+    out = OutputSet(cfg.shard_prefix, cfg.valid_fraction, sft=cfg.sft)
     try:
-        if speech:
+        if cfg.sft:
+            tokenize_cached_pairs(caches, tokenizer, cfg.sft_prompt_end, out)
+        elif speech:
             tokenize_cached_units(caches, tokenizer, cfg.interleave, out)
         else:
             tokenize_text_units(units, tokenizer, out, cfg.json_keys)
@@ -217,6 +235,7 @@ HEADER_KEYS = (
     "layout",
     "tokenizer_sha256",
     "split_fraction",
+    "sft",
 )
 
 
@@ -236,13 +255,14 @@ def _header(cfg: PreprocessConfig, tokenizer: SodaTokenizer) -> dict:
     return {
         **extra,
         "format": cfg.input_format,
-        "interleave": cfg.interleave if speech else "text",
+        "interleave": ("s2st" if cfg.sft else cfg.interleave) if speech else "text",
         "codec": cfg.codec if speech else None,
         "num_codebooks": tokenizer.layout.num_codebooks,
         "layout": tokenizer.layout.to_dict(),
         "tokenizer_sha256": tokenizer.base_sha256,
         "split_fraction": cfg.valid_fraction,
         "slice": {"num_shards": cfg.num_shards, "shard_index": cfg.shard_index},
+        **({"sft": sft_record(cfg.sft_prompt_end, 0)} if cfg.sft else {}),
     }
 
 
@@ -257,6 +277,8 @@ def _summary(
     summary["attempted"] = attempted
     summary["error_rate"] = round(errors / attempted, 6) if attempted else 0.0
     summary["text_audio_char_collisions"] = collisions
+    if "sft" in header:
+        summary["sft"] = {**header["sft"], "documents": total.documents}
     if set(splits) != {"all"}:
         summary["splits"] = {n: st.to_dict() for n, st in splits.items()}
     return summary
@@ -285,6 +307,8 @@ def _write_reports(
     else:
         reports[prefix + ".stats.json"] = {**summary, IDENTITY_KEY: files["all"]}
     for path, report in reports.items():
+        if "sft" in header:  # documents of the shard (or shards) this report describes
+            report["sft"] = {**header["sft"], "documents": report["documents"]}
         atomic_files.write_json_atomic(path, report, end="\n", indent=2, **style)
     atomic_files.write_jsonl_atomic(prefix + ".errors.jsonl", errors, **style)
     atomic_files.fsync_path(os.path.dirname(os.path.abspath(prefix)))
@@ -333,6 +357,8 @@ def _merge_locked(prefixes: list[str], output_prefix: str) -> dict:
         raise PreprocessError(
             "merge: the shards were made with different tokenizers / codebook counts"
         )
+    if len({"sft" in s for s in stats}) > 1:
+        raise PreprocessError("merge: some shards are SFT (S2ST pairs with loss starts), some not")
     codecs = {s.get("codec_fingerprint") for s in stats} - {None}
     if len(codecs) > 1:
         raise PreprocessError(
@@ -348,7 +374,7 @@ def _merge_locked(prefixes: list[str], output_prefix: str) -> dict:
     writers: dict[str, ShardWriter] = {}
     try:
         for name, suffix in suffixes.items():
-            w = writers[name] = ShardWriter(output_prefix + suffix)
+            w = writers[name] = ShardWriter(output_prefix + suffix, sft="sft" in stats[0])
             merged[name] = SplitStats()
             for p, s in zip(prefixes, stats):
                 w.add_prefix(p + suffix)

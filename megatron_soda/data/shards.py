@@ -23,15 +23,28 @@ with warnings.catch_warnings():  # megatron.core warns about absent TE/apex on i
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
 from megatron_soda.atomic_files import fsync_path
+from megatron_soda.format.sft import LOSS_START_SUFFIX, read_loss_starts, save_loss_starts
 
 TMP_SUFFIX = ".tmp-inprogress"  # what a run writes before renaming it into place
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
 
 
 class ShardWriter:
     """Writes one ``prefix.bin``/``prefix.idx`` pair; nothing is visible until :meth:`publish`."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, *, sft: bool = False) -> None:
+        """``sft``: every document comes with its loss start, written to the sidecar
+        ``PREFIX.loss_start.npy`` (:mod:`megatron_soda.format.sft`) with the pair."""
         self.prefix = prefix
+        self._loss_starts: list[int] | None = [] if sft else None
+        self._npy_tmp = prefix + LOSS_START_SUFFIX + TMP_SUFFIX
         parent = os.path.dirname(os.path.abspath(prefix))
         os.makedirs(parent, exist_ok=True)
         self._bin_tmp = prefix + ".bin" + TMP_SUFFIX
@@ -41,14 +54,22 @@ class ShardWriter:
         self.tokens = 0
         self._identity: dict | None = None
 
-    def add(self, doc: np.ndarray) -> None:
+    def add(self, doc: np.ndarray, loss_start: int | None = None) -> None:
+        if (loss_start is None) != (self._loss_starts is None):
+            raise ValueError("an SFT shard writer needs a loss start per document, others none")
         doc = np.asarray(doc, dtype=np.int32)
+        if self._loss_starts is not None:
+            if not 1 <= int(loss_start) < doc.size:
+                raise ValueError(f"loss start {loss_start} outside 1..{doc.size - 1}")
+            self._loss_starts.append(int(loss_start))
         self._builder.add_document(doc, [doc.size])
         self.documents += 1
         self.tokens += doc.size
 
     def add_prefix(self, prefix: str) -> None:
-        """Append a whole finished shard (used by merge)."""
+        """Append a whole finished shard (used by merge), with its loss starts when SFT."""
+        if self._loss_starts is not None:
+            self._loss_starts.extend(read_loss_starts(prefix).tolist())
         self._builder.add_index(prefix)
 
     def close(self) -> dict:
@@ -60,21 +81,23 @@ class ShardWriter:
             self._builder.finalize(self._idx_tmp)
             for p in (self._bin_tmp, self._idx_tmp):
                 fsync_path(p)
-            h = hashlib.sha256()
-            with open(self._idx_tmp, "rb") as f:
-                while block := f.read(1 << 22):
-                    h.update(block)
-            idx_sha = h.hexdigest()
+            idx_sha = _sha256(self._idx_tmp)
             self._identity = {
                 ".bin": {"bytes": os.path.getsize(self._bin_tmp)},
                 ".idx": {"bytes": os.path.getsize(self._idx_tmp), "sha256": idx_sha},
             }
+            if self._loss_starts is not None:
+                save_loss_starts(self._npy_tmp, self._loss_starts)
+                self._identity[LOSS_START_SUFFIX] = {"bytes": os.path.getsize(self._npy_tmp),
+                                                     "sha256": _sha256(self._npy_tmp)}
         return self._identity
 
     def publish(self) -> None:
         """Rename the closed pair into place (``.bin``, then ``.idx``) and flush the directory."""
         self.close()
         os.replace(self._bin_tmp, self.prefix + ".bin")
+        if self._loss_starts is not None:
+            os.replace(self._npy_tmp, self.prefix + LOSS_START_SUFFIX)
         os.replace(self._idx_tmp, self.prefix + ".idx")
         fsync_path(os.path.dirname(os.path.abspath(self.prefix)))
 
@@ -84,6 +107,6 @@ class ShardWriter:
 
     def abort(self) -> None:
         self._builder.data_file.close()
-        for p in (self._bin_tmp, self._idx_tmp):
+        for p in (self._bin_tmp, self._idx_tmp, self._npy_tmp):
             if os.path.exists(p):
                 os.remove(p)

@@ -94,11 +94,11 @@ class SplitStats:
 class OutputSet:
     """The shards of one run: ``{prefix}`` or ``{prefix}_train`` + ``{prefix}_valid``."""
 
-    def __init__(self, prefix: str, split: float) -> None:
+    def __init__(self, prefix: str, split: float, sft: bool = False) -> None:
         self.split = split
         names = ("train", "valid") if split > 0 else ("all",)
         self.prefixes = {n: (prefix if n == "all" else f"{prefix}_{n}") for n in names}
-        self.writers = {n: ShardWriter(p) for n, p in self.prefixes.items()}
+        self.writers = {n: ShardWriter(p, sft=sft) for n, p in self.prefixes.items()}
         self.stats = {n: SplitStats() for n in names}
         self.errors: list[InputError] = []
         self.attempted = 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from megatron_soda.audio.files import special_file_reason
-from megatron_soda.data.readers import input_format, lhotse_manifests, yodas2
+from megatron_soda.data.readers import cvss, input_format, lhotse_manifests, yodas2
 from megatron_soda.data.records import InputError
 
 T = TypeVar("T")
@@ -25,10 +25,10 @@ class InputSpecError(ValueError):
     """An --input that names nothing usable."""
 
 
-def expand_inputs(inputs: list[str], fmt: str) -> list[str]:
+def expand_inputs(inputs: list[str], fmt: str, split: str = "train") -> list[str]:
     """Files, directories (their matching files, sorted) and globs -> absolute file paths;
     anything that is no regular file (a FIFO, a device, a socket) is an :class:`InputSpecError`
-    naming it, before it is opened."""
+    naming it, before it is opened.  ``split``: the ``cvss`` split a directory contributes."""
     extensions = input_format(fmt).extensions
     out: list[str] = []
     for spec in inputs:
@@ -38,6 +38,7 @@ def expand_inputs(inputs: list[str], fmt: str) -> list[str]:
                 for root, _, files in os.walk(spec)
                 for f in files
                 if f.endswith(extensions)
+                and (fmt != "cvss" or cvss.is_unit(os.path.join(root, f), split))
             )
             if not found:
                 raise InputSpecError(
@@ -98,6 +99,7 @@ class WorkUnit:
     fmt: str
     stride: int = 1  # take recordings whose position p satisfies p % stride == offset
     offset: int = 0
+    source_root: str | None = None  # cvss: --cvss-source-root (part of what the cache describes)
 
     def takes(self, position: int) -> bool:
         return position % self.stride == self.offset
@@ -126,7 +128,12 @@ class WorkUnit:
             "offset": self.offset,
         }
         companions = []
-        for p in companion_files(self.path, self.fmt):
+        extra = []
+        if self.source_root is not None:
+            out["source_root"] = os.path.abspath(self.source_root)
+            tsv = cvss.covost_tsv(self.source_root, os.path.basename(os.path.dirname(self.path)))
+            extra = [tsv] if tsv else []
+        for p in companion_files(self.path, self.fmt) + extra:
             try:
                 cst = os.stat(p)
                 companions.append({"path": p, "size": cst.st_size, "mtime_ns": cst.st_mtime_ns})
@@ -146,12 +153,14 @@ class WorkUnit:
 
 
 def plan_units(
-    files: list[str], fmt: str, num_shards: int = 1, shard_index: int = 0
+    files: list[str], fmt: str, num_shards: int = 1, shard_index: int = 0,
+    source_root: str | None = None,
 ) -> list[WorkUnit]:
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise InputSpecError(f"--shard-index must be in [0, {num_shards}), got {shard_index}")
+    root = source_root if fmt == "cvss" else None
     if num_shards == 1:
-        return [WorkUnit(p, fmt) for p in files]
+        return [WorkUnit(p, fmt, source_root=root) for p in files]
     if len(files) >= num_shards:
-        return [WorkUnit(p, fmt) for p in files[shard_index::num_shards]]
-    return [WorkUnit(p, fmt, num_shards, shard_index) for p in files]
+        return [WorkUnit(p, fmt, source_root=root) for p in files[shard_index::num_shards]]
+    return [WorkUnit(p, fmt, num_shards, shard_index, root) for p in files]

@@ -17,6 +17,7 @@ COMMANDS = {
     "asr": ("megatron_soda.eval.asr", "add_arguments", "run", "ASR word error rate"),
     "tts": ("megatron_soda.eval.tts", "add_arguments", "run",
             "TTS with a voice prompt: WER of the generated speech and speaker similarity"),
+    "s2st": ("megatron_soda.eval.s2st", "add_arguments", "run", "speech-to-speech translation: ASR-BLEU, text BLEU, speaker similarity"),
     "table": ("megatron_soda.eval.table", "add_arguments", "run",
               "SODA's results table from results files"),
 }

@@ -89,3 +89,46 @@ def read_limited(read: Any, args: argparse.Namespace) -> tuple[list, list]:
     for e in input_errors:
         log(f"skipped: {e}")
     return items, input_errors
+
+
+def run_generated_speech(args: argparse.Namespace, task: str, items: list, input_errors: list,
+                         settings: Any, generate_items: Any, score_items: Any, summarize: Any,
+                         describe: Any, check: Any = None) -> int:
+    """The tts and s2st runs: the scorers built first (a bad ``--asr-scorer`` fails before any
+    generation), then the model and a decoding codec; each rank generates and scores its share,
+    rank 0 writes the results.  Returns the exit status."""
+    import os
+
+    from megatron_soda.audio.codec import MimiCodec
+    from megatron_soda.convert.in_memory import load_model
+    from megatron_soda.eval.distributed import EvalWorld
+    from megatron_soda.eval.scorers import make_speaker_encoder, make_transcriber
+
+    world = EvalWorld(args.device)
+    status = 0
+    try:
+        scorer_device = args.scorer_device or str(world.device)
+        transcriber = make_transcriber(args.asr_scorer, device=scorer_device)
+        speaker = make_speaker_encoder(args.speaker_scorer, device=scorer_device)
+        if check is not None:
+            check()
+        loaded = load_model(args.model, device=world.device, dtype=args.dtype,
+                            iteration=args.iteration)
+        codec = MimiCodec(args.codec, num_codebooks=loaded.tokenizer.layout.num_codebooks,
+                          device=str(world.device), decoder=True)
+        os.makedirs(args.audio_dir, exist_ok=True)
+        idx = world.shard(list(range(len(items))))
+        mine = generate_items(loaded, codec, [items[k] for k in idx], settings, args.batch_size,
+                              args.audio_dir, idx[0] if idx else 0)
+        score_items(mine, transcriber, speaker)
+        rows = world.gather(mine)
+        if world.is_main:
+            metrics = summarize(rows)
+            status = 0 if metrics["n"] else EXIT_NOTHING_SCORED
+            write_prompted_results(args, task, rows, metrics, loaded, codec, input_errors,
+                                   settings, world.world, asr_scorer=transcriber.name,
+                                   speaker_scorer=speaker.name)
+            print(describe(metrics))
+    finally:
+        world.close()
+    return status

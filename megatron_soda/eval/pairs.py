@@ -38,6 +38,7 @@ def add_pairs_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction of unreadable items tolerated (exit 2 above it)")
     add_span_arg(p)
     add_output_args(p)
+    _add_steer_args(p)
 
 
 def add_likelihood_arguments(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,24 @@ def add_likelihood_arguments(p: argparse.ArgumentParser) -> None:
     add_span_arg(p)
     p.add_argument("--output", required=True, help="RESULT.json (every task's metrics)")
     p.add_argument("--items-dir", default=None, help="write <task>.items.jsonl here")
+    _add_steer_args(p)
+
+
+def _add_steer_args(p: argparse.ArgumentParser) -> None:
+    """--steer flags (docs/steering.md); scoring is one forward, so there is no time scope."""
+    from megatron_soda.steer.cli_args import add_steer_args
+
+    add_steer_args(p, scope=False)
+
+
+def _steer(args: argparse.Namespace, loaded: Any) -> tuple[Any, dict[str, Any]]:
+    """A factory of the steering context for ``loaded`` and the results' ``steer`` entry."""
+    from megatron_soda.steer.cli_args import steer_record, steering_from_args
+    from megatron_soda.steer.hooks import steering
+
+    steer = steering_from_args(args, loaded.model, loaded.tokenizer)
+    return (lambda: steering(loaded.model, loaded.tokenizer.layout, steer),
+            {"steer": steer_record(args, steer)})
 
 
 def score_task(model: Any, task: Any, world: EvalWorld, batch_size: int) -> list[dict[str, Any]]:
@@ -109,7 +128,9 @@ def run_pairs(args: argparse.Namespace) -> int:
         task, too_long = drop_too_long(task, loaded.model)
         errors += too_long
         prepared_s = time.perf_counter() - start
-        item_rows = score_task(loaded.model, task, world, args.batch_size)
+        steer, steer_info = _steer(args, loaded)
+        with steer():
+            item_rows = score_task(loaded.model, task, world, args.batch_size)
         seconds = time.perf_counter() - start
         metrics = summarize(task, item_rows)
         too_many = len(errors) > args.max_error_rate * max(len(items), 1) or not task.items
@@ -117,7 +138,7 @@ def run_pairs(args: argparse.Namespace) -> int:
             result = {**metrics, "score_span": args.score_span, "errors": errors,
                       "seconds": seconds, "prepare_seconds": prepared_s,
                       "items_per_second": len(good) / max(seconds - prepared_s, 1e-9),
-                      **run_record(args, loaded, world_size=world.world)}
+                      **run_record(args, loaded, world_size=world.world), **steer_info}
             write_results(args.output, result, args.items, item_rows)
             log(f"{args.format}: accuracy {metrics['accuracy']:.4f} over {metrics['n']} items "
                 f"({len(errors)} skipped) -> {args.output}")
@@ -136,12 +157,14 @@ def run_likelihood(args: argparse.Namespace) -> int:
         names = args.tasks.split(",") if args.tasks else None
         tasks = read_prepared(args.prepared, loaded.tokenizer, args.score_span, names)
         results: dict[str, Any] = {}
+        steer, steer_info = _steer(args, loaded)
         for name, task in tasks.items():
             start = time.perf_counter()
             task, too_long = drop_too_long(task, loaded.model)
             for e in too_long if world.is_main else ():
                 log(f"{name}: skipped: {e}")
-            rows = score_task(loaded.model, task, world, args.batch_size)
+            with steer():
+                rows = score_task(loaded.model, task, world, args.batch_size)
             seconds = time.perf_counter() - start
             results[name] = {**summarize(task, rows), "skipped": too_long, "seconds": seconds,
                              "items_per_second": len(rows) / max(seconds, 1e-9)}
@@ -151,7 +174,8 @@ def run_likelihood(args: argparse.Namespace) -> int:
                     write_results(None, {}, os.path.join(args.items_dir, f"{name}.items.jsonl"), rows)
         if world.is_main:
             write_results(args.output, {"tasks": results, "score_span": args.score_span,
-                                        **run_record(args, loaded, world_size=world.world)})
+                                        **run_record(args, loaded, world_size=world.world),
+                                        **steer_info})
         return 0
     finally:
         world.close()

@@ -146,42 +146,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_soda.audio.codec import MimiCodec
-    from megatron_soda.convert.in_memory import load_model
-    from megatron_soda.eval.common import EXIT_NOTHING_SCORED, read_limited, write_prompted_results
-    from megatron_soda.eval.distributed import EvalWorld
+    from megatron_soda.eval.common import read_limited, run_generated_speech
     from megatron_soda.eval.librispeech import read_seedtts_meta
-    from megatron_soda.eval.scorers import make_speaker_encoder, make_transcriber
 
     settings = sampling_settings(args, "tts")
     items, input_errors = read_limited(read_seedtts_meta, args)
-    world = EvalWorld(args.device)
-    status = 0
-    try:
-        scorer_device = args.scorer_device or str(world.device)
-        # scorers first: a bad --asr-scorer/--speaker-scorer fails before any generation
-        transcriber = make_transcriber(args.asr_scorer, device=scorer_device)
-        speaker = make_speaker_encoder(args.speaker_scorer, device=scorer_device)
-        loaded = load_model(args.model, device=world.device, dtype=args.dtype,
-                            iteration=args.iteration)
-        tok = loaded.tokenizer
-        codec = MimiCodec(args.codec, num_codebooks=tok.layout.num_codebooks,
-                          device=str(world.device), decoder=True)
-        os.makedirs(args.audio_dir, exist_ok=True)
-        idx = world.shard(list(range(len(items))))
-        mine = generate_items(loaded, codec, [items[k] for k in idx], settings, args.batch_size,
-                              args.audio_dir, idx[0] if idx else 0)
-        score_items(mine, transcriber, speaker)
-        rows = world.gather(mine)
-        if world.is_main:
-            metrics = summarize(rows)
-            status = 0 if metrics["n"] else EXIT_NOTHING_SCORED
-            write_prompted_results(args, "tts", rows, metrics, loaded, codec, input_errors,
-                                   settings, world.world, asr_scorer=transcriber.name,
-                                   speaker_scorer=speaker.name)
-            print(f"tts: WER {metrics['wer']:.4f}, speaker similarity "
-                  f"{metrics['speaker_similarity']:.4f} over {metrics['n']} utterances "
-                  f"({metrics['n_errors']} failed), stops {metrics['stop_reasons']}")
-    finally:
-        world.close()
-    return status
+    return run_generated_speech(
+        args, "tts", items, input_errors, settings, generate_items, score_items, summarize,
+        lambda m: (f"tts: WER {m['wer']:.4f}, speaker similarity {m['speaker_similarity']:.4f} "
+                   f"over {m['n']} utterances ({m['n_errors']} failed), stops {m['stop_reasons']}"))

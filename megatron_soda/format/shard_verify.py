@@ -211,6 +211,10 @@ def check_stats_current(prefix: str, documents: int, tokens: int) -> None:
 # its pointers in the checksummed .idx and the token scan cover it).
 IDENTITY_KEY = "files"
 _HASH_BLOCK = 1 << 22
+# The per-document loss starts of an SFT shard (format/sft.py), checksummed like the .idx.
+LOSS_START_SUFFIX = ".loss_start.npy"
+_IDENTITY_SUFFIXES = (".idx", ".bin", LOSS_START_SUFFIX)
+_CHECKSUMMED = (".idx", LOSS_START_SUFFIX)
 
 
 def _identity_differences(prefix: str, record: object) -> str:
@@ -219,12 +223,15 @@ def _identity_differences(prefix: str, record: object) -> str:
     out = []
     for suffix, want in sorted(record.items()):
         path = prefix + suffix
-        if suffix not in (".idx", ".bin") or not isinstance(want, dict):
+        if suffix not in _IDENTITY_SUFFIXES or not isinstance(want, dict):
             return f"its {IDENTITY_KEY!r} record has an unexpected entry {suffix!r}"
+        if not os.path.isfile(path):
+            out.append(f"{path} is missing")
+            continue
         size = os.path.getsize(path)
         if "bytes" in want and want["bytes"] != size:
             out.append(f"{path} has {size} bytes, the stats record {want['bytes']}")
-        elif suffix == ".idx" and "sha256" in want and want["sha256"] != (have := _sha256(path)):
+        elif suffix in _CHECKSUMMED and "sha256" in want and want["sha256"] != (have := _sha256(path)):
             out.append(f"{path} has sha256 {have[:16]}..., the stats record {str(want['sha256'])[:16]}...")
     return "; ".join(out)
 

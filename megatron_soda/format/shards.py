@@ -117,6 +117,7 @@ class ShardSummary:
     min_id: int  # over the tokens scanned (0 when none was)
     max_id: int
     scanned: int  # tokens whose ids were checked
+    loss_starts: bool = False  # an SFT shard: PREFIX.loss_start.npy checked (format/sft.py)
 
 
 def validate_shard(
@@ -133,7 +134,8 @@ def validate_shard(
 
     Always: both files exist; the ``.idx`` header, length, every sequence pointer and the
     document index are consistent; the ``.bin`` holds exactly the tokens the index describes (a
-    truncated copy is caught).  ``check_stats``: ``PREFIX.stats.json`` (if any) describes these
+    truncated copy is caught); an SFT shard's ``PREFIX.loss_start.npy`` (present, or required by
+    the stats' ``sft`` record) holds one valid loss start per document.  ``check_stats``: ``PREFIX.stats.json`` (if any) describes these
     shards, not ones they replaced (:func:`~megatron_soda.format.shard_verify.check_stats_current`).  With ``layout``: the layout recorded in ``PREFIX.stats.json`` (if any) is this
     one.  ``allow_empty=False`` refuses a shard with no documents.  ``scan_ids``: no id is
     negative or (with ``layout``) outside its vocabulary; beyond ``max_scan_gib`` of tokens only
@@ -158,6 +160,7 @@ def validate_shard(
             f"{prefix}.stats.json: {why} (the shard was preprocessed with another --tokenizer or "
             "--num-codebooks)"
         )
+    sft = _check_loss_starts(prefix)
     if not allow_empty and len(index.lengths) == 0:
         raise ShardError(f"{idx_path}: the shard holds no documents")
     lo = hi = scanned = 0
@@ -167,7 +170,21 @@ def validate_shard(
         lo, hi, scanned = scan_tokens(bin_path, index, tokens, vocab_size=vocab, bos=marks[0],
                                       eos=marks[1], block=_SCAN_BLOCK,
                                       max_scan_gib=max_scan_gib if scan_ids else None)
-    return ShardSummary(prefix, len(index.document_indices) - 1, len(index.lengths), tokens, lo, hi, scanned)
+    return ShardSummary(prefix, len(index.document_indices) - 1, len(index.lengths), tokens, lo, hi,
+                        scanned, sft)
+
+
+def _check_loss_starts(prefix: str) -> bool:
+    """An SFT shard's sidecar, when there is one (or its stats say there must be): one valid loss
+    start per document.  Returns whether the shard is an SFT shard."""
+    from megatron_soda.format.sft import LOSS_START_SUFFIX, read_loss_starts  # sft reads indexes
+
+    stats_path = prefix + ".stats.json"
+    wants = os.path.isfile(stats_path) and read_stats(stats_path).get("sft") is not None
+    if not wants and not os.path.isfile(prefix + LOSS_START_SUFFIX):
+        return False
+    read_loss_starts(prefix)  # raises ShardError naming the sidecar when missing or invalid
+    return True
 
 
 def read_document(prefix: str, index: int) -> np.ndarray:

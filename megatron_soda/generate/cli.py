@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="transformers", choices=("transformers", "vllm"))
     p.add_argument("--output-json", required=True)
     p.add_argument("--output-wav", default=None)
+    from megatron_soda.steer.cli_args import add_steer_args
+
+    add_steer_args(p)
     return p
 
 
@@ -59,6 +62,8 @@ def _check_inputs(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
         p.error("--prompt-audio/--prompt-text are for --mode tts")
     if a.mode == "s2st" and not a.source_language:
         p.error("--mode s2st needs --source-language")
+    if a.steer and a.backend == "vllm":
+        p.error("--steer needs --backend transformers")
 
 
 def build_prompt(args: argparse.Namespace, tok, codec) -> np.ndarray:
@@ -92,8 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     from megatron_soda.generate.audio_out import write_generation_wav
     from megatron_soda.generate.engine import generate
     from megatron_soda.generate.silence import silence_codes
+    from megatron_soda.steer.cli_args import steer_record, steering_from_args
+    from megatron_soda.steer.hooks import steering
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    steer = None
     try:
         settings = mode_defaults(args.mode).with_overrides(
             temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
@@ -116,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
 
             (gen,) = generate_vllm(args.model, tok, [prompt], settings, silence, stop_at)
         else:
-            (gen,) = generate(loaded.model, tok, [prompt], settings, silence, stop_at)
+            steer = steering_from_args(args, loaded.model, tok)
+            with steering(loaded.model, tok.layout, steer):
+                (gen,) = generate(loaded.model, tok, [prompt], settings, silence, stop_at)
     except (ConversionError, CodecError, AudioError, ValueError, ImportError) as e:
         print(f"generate: error: {e}", file=sys.stderr)
         return 2
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
                    "prompt_text": args.prompt_text, "source_language": args.source_language,
                    "target_language": args.target_language if args.mode == "s2st" else None},
         "device": device,
+        "steer": steer_record(args, steer),
     }
     write_json_atomic(args.output_json, record, indent=1, ensure_ascii=False)
     print(f"{gen.stop_reason}: {len(gen.token_ids)} ids, {gen.audio_seconds:.2f} s audio, "

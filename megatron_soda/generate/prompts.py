@@ -12,8 +12,9 @@ prepends ``<|begin_of_text|>`` (blueberry-eval ``asr_librispeech/inference_0shot
   <text_start>target_text<text_end><audio_start>``
 * speech continuation: ``<bos><audio_start>A`` (the span left open);
 * S2ST in the CVSS fine-tuning format (potsawee/tokenize-audio
-  ``cvss-mimi/combine_cvss_mimi.py`` lines 68-71): ``<bos><audio_start>src<audio_end>
-  <text_start><language>xx</language>`` and the model writes the source text, ``<text_end>``,
+  ``cvss-mimi/combine_cvss_mimi.py`` lines 68-71): the fine-tuning document's instruction
+  (format/sft.py, default ``<bos><audio_start>src<audio_end>``) and the model writes
+  ``<text_start><language>xx</language>`` source text ``<text_end>``,
   ``<text_start><language>en</language>`` target text ``<text_end><audio_start>`` target speech
   ``<audio_end>`` (the tags are plain text there, not special tokens).
 
@@ -24,7 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from megatron_soda.format.sft import DEFAULT_PROMPT_END, language_tag, s2st_prompt_ids, text_span
 from megatron_soda.tokenizer import SodaTokenizer
+
+__all__ = ["asr_prompt", "continue_prompt", "language_tag", "s2st_prompt", "tts_prompt"]
 
 
 def _ids(parts: list) -> np.ndarray:
@@ -75,10 +79,6 @@ def continue_prompt(tok: SodaTokenizer, codes: np.ndarray) -> np.ndarray:
     return _ids([[lay.bos_id, lay.audio_start_id], _audio(tok, codes)])
 
 
-def language_tag(lang: str) -> str:
-    return f"<language>{lang}</language>"
-
-
 def s2st_prompt(
     tok: SodaTokenizer,
     src_codes: np.ndarray,
@@ -86,21 +86,26 @@ def s2st_prompt(
     src_text: str | None = None,
     tgt_lang: str = "en",
     tgt_text: str | None = None,
+    prompt_end: str = DEFAULT_PROMPT_END,
 ) -> np.ndarray:
-    """``<bos><audio_start>src<audio_end><text_start><language>src_lang</language>`` and, when
-    given, the source transcript (``src_text<text_end><text_start><language>tgt_lang
-    </language>``) and the translation (``tgt_text<text_end><audio_start>``): the model writes
-    whatever follows, through the target speech's ``<audio_end>``."""
+    """The instruction of the fine-tuning document (:func:`megatron_soda.format.sft.s2st_prompt_ids`:
+    the document up to its loss start): ``<bos><audio_start>src<audio_end>`` by default, and the
+    model writes ``<text_start><language>src_lang</language>`` transcript ``<text_end>``, the
+    translation span and the target speech through its ``<audio_end>``; with
+    ``prompt_end="source_text"`` the source text span (``src_text``) is part of the prompt.
+
+    Forcing text instead (``src_text`` with the default prompt end, or ``tgt_text``): the prompt
+    runs through the given spans (``...<text_start><language>src_lang</language>src_text
+    <text_end><text_start><language>tgt_lang</language>`` [``tgt_text<text_end><audio_start>``])."""
+    if tgt_text is None and (src_text is None or prompt_end == "source_text"):
+        return s2st_prompt_ids(tok, src_codes, src_lang, src_text, prompt_end=prompt_end)
     lay = tok.layout
-    if tgt_text is not None and src_text is None:
+    if src_text is None:
         raise ValueError("a target text needs the source text before it")
     # tag and text tokenized as one string, as the authors' f-string is
     parts: list = [[lay.bos_id, lay.audio_start_id], _audio(tok, src_codes),
-                   [lay.audio_end_id, lay.text_start_id],
-                   _text(tok, language_tag(src_lang) + (src_text or ""))]
-    if src_text is not None:
-        parts += [[lay.text_end_id, lay.text_start_id],
-                  _text(tok, language_tag(tgt_lang) + (tgt_text or ""))]
+                   [lay.audio_end_id, lay.text_start_id], _text(tok, text_span(src_lang, src_text)),
+                   [lay.text_end_id, lay.text_start_id], _text(tok, text_span(tgt_lang, tgt_text or ""))]
     if tgt_text is not None:
         parts += [[lay.text_end_id, lay.audio_start_id]]
     return _ids(parts)

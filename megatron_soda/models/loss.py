@@ -75,14 +75,21 @@ NUM_KINDS = len(KIND_NAMES)
 REPORT_CE, REPORT_Z, REPORT_TOKENS = 0, 1, 2
 REPORT_KIND_CE = 3
 REPORT_KIND_TOKENS = REPORT_KIND_CE + NUM_KINDS
-REPORT_SIZE = REPORT_KIND_TOKENS + NUM_KINDS
+# Supervised fine-tuning (zero otherwise): cross-entropy sum and count of the response targets,
+# count of the prompt targets (unscored unless --sft-prompt-loss).
+REPORT_RESPONSE_CE = REPORT_KIND_TOKENS + NUM_KINDS
+REPORT_RESPONSE_TOKENS = REPORT_RESPONSE_CE + 1
+REPORT_PROMPT_TOKENS = REPORT_RESPONSE_CE + 2
+REPORT_SIZE = REPORT_PROMPT_TOKENS + 1
 
 
 def loss_report(
-    ce: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, layout: TokenLayout
+    ce: torch.Tensor, lse: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor, layout: TokenLayout,
+    response_mask: torch.Tensor | None = None, prompt_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sums for logging, as one float64 vector (one collective for all of them):
-    [ce_sum, z_sum, tokens, ce_sum per kind (4), tokens per kind (4)]."""
+    [ce_sum, z_sum, tokens, ce_sum per kind (4), tokens per kind (4), response ce_sum, response
+    tokens, prompt tokens] (the last three from the SFT masks, zero without them)."""
     mask = loss_mask.to(torch.float64)
     ce64 = ce.detach().to(torch.float64) * mask
     kinds = token_kinds_torch(labels, layout)
@@ -90,4 +97,11 @@ def loss_report(
     per_kind_ce = (onehot * ce64.unsqueeze(-1)).reshape(-1, NUM_KINDS).sum(0)
     per_kind_n = onehot.reshape(-1, NUM_KINDS).sum(0)
     head = torch.stack([ce64.sum(), (lse.detach().to(torch.float64) ** 2 * mask).sum(), mask.sum()])
-    return torch.cat([head, per_kind_ce, per_kind_n])
+    sft = torch.zeros(3, dtype=torch.float64, device=mask.device)
+    if response_mask is not None:
+        response = response_mask.to(torch.float64)
+        sft[0] = (ce.detach().to(torch.float64) * response).sum()
+        sft[1] = response.sum()
+    if prompt_mask is not None:
+        sft[2] = prompt_mask.to(torch.float64).sum()
+    return torch.cat([head, per_kind_ce, per_kind_n, sft])

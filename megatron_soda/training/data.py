@@ -57,7 +57,11 @@ def all_prefixes(data: DataConfig) -> list[str]:
 
 
 def build_datasets(data: DataConfig, seed: int, tokenizer: SodaTokenizer, seq_length: int,
-                   train_samples: int, valid_samples: int) -> tuple:
+                   train_samples: int, valid_samples: int, sft: bool = False) -> tuple:
+    """Train and validation datasets; with ``sft`` their samples also carry ``response_mask``
+    (:class:`megatron_soda.training.sft_data.SftGPTDataset`)."""
+    from megatron_soda.training.sft_data import SftGPTDataset
+
     config = GPTDatasetConfig(
         random_seed=seed,
         sequence_length=seq_length,
@@ -72,7 +76,8 @@ def build_datasets(data: DataConfig, seed: int, tokenizer: SodaTokenizer, seq_le
         **blends(data),
     )
     sizes = [train_samples, valid_samples, 0]
-    train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
+    cls = SftGPTDataset if sft else GPTDataset
+    train, valid, _ = BlendedMegatronDatasetBuilder(cls, sizes, lambda: True, config).build()
     return train, valid
 
 
@@ -114,6 +119,9 @@ class Batch:
     position_ids: torch.Tensor    # like tokens
     attention_mask: torch.Tensor | None = None  # [b, 1, s, s] bool, True = masked (local spec)
     packed_seq_params: object | None = None     # PackedSeqParams (Transformer Engine, THD)
+    # SFT (float, like tokens): labels that are response tokens / prompt tokens (padding in neither)
+    response_mask: torch.Tensor | None = None
+    prompt_mask: torch.Tensor | None = None
 
     def model_kwargs(self) -> dict:
         return dict(input_ids=self.tokens, position_ids=self.position_ids, attention_mask=self.attention_mask,
@@ -151,13 +159,20 @@ def document_causal_mask(doc: torch.Tensor) -> torch.Tensor:
 
 
 def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mask: bool,
-               reset_position_ids: bool, eod_mask_loss: bool, packed: bool) -> Batch:
-    """Move one micro-batch from the DataLoader to ``device`` and add document structure."""
+               reset_position_ids: bool, eod_mask_loss: bool, packed: bool, prompt_loss: bool = False) -> Batch:
+    """Move one micro-batch from the DataLoader to ``device`` and add document structure.  An SFT
+    micro-batch (``raw["response_mask"]``) trains the response tokens only, unless ``prompt_loss``."""
     tokens = raw["tokens"].to(device, non_blocking=True)
     labels = raw["labels"].to(device, non_blocking=True)
     loss_mask = raw["loss_mask"].to(device, non_blocking=True).float()
     if eod_mask_loss:
         loss_mask = loss_mask * (tokens != eod)
+    response = prompt = None
+    if "response_mask" in raw:
+        response = raw["response_mask"].to(device, non_blocking=True).float() * loss_mask
+        prompt = loss_mask - response
+        if not prompt_loss:
+            loss_mask = response
     b, s = tokens.shape
     doc = document_ids(tokens, eod) if (reset_attention_mask or reset_position_ids) else None
     if reset_position_ids:
@@ -167,13 +182,16 @@ def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mas
     if packed:
         # boundaries from the host copy of the tokens: no device sync before the step
         params = packed_seq_params(raw["tokens"], eod if reset_attention_mask else None, device)
+        flat = [None if t is None else t.reshape(1, -1) for t in (response, prompt)]
         return Batch(tokens.reshape(1, -1), labels.reshape(1, -1), loss_mask.reshape(1, -1),
-                     position_ids.reshape(1, -1), attention_mask=None, packed_seq_params=params)
+                     position_ids.reshape(1, -1), attention_mask=None, packed_seq_params=params,
+                     response_mask=flat[0], prompt_mask=flat[1])
     if reset_attention_mask:
         mask = document_causal_mask(doc)
     else:
         mask = torch.ones(s, s, dtype=torch.bool, device=device).triu(1).expand(b, 1, s, s)
-    return Batch(tokens, labels, loss_mask, position_ids, attention_mask=mask)
+    return Batch(tokens, labels, loss_mask, position_ids, attention_mask=mask, response_mask=response,
+                 prompt_mask=prompt)
 
 
 def packed_seq_params(host_tokens: torch.Tensor, eod: int | None, device: torch.device):

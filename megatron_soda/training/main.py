@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from megatron_soda.compat import CpuCompatError
-from megatron_soda.config import ConfigError
+from megatron_soda.config import ConfigError, TrainConfig
 from megatron_soda.config.cli import parse_argv
 from megatron_soda.safe_loading import UnsafeContentError, restricted_loading
 from megatron_soda.tokenizer import TokenizerError
@@ -20,7 +20,12 @@ from megatron_soda.versions import UnsupportedVersionError
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_argv(argv)
+    run(parse_argv(argv))
+
+
+def run(config: TrainConfig, prog: str = "pretrain_soda.py") -> None:
+    """Train a validated ``config``; a user-fixable error ends the process with ``PROG: error:``
+    (``finetune_soda.py`` runs its configuration through here too)."""
     rank0 = int(os.environ.get("RANK", "0")) == 0
     from megatron_soda.checkpointing import CheckpointError
     from megatron_soda.training.data_checks import DataError
@@ -34,5 +39,5 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (TokenizerError, DataError, ConfigError, CheckpointError, NonFiniteLossError, CpuCompatError,
             UnsafeContentError, UnsupportedVersionError) as e:
         if rank0:
-            print(f"pretrain_soda.py: error: {e}", file=sys.stderr, flush=True)
+            print(f"{prog}: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

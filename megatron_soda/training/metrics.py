@@ -13,6 +13,10 @@ JSONL schema (one object per line, written by global rank 0):
   time per iteration), ``peak_mem_gib`` (GPU runs only: ``torch.cuda.max_memory_allocated``);
 * evaluation record: ``split="valid"``, ``iteration``, ``consumed_samples``, ``lm_loss``,
   ``z_loss``, per-kind losses and counts, ``loss_audio``, ``tokens``;
+* with ``--sft`` (``finetune_soda.py``), training and evaluation records also hold
+  ``response_loss`` (token-mean cross-entropy over the response targets: ``lm_loss`` itself
+  unless ``--sft-prompt-loss``), ``response_tokens`` and ``prompt_tokens`` (prompt targets in the
+  window, unscored unless ``--sft-prompt-loss``);
 * task record (``--eval-tasks``, :mod:`megatron_soda.training.task_eval`): ``split="tasks"``,
   ``iteration``, ``consumed_samples``, per task ``<task>/accuracy``, ``<task>/n``,
   ``<task>/<subtask>/accuracy``, ``<task>/margin`` (pairs: mean score_positive - score_negative),
@@ -42,6 +46,9 @@ from megatron_soda.models.loss import (
     REPORT_CE,
     REPORT_KIND_CE,
     REPORT_KIND_TOKENS,
+    REPORT_PROMPT_TOKENS,
+    REPORT_RESPONSE_CE,
+    REPORT_RESPONSE_TOKENS,
     REPORT_TOKENS,
     REPORT_Z,
 )
@@ -72,7 +79,7 @@ def peak_tflops(config: TrainConfig) -> float | None:
     return None
 
 
-def losses_from_report(vec: torch.Tensor, z_loss_weight: float) -> dict[str, Any]:
+def losses_from_report(vec: torch.Tensor, z_loss_weight: float, sft: bool = False) -> dict[str, Any]:
     tokens = float(vec[REPORT_TOKENS])
     out: dict[str, Any] = {
         "lm_loss": float(vec[REPORT_CE]) / tokens if tokens else math.nan,
@@ -90,7 +97,19 @@ def losses_from_report(vec: torch.Tensor, z_loss_weight: float) -> dict[str, Any
         sum(float(vec[REPORT_KIND_CE + k]) for k in audio) / n_audio if n_audio else None
     )
     out["tokens"] = int(tokens)
+    if sft:  # fine-tuning: the loss over response tokens and how many prompt targets went unscored
+        n_response = float(vec[REPORT_RESPONSE_TOKENS])
+        out["response_loss"] = float(vec[REPORT_RESPONSE_CE]) / n_response if n_response else math.nan
+        out["response_tokens"] = int(n_response)
+        out["prompt_tokens"] = int(vec[REPORT_PROMPT_TOKENS])
     return out
+
+
+def _sft_text(record: dict[str, Any]) -> str:
+    if "response_loss" not in record:
+        return ""
+    return (f" | response_loss {record['response_loss']:.6f} ({record['response_tokens']} tokens)"
+            f" | prompt_tokens {record['prompt_tokens']}")
 
 
 def wandb_run_id(save: str | None, name: str | None) -> str | None:
@@ -207,7 +226,8 @@ class MetricsLogger:
         elif split == "train":
             mfu = record["mfu"]
             print(
-                f"[train] iter {it} | lm_loss {record['lm_loss']:.6f} | z {record['z_loss']:.3f} | {kinds} | "
+                f"[train] iter {it} | lm_loss {record['lm_loss']:.6f}{_sft_text(record)} | "
+                f"z {record['z_loss']:.3f} | {kinds} | "
                 f"lr {_fmt(record['lr'], '.3e')} | grad_norm {_fmt(record['grad_norm'], '.3f')} | "
                 f"{record['tokens_per_sec']:.0f} tok/s | {record['tflops_per_device']:.2f} TFLOP/s/dev"
                 + ("" if mfu is None else f" | MFU {100 * mfu:.1f}%")
@@ -216,7 +236,8 @@ class MetricsLogger:
             )
         else:
             print(
-                f"[{split}] iter {it} | lm_loss {record['lm_loss']:.6f} | {kinds} | {record['tokens']} tokens",
+                f"[{split}] iter {it} | lm_loss {record['lm_loss']:.6f}{_sft_text(record)} | {kinds} | "
+                f"{record['tokens']} tokens",
                 flush=True,
             )
         if self.jsonl:

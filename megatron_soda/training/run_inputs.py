@@ -58,7 +58,8 @@ def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> dict:
     ``codec_random``; empty if none records one), for the checkpoints to record.  When the
     default ``--split`` leaves a prefix no validation documents, rank 0 says so and every rank
     trains without validation: ``config.data.split`` becomes the default without its
-    validation part (megatron would loop forever on the empty split)."""
+    validation part (megatron would loop forever on the empty split).  ``--sft`` needs SFT shards
+    (:func:`megatron_soda.training.sft_data.check_sft_prefixes`)."""
     from megatron_soda.config.data import DEFAULT_SPLIT
     from megatron_soda.training.data import all_prefixes, blends
     from megatron_soda.training.data_checks import (
@@ -67,6 +68,7 @@ def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> dict:
         check_split,
         without_validation,
     )
+    from megatron_soda.training.sft_data import check_sft_prefixes
 
     data = config.data
     verdict: list = [None, {}, []]  # error, shared codec, prefixes the default split leaves no validation
@@ -74,6 +76,8 @@ def check_data(config: TrainConfig, tokenizer: SodaTokenizer) -> dict:
         try:
             verdict[1], summaries = check_prefixes(all_prefixes(data), tokenizer, data.data_check,
                                                    data.data_check_max_gib)
+            if warning := check_sft_prefixes(all_prefixes(data), config.sft.sft):
+                print(warning, flush=True)
             b = blends(data)
             split_prefixes = set(b["blend"][0]) if "blend" in b else set()  # --split divides these
             for prefix, summary in summaries.items():

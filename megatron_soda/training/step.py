@@ -38,7 +38,7 @@ def _loss_func(batch: Batch, ctx: StepContext, output: torch.Tensor):
     ce, lse = output[0], output[1]
     mask = batch.loss_mask
     loss = ((ce + ctx.z_loss_weight * lse.square()) * mask).sum()
-    report = loss_report(ce, lse, batch.labels, mask, ctx.layout)
+    report = loss_report(ce, lse, batch.labels, mask, ctx.layout, batch.response_mask, batch.prompt_mask)
     return loss, mask.sum().to(torch.int), {"report": report}
 
 

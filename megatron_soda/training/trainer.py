@@ -167,7 +167,7 @@ class Trainer:
         optim, seq = cfg.optim, arch.seq_length
         self.train_ds, self.valid_ds = data.build_datasets(
             cfg.data, optim.seed, self.tokenizer, seq, optim.train_iters * optim.global_batch_size,
-            ckpt.eval_iters * optim.global_batch_size)
+            ckpt.eval_iters * optim.global_batch_size, sft=cfg.sft.sft)
         self.has_validation = self.valid_ds is not None and ckpt.eval_iters > 0
         self._train_iter = data.data_loader(self.train_ds, self.state.consumed_samples, optim.micro_batch_size,
                                             cfg.data.num_workers)
@@ -198,6 +198,10 @@ class Trainer:
         chosen = agreed_checkpoint(source, fallback=ckpt.load_fallback, log=self.logger.print)
         if chosen is None:
             return None
+        if not finetune:
+            from megatron_soda.training.sft_data import check_sft_resume
+
+            check_sft_resume(chosen, self.config.sft.sft, self.config.sft.sft_prompt_loss)
         try:
             return load_checkpoint(chosen, self.model, self.optimizer, self.scheduler,
                                    model_cfg=self.derived.architecture, tokenizer=self.tokenizer,
@@ -218,7 +222,7 @@ class Trainer:
         d = self.config.data
         return make_batch(raw, self.tokenizer.eod, self.device, reset_attention_mask=d.reset_attention_mask,
                           reset_position_ids=d.reset_position_ids, eod_mask_loss=d.eod_mask_loss,
-                          packed=self.config.precision.use_te)
+                          packed=self.config.precision.use_te, prompt_loss=self.config.sft.sft_prompt_loss)
 
     def _train_batches(self, n: int) -> list:
         from megatron_soda.training.data_checks import DataError
@@ -253,7 +257,7 @@ class Trainer:
         tflops = tokens_per_sec * self.flops_per_token / torch.distributed.get_world_size() / 1e12
         return {
             "split": "train", "iteration": self.state.iteration, "consumed_samples": self.state.consumed_samples,
-            **losses_from_report(window.report, self.config.model.z_loss_weight),
+            **losses_from_report(window.report, self.config.model.z_loss_weight, self.config.sft.sft),
             "lr": window.lr,
             "grad_norm": window.grad_norm, "tokens_per_sec": tokens_per_sec, "tflops_per_device": tflops,
             "mfu": tflops / self.peak if self.peak else None, "step_time_s": window.seconds / max(window.steps, 1),
@@ -262,7 +266,7 @@ class Trainer:
 
     def _eval_record(self, report: torch.Tensor) -> dict[str, Any]:
         return {"split": "valid", "iteration": self.state.iteration, "consumed_samples": self.state.consumed_samples,
-                **losses_from_report(report, self.config.model.z_loss_weight)}
+                **losses_from_report(report, self.config.model.z_loss_weight, self.config.sft.sft)}
 
     def save(self) -> None:
         from megatron_soda.checkpointing import save_checkpoint

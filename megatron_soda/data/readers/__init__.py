@@ -24,6 +24,7 @@ from megatron_soda.data.records import checked_items
 @dataclass(frozen=True)
 class ReaderOptions:
     json_keys: tuple[str, ...] = ("text",)  # text fields (joined by newlines), Megatron's --json-keys
+    source_root: str | None = None  # cvss: the Common Voice clips + CoVoST 2 TSVs (--cvss-source-root)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class InputFormat:
     reader: str  # "module:function" under megatron_soda.data.readers
     extensions: tuple[str, ...]  # what a directory contributes
     speech: bool = True
+    sft: bool = False  # speech-to-speech pairs: S2ST fine-tuning documents (data/sft_stage.py)
 
     def read(self, path: str, options: ReaderOptions) -> Iterator:
         """The reader's items, each checked (:func:`~megatron_soda.data.records.checked_items`):
@@ -51,6 +53,8 @@ _FORMATS = (
     InputFormat("nemo", "nemo:read_nemo_manifest", (".json", ".jsonl")),
     InputFormat("lhotse", "lhotse_manifests:read_lhotse", (".jsonl.gz", ".jsonl")),
     InputFormat("librispeech", "librispeech:read_librispeech", (".trans.txt",)),
+    InputFormat("cvss", "cvss:read_cvss", (".tsv",), sft=True),
+    InputFormat("s2st-jsonl", "s2st:read_s2st_jsonl", (".jsonl", ".json"), sft=True),
     InputFormat(
         "text",
         "text:read_text",
@@ -61,6 +65,7 @@ _FORMATS = (
 FORMATS: dict[str, InputFormat] = {f.name: f for f in _FORMATS}
 INPUT_FORMATS = tuple(FORMATS)
 SPEECH_FORMATS = tuple(f.name for f in _FORMATS if f.speech)
+SFT_FORMATS = tuple(f.name for f in _FORMATS if f.sft)
 
 
 def input_format(name: str) -> InputFormat:
@@ -70,6 +75,9 @@ def input_format(name: str) -> InputFormat:
         raise ValueError(f"unknown input format {name!r}; expected one of {INPUT_FORMATS}") from None
 
 
-def read_source(path: str, fmt: str, json_keys: Sequence[str] = ("text",)) -> Iterator:
+def read_source(
+    path: str, fmt: str, json_keys: Sequence[str] = ("text",), source_root: str | None = None
+) -> Iterator:
     """The records (and per-item errors) of one input file in format ``fmt``."""
-    return input_format(fmt).read(path, ReaderOptions(json_keys=tuple(json_keys)))
+    return input_format(fmt).read(path, ReaderOptions(json_keys=tuple(json_keys),
+                                                      source_root=source_root))

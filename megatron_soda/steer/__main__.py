@@ -1,0 +1,5 @@
+import sys
+
+from megatron_soda.steer.cli import main
+
+sys.exit(main())
