@@ -61,3 +61,18 @@ def small_bpe_path(tmp_path_factory) -> str:
 @pytest.fixture(scope="session")
 def soda_tokenizer(llama3_path) -> SodaTokenizer:
     return SodaTokenizer(llama3_path, num_codebooks=8)
+
+
+@pytest.fixture(scope="session")
+def tiny_soda(tmp_path_factory, small_bpe_path):
+    """A tiny random SODA model as a megatron_soda checkpoint and its HF export (read only: the
+    evaluation, generation and steering tests share one)."""
+    import torch
+
+    from megatron_soda.testing.eval_models import make_tiny_soda
+
+    threads = torch.get_num_threads()
+    try:
+        return make_tiny_soda(str(tmp_path_factory.mktemp("tiny_soda")), small_bpe_path)
+    finally:
+        torch.set_num_threads(threads)

@@ -16,15 +16,14 @@ from megatron_soda.eval.cli import main as eval_main
 from megatron_soda.generate.cli import main as generate_main
 from megatron_soda.generate.settings import mode_defaults
 from megatron_soda.tasks.sequences import continuation_sequence
-from megatron_soda.testing.eval_models import make_tiny_soda
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 CODEC = "random:tiny:0"
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, small_bpe_path):
-    return make_tiny_soda(str(tmp_path_factory.mktemp("tiny")), small_bpe_path)
+def tiny(tiny_soda):
+    return tiny_soda
 
 
 @pytest.fixture(scope="module")

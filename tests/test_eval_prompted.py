@@ -15,7 +15,6 @@ import soundfile as sf
 
 from megatron_soda.eval.cli import main
 from megatron_soda.eval.librispeech import read_asr_items, read_seedtts_meta
-from megatron_soda.testing.eval_models import make_tiny_soda
 from megatron_soda.testing.sample_data import speak
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -33,8 +32,8 @@ def _write_speech(path, text: str, voice: str = "en-us") -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, small_bpe_path):
-    return make_tiny_soda(str(tmp_path_factory.mktemp("tiny")), small_bpe_path)
+def tiny(tiny_soda):
+    return tiny_soda
 
 
 def test_librispeech_layout(tmp_path):

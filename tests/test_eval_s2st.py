@@ -18,7 +18,6 @@ import soundfile as sf
 from megatron_soda.eval.cli import main
 from megatron_soda.eval.s2st import corpus_bleu, read_items, target_text_span
 from megatron_soda.testing.cvss_sample import make_cvss_sample
-from megatron_soda.testing.eval_models import make_tiny_soda
 from megatron_soda.tokenizer import SodaTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -92,8 +91,8 @@ def test_target_text_span_from_hand_built_sequences(tok):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, small_bpe_path):
-    return make_tiny_soda(str(tmp_path_factory.mktemp("tiny")), small_bpe_path)
+def tiny(tiny_soda):
+    return tiny_soda
 
 
 def test_s2st_runner_end_to_end(tmp_path, tiny):

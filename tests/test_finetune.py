@@ -1,6 +1,6 @@
 """finetune_soda.py (megatron-core SFT): prompt-loss masking of packed windows, the reported
 response loss against an independent plain-torch computation from an HF model's logits, fine-tuning
-from an HF export (stopped and resumed), and TP=2 parity.
+from an HF export, and TP=2 parity.
 
 The independent mask (:func:`expected_trained`) never reads megatron's indices: it cuts a window's
 tokens at each ``<eos>`` and finds every piece in the shard's documents by content (a piece that
@@ -180,10 +180,8 @@ def test_finetune_from_hf_export_reports_the_masked_loss_and_tp2_matches(work, o
     tiny = make_tiny_soda(str(root / "model"), work["bpe"])
     save, metrics = str(root / "ck_tp1"), str(root / "tp1.jsonl")
     flags = ["--load", tiny.hf, "--save", save, "--data-path", work["prefix"], "--metrics-jsonl", metrics, *RUN]
-    proc = finetune(1, [*flags, "--exit-interval", "2"])
+    proc = finetune(1, flags)  # (a requeue resuming from its own --save: test_train_torchrun.py)
     assert "weights only" in proc.stdout and "from iteration 0" in proc.stdout
-    proc = finetune(1, flags)  # a requeue: resumes from its own --save, not from the HF model again
-    assert f"loaded {save}" in proc.stdout and "from iteration 2" in proc.stdout
     train, (valid,) = read_metrics(metrics), read_metrics(metrics, "valid")
     for r in [*train, valid]:
         assert r["response_loss"] == r["lm_loss"] and r["response_tokens"] == r["tokens"] > 0
@@ -213,8 +211,8 @@ def test_finetune_from_hf_export_reports_the_masked_loss_and_tp2_matches(work, o
     assert (valid["response_tokens"], valid["prompt_tokens"]) == (n, prompt)
     assert abs(valid["response_loss"] - want) <= LOSS_ATOL, (valid["response_loss"], want)
 
-    # TP=2 from the converted checkpoint (a megatron_soda checkpoint as --load), uninterrupted:
-    # iteration 3 of the resumed run above must match it too (data order, masks, optimizer state)
+    # TP=2 from the converted checkpoint (a megatron_soda checkpoint as --load): every iteration
+    # and the validation match (data order, masks, optimizer state)
     metrics2 = str(root / "tp2.jsonl")
     finetune(2, ["--load", os.path.join(save, "init_from_hf"), "--data-path", work["prefix"],
                  "--metrics-jsonl", metrics2, "--tensor-model-parallel-size", "2", *RUN])

@@ -17,12 +17,10 @@ OFF = dict(repetition_ngram=0, silence_frames=0)
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, small_bpe_path, one_torch_thread):
+def tiny(tiny_soda, one_torch_thread):
     from megatron_soda.convert.in_memory import load_model
-    from megatron_soda.testing.eval_models import make_tiny_soda
 
-    t = make_tiny_soda(str(tmp_path_factory.mktemp("tiny")), small_bpe_path)
-    return load_model(t.hf)
+    return load_model(tiny_soda.hf)
 
 
 def _prompts(tok, seed=0):

@@ -30,10 +30,8 @@ def codec(one_torch_thread):
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, small_bpe_path, one_torch_thread):
-    from megatron_soda.testing.eval_models import make_tiny_soda
-
-    return make_tiny_soda(str(tmp_path_factory.mktemp("tiny")), small_bpe_path)
+def tiny(tiny_soda, one_torch_thread):
+    return tiny_soda
 
 
 def test_chunked_decode_matches_whole(codec):

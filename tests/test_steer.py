@@ -32,14 +32,11 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, small_bpe_path, one_torch_thread):
+def tiny(tiny_soda, one_torch_thread):
     from megatron_soda.convert.in_memory import load_model
-    from megatron_soda.testing.eval_models import make_tiny_soda
 
-    root = tmp_path_factory.mktemp("tiny_steer")
-    t = make_tiny_soda(str(root), small_bpe_path)
-    loaded = load_model(t.hf)
-    loaded.info["hf_dir"] = t.hf
+    loaded = load_model(tiny_soda.hf)
+    loaded.info["hf_dir"] = tiny_soda.hf
     return loaded
 
 

@@ -140,6 +140,14 @@ def _setup_distributed() -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             os.environ["MASTER_PORT"] = str(s.getsockname()[1])
+    if not torch.cuda.is_available() and os.environ.get("WORLD_SIZE", "1") == "1":
+        # one CPU process has no collective to speed up: skip the shared-memory allreduce op
+        # DeepSpeed would compile with g++ at start-up (~24 s; deepspeed/comm/torch.py build_shm_op)
+        import sys
+
+        import deepspeed.comm.torch  # noqa: F401  (``deepspeed.comm.torch`` the attribute is torch)
+
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
