@@ -34,9 +34,7 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ] || [ "$constraints" -nt "$stam
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
   # torch first and pinned exactly (the same version as in $constraints): any other spec pulls a
   # multi-GB CUDA build.
-  # --no-compile: Python writes bytecode for the modules it imports, when it imports them; pip
-  # would compile every file of every package up front (torch alone: thousands), minutes of CI
-  .venv/bin/python -m pip install -q --no-compile torch==2.13.0
-  .venv/bin/python -m pip install -q --no-compile -c "$constraints" -e ".[dev]"
+  .venv/bin/python -m pip install -q torch==2.13.0
+  .venv/bin/python -m pip install -q -c "$constraints" -e ".[dev]"
   touch "$stamp"
 fi
