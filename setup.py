@@ -86,6 +86,7 @@ setup(
             "soda-eval = megatron_soda.eval.cli:main",
             "soda-generate = megatron_soda.generate.cli:main",
             "soda-finetune-deepspeed = megatron_soda.finetune.deepspeed_main:main",
+            "soda-steer = megatron_soda.steer.cli:main",
         ]
     },
     python_requires=">=3.10",

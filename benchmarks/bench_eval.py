@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Likelihood-task throughput: items/s of ``eval.likelihood.score_sequences`` (batched, output
+"""Likelihood-task throughput: items/s of ``tasks.likelihood.score_sequences`` (batched, output
 head only on scored positions, float64 log-softmax) against the naive loop of the authors'
 harness (one sequence per forward, full ``[length, vocab]`` logits, log-softmax of all of them;
 ``blueberry-eval`` ``sWUGGY/inference_speech_0shot.py`` lines 89-96), interleaved repeat by
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from load_meter import OthersLoad  # benchmarks/ (the script's own directory)
 
-from megatron_soda.eval.likelihood import score_sequences
+from megatron_soda.tasks.likelihood import score_sequences
 from megatron_soda.tasks.sequences import audio_sequence, text_sequence
 
 TASKS = {"swuggy-like": (0.5, 1.2), "sblimp-like": (1.5, 3.5)}

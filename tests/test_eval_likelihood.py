@@ -16,7 +16,7 @@ import torch
 from megatron_soda.audio.codec import MimiCodec
 from megatron_soda.convert.in_memory import load_model
 from megatron_soda.eval.cli import main as eval_main
-from megatron_soda.eval.likelihood import score_sequences
+from megatron_soda.tasks.likelihood import score_sequences
 from megatron_soda.tasks.prepared import PreparedError, read_prepared
 from megatron_soda.tasks.sequences import audio_sequence, text_sequence
 

@@ -179,3 +179,38 @@ def test_tts_runner_end_to_end(tmp_path, tiny):
     if sim is not None:
         assert res["speaker_similarity"] == pytest.approx(sim)
     assert np.isfinite(res["wer"])
+
+
+def test_tts_runner_applies_the_steer_flags(tmp_path, tiny):
+    """``eval tts --steer``: alpha 0 writes the unsteered audio bit for bit, a real alpha changes
+    it, and the results record the steering."""
+    import torch
+
+    from megatron_soda.convert.in_memory import load_model
+    from megatron_soda.steer.vectors import SteeringVectors, model_fingerprint, save_vectors
+
+    d = tmp_path / "en"
+    _write_speech(str(d / "prompt-wavs" / "p1.wav"), "this is my voice")
+    (d / "meta.lst").write_text("utt1|This is my voice.|prompt-wavs/p1.wav|Hello, world!\n")
+    loaded = load_model(tiny.hf)
+    vec = str(tmp_path / "v.safetensors")
+    h = loaded.model.config.hidden_size
+    save_vectors(vec, SteeringVectors({1: torch.randn(h, generator=torch.Generator().manual_seed(0))},
+                                      "mean_shift", "c", {1: 1.0}, "soda",
+                                      model_fingerprint(loaded.model, loaded.tokenizer)))
+
+    def run(tag, *flags):
+        out, items = str(tmp_path / f"{tag}.json"), str(tmp_path / f"{tag}.jsonl")
+        assert main(["tts", "--model", tiny.hf, "--codec", CODEC, "--data", str(d / "meta.lst"),
+                     "--audio-dir", str(tmp_path / tag), "--max-new-tokens", "40", "--device", "cpu",
+                     "--output", out, "--items", items, *flags]) == 0
+        res, rows = _read(out, items)
+        return res, sf.read(rows[0]["wav"], dtype="float32")[0]
+
+    plain_res, plain = run("plain")
+    _, zero = run("zero", "--steer", vec, "--steer-alpha", "0")
+    res, steered = run("steered", "--steer", vec, "--steer-alpha", "8", "--steer-scope", "all")
+    assert plain_res["steer"] is None
+    assert np.array_equal(zero, plain)
+    assert steered.shape != plain.shape or not np.array_equal(steered, plain)
+    assert res["steer"]["layer"] == 1 and res["steer"]["alpha"] == 8 and res["steer"]["scope"] == "all"

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from megatron_soda.config.errors import ConfigError
 from megatron_soda.config.fields import option
+from megatron_soda.models.steering import ALPHA_UNITS, POSITIONS
 from megatron_soda.tasks.sequences import SCORE_SPANS
 
 
@@ -37,12 +38,25 @@ class TaskEvalConfig:
         None, "score only the first N items of each task (cheaper, noisier)", metavar="N")
     eval_tasks_items: str | None = option(
         None, "append every item's scores at every task evaluation to this JSONL file", metavar="FILE")
+    eval_tasks_steer: str | None = option(
+        None, "also score the tasks steered by this vector (python -m megatron_soda.steer extract; "
+        "docs/steering.md): metrics steered/<task>/..., items with steered: true", metavar="VEC.safetensors")
+    eval_tasks_steer_layer: int | None = option(
+        None, "decoder layer (0-based) whose output is steered (default: the file's only layer)", metavar="L")
+    eval_tasks_steer_alpha: float | None = option(
+        None, "steering strength (required with --eval-tasks-steer)", metavar="A")
+    eval_tasks_steer_alpha_units: str = option(
+        "raw", "raw: alpha x the stored vector; norm: alpha x the layer's median residual norm x the "
+        "unit vector", choices=ALPHA_UNITS)
+    eval_tasks_steer_positions: str = option(
+        "audio", "which tokens are steered (markers never)", choices=POSITIONS)
 
     @property
     def enabled(self) -> bool:
         return bool(self.eval_tasks_data)
 
     def validate(self, eval_interval: int) -> None:
+        self._validate_steer()
         if self.eval_tasks is not None:
             # --eval-tasks a,b c -> [a, b, c]; order kept, repeats dropped
             names = [n.strip() for item in self.eval_tasks for n in item.split(",") if n.strip()]
@@ -72,3 +86,32 @@ class TaskEvalConfig:
         if unknown:
             raise ConfigError(f"--eval-tasks: {', '.join(unknown)} not in {self.eval_tasks_data} "
                               f"(it has {', '.join(available) or 'no tasks'})")
+
+    def _validate_steer(self) -> None:
+        """The steering flags hang together and name a vector the file holds (read here, before
+        any process group; the hidden size and layer count are checked against the model)."""
+        if not self.eval_tasks_steer:
+            given = [flag for flag, value, default in (
+                ("--eval-tasks-steer-layer", self.eval_tasks_steer_layer, None),
+                ("--eval-tasks-steer-alpha", self.eval_tasks_steer_alpha, None),
+                ("--eval-tasks-steer-alpha-units", self.eval_tasks_steer_alpha_units, "raw"),
+                ("--eval-tasks-steer-positions", self.eval_tasks_steer_positions, "audio")) if value != default]
+            if given:
+                raise ConfigError(f"{', '.join(given)} needs --eval-tasks-steer VEC.safetensors")
+            return
+        if not self.eval_tasks_data:
+            raise ConfigError("--eval-tasks-steer needs --eval-tasks-data DIR (the tasks it scores)")
+        if self.eval_tasks_steer_alpha is None:
+            raise ConfigError("--eval-tasks-steer needs --eval-tasks-steer-alpha A (the strength)")
+        if not os.path.isfile(self.eval_tasks_steer):
+            raise ConfigError(f"--eval-tasks-steer {self.eval_tasks_steer}: no such file")
+        from safetensors import SafetensorError
+
+        from megatron_soda.models.steering import in_units, read_layer
+
+        try:
+            layer, vector, norm = read_layer(self.eval_tasks_steer, self.eval_tasks_steer_layer)
+            in_units(vector, self.eval_tasks_steer_alpha_units, norm, f"{self.eval_tasks_steer} layer {layer}")
+        except (ValueError, OSError, SafetensorError) as e:
+            raise ConfigError(f"--eval-tasks-steer: {e}") from None
+        self.eval_tasks_steer_layer = layer

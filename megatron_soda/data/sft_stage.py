@@ -9,18 +9,14 @@ a pair whose clip the codec stage rejected is already in the error report and wr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable
 
 from megatron_soda.data.codes_cache import EncodedRecording, UnitCache
-from megatron_soda.data.progress import StageProgress
 from megatron_soda.data.readers.s2st import SOURCE_SUFFIX, TARGET_SUFFIX
 from megatron_soda.data.records import InputError, unexpected
-from megatron_soda.data.tokenize_stage import OutputSet, _collisions, _prepared_chunks
+from megatron_soda.data.tokenize_stage import OutputSet, tokenize_cached
 from megatron_soda.format.sft import SFT_FORMAT, s2st_ids
 from megatron_soda.tokenizer import SodaTokenizer
-
-logger = logging.getLogger(__name__)
 
 
 def sft_record(prompt_end: str, documents: int) -> dict:
@@ -56,21 +52,5 @@ def tokenize_cached_pairs(
 ) -> None:
     """One S2ST document (and its loss start) per cached pair, in input order."""
     lay = tokenizer.layout
-    caches = list(caches)
-    for cache in caches:
-        if cache.cached_codebooks < lay.num_codebooks:
-            raise ValueError(f"{cache.dir}: the codes cache holds {cache.cached_codebooks} codebooks, "
-                             f"{lay.num_codebooks} requested; re-run the encode stage with "
-                             f"--cache-codebooks >= {lay.num_codebooks} (or a new --codes-dir)")
-    progress = StageProgress("tokenize", sum(c.num_chunks() for c in caches), "chunks",
-                             lambda: f"{sum(st.documents for st in out.stats.values())} documents",
-                             logger)
-    for chunk, texts, chunk_text_ids in _prepared_chunks(caches, tokenizer):
-        progress.advance(1)
-        out.errors.extend(chunk.errors)
-        out.attempted += chunk.attempted
-        out.text_collisions += _collisions(texts, lay.num_audio_tokens)
-        text_ids = iter(chunk_text_ids)
-        for rec in chunk.recordings:
-            _add_pair(out, lay, prompt_end, rec, [next(text_ids) for _ in rec.utterances])
-    progress.close()
+    tokenize_cached(caches, tokenizer, out,
+                    lambda rec, t_ids: _add_pair(out, lay, prompt_end, rec, t_ids))

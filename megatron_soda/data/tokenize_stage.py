@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -205,12 +206,16 @@ def _prepared_chunks(
             yield ahead.result()
 
 
-def tokenize_cached_units(
-    caches: Iterable[UnitCache], tokenizer: SodaTokenizer, interleave: str, out: OutputSet
+def tokenize_cached(
+    caches: Iterable[UnitCache],
+    tokenizer: SodaTokenizer,
+    out: OutputSet,
+    add_recording: Callable[[Any, list[np.ndarray | Exception]], None],
 ) -> None:
-    """Documents from cached codes: one per recording per variant."""
+    """The chunk loop of stage 2, in input order: each chunk's reader/codec errors, attempted
+    count and text collisions go to ``out``; each recording goes to ``add_recording(rec,
+    text_ids)`` (its utterances' token ids, or the tokenizer's exception), which writes it."""
     lay = tokenizer.layout
-    kinds = variants(interleave)
     caches = list(caches)
     for cache in caches:
         if cache.cached_codebooks < lay.num_codebooks:
@@ -234,8 +239,17 @@ def tokenize_cached_units(
         out.text_collisions += _collisions(texts, lay.num_audio_tokens)
         text_ids = iter(chunk_text_ids)
         for rec in chunk.recordings:
-            _add_recording(out, lay, kinds, rec, [next(text_ids) for _ in rec.utterances])
+            add_recording(rec, [next(text_ids) for _ in rec.utterances])
     progress.close()
+
+
+def tokenize_cached_units(
+    caches: Iterable[UnitCache], tokenizer: SodaTokenizer, interleave: str, out: OutputSet
+) -> None:
+    """Documents from cached codes: one per recording per variant."""
+    lay, kinds = tokenizer.layout, variants(interleave)
+    tokenize_cached(caches, tokenizer, out,
+                    lambda rec, t_ids: _add_recording(out, lay, kinds, rec, t_ids))
 
 
 def tokenize_text_units(

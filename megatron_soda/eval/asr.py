@@ -39,6 +39,9 @@ def add_common_generation_arguments(p: argparse.ArgumentParser, mode: str) -> No
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
     p.add_argument("--seed", type=int, default=d.seed, help="item k samples from seed stream k")
     p.add_argument("--limit", type=count_arg, default=None, help="only the first N items")
+    from megatron_soda.steer.cli_args import add_steer_args
+
+    add_steer_args(p)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -106,7 +109,7 @@ def transcribe_items(loaded: Any, codec: Any, items: Sequence[Any], settings: An
 
     tok = loaded.tokenizer
     rows: list[dict[str, Any]] = []
-    for b in range(0, len(items), max(1, batch_size)):
+    for b in range(0, len(items), batch_size):
         batch = items[b:b + batch_size]
         codes = encode_audio_items(codec, [(it.audio, it.start, it.end) for it in batch])
         todo = []
@@ -158,7 +161,12 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     from megatron_soda.audio.codec import MimiCodec
     from megatron_soda.convert.in_memory import load_model
-    from megatron_soda.eval.common import EXIT_NOTHING_SCORED, read_limited, write_prompted_results
+    from megatron_soda.eval.common import (
+        EXIT_NOTHING_SCORED,
+        read_limited,
+        steer_context,
+        write_prompted_results,
+    )
     from megatron_soda.eval.distributed import EvalWorld
     from megatron_soda.eval.librispeech import read_asr_items
 
@@ -172,13 +180,15 @@ def run(args: argparse.Namespace) -> int:
         tok = loaded.tokenizer
         codec = MimiCodec(args.codec, num_codebooks=tok.layout.num_codebooks, device=str(world.device))
         mine = world.shard(list(range(len(items))))
-        rows = world.gather(transcribe_items(loaded, codec, [items[k] for k in mine], settings,
-                                             args.batch_size, mine[0] if mine else 0))
+        steer, steer_info = steer_context(args, loaded)
+        with steer():
+            rows = world.gather(transcribe_items(loaded, codec, [items[k] for k in mine], settings,
+                                                 args.batch_size, mine[0] if mine else 0))
         if world.is_main:
             metrics = summarize(rows)
             status = 0 if metrics["n"] else EXIT_NOTHING_SCORED
             write_prompted_results(args, "asr", rows, metrics, loaded, codec, input_errors,
-                                   settings, world.world)
+                                   settings, world.world, **steer_info)
             print(f"asr: WER {metrics['wer']:.4f} over {metrics['n']} utterances "
                   f"({metrics['n_errors']} unreadable), stops {metrics['stop_reasons']}")
     finally:

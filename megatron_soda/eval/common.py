@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+import re
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from megatron_soda.tasks.sequences import SCORE_SPANS
 
 EXIT_NOTHING_SCORED = 2  # as `pairs` with no item left: empty data, --limit 0, every item unreadable
+SAMPLE_RATE = 24000  # of the WAVs tts and s2st write
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def positive_int(text: str) -> int:
@@ -81,6 +86,79 @@ def write_prompted_results(args: argparse.Namespace, task: str, rows: list[dict[
     write_results(args.output, result, args.items, rows)
 
 
+def steer_context(args: argparse.Namespace, loaded: Any) -> tuple[Any, dict[str, Any]]:
+    """A factory of the steering context the ``--steer*`` flags ask for (a no-op without them)
+    and the results' ``steer`` entry (docs/steering.md)."""
+    from megatron_soda.steer.cli_args import steer_record, steering_from_args
+    from megatron_soda.steer.hooks import steering
+
+    steer = steering_from_args(args, loaded.model, loaded.tokenizer)
+    return (lambda: steering(loaded.model, loaded.tokenizer.layout, steer),
+            {"steer": steer_record(args, steer)})
+
+
+def wav_name(utt: str) -> str:
+    """``utt`` as a file name inside ``--audio-dir`` (no separators, no leading dot)."""
+    if not _SAFE_NAME.match(utt) or utt in (".", ".."):
+        raise ValueError(f"utterance id {utt!r} is not a safe file name")
+    return utt + ".wav"
+
+
+def generate_speech_items(loaded: Any, codec: Any, items: Sequence[Any], settings: Any,
+                          batch_size: int, audio_dir: str, first_index: int, mode: str,
+                          audio_of: Callable[[Any], str],
+                          build_prompt: Callable[[Any, Any], Any],
+                          fill_row: Callable[[Any, Any, Any], dict[str, Any]]
+                          ) -> list[dict[str, Any]]:
+    """The tts and s2st loop.  Per batch: each item's ``audio_of(item)`` encoded as preprocessing
+    does, its prompt ``build_prompt(item, codes)`` checked (a safe ``wav_name``, room left in the
+    model), the prompts generated with ``mode``'s stop rule.  Each row is ``fill_row(item,
+    prompt, generation)`` (generation None: the item failed, the row gets ``error``) plus the
+    generation's counts and ``wav``: its whole frames decoded into ``audio_dir/<id>.wav``, None
+    without frames."""
+    from megatron_soda.eval.asr import encode_audio_items, generate_rows
+    from megatron_soda.generate.audio_out import codes_to_wave, write_wav
+    from megatron_soda.generate.engine import check_prompt_fits
+    from megatron_soda.generate.settings import MODE_STOP_AT
+    from megatron_soda.generate.silence import silence_codes
+
+    silence = silence_codes(codec)
+    rows: list[dict[str, Any]] = []
+    for b in range(0, len(items), batch_size):
+        batch = items[b:b + batch_size]
+        codes = encode_audio_items(codec, [(audio_of(it), None, None) for it in batch])
+        todo = []
+        for i, (it, c) in enumerate(zip(batch, codes)):
+            if isinstance(c, str):
+                continue
+            try:
+                wav_name(it.id)
+                prompt = build_prompt(it, c)
+                check_prompt_fits(loaded.model, prompt)
+                todo.append((i, prompt))
+            except ValueError as e:
+                codes[i] = str(e)
+        by_index = generate_rows(loaded, todo, settings, first_index + b, silence=silence,
+                                 stop_at=MODE_STOP_AT[mode])
+        prompts = dict(todo)
+        for i, it in enumerate(batch):
+            g = by_index.get(i)
+            row = fill_row(it, prompts.get(i), g)
+            if g is None:
+                row["error"] = codes[i]
+                rows.append(row)
+                continue
+            row.update(stop_reason=g.stop_reason, generated_tokens=int(len(g.token_ids)),
+                       frames=g.audio_frames, audio_seconds=g.audio_seconds,
+                       trimmed_frames=g.trimmed_frames, wav=None)
+            if g.audio_frames:
+                path = os.path.join(audio_dir, wav_name(it.id))
+                write_wav(path, codes_to_wave(codec, g.audio_codes), SAMPLE_RATE)
+                row["wav"] = path
+            rows.append(row)
+    return rows
+
+
 def read_limited(read: Any, args: argparse.Namespace) -> tuple[list, list]:
     """``read(args.data)`` -> (items, input errors), cut to ``--limit``, errors logged."""
     items, input_errors = read(args.data)
@@ -97,8 +175,6 @@ def run_generated_speech(args: argparse.Namespace, task: str, items: list, input
     """The tts and s2st runs: the scorers built first (a bad ``--asr-scorer`` fails before any
     generation), then the model and a decoding codec; each rank generates and scores its share,
     rank 0 writes the results.  Returns the exit status."""
-    import os
-
     from megatron_soda.audio.codec import MimiCodec
     from megatron_soda.convert.in_memory import load_model
     from megatron_soda.eval.distributed import EvalWorld
@@ -118,8 +194,10 @@ def run_generated_speech(args: argparse.Namespace, task: str, items: list, input
                           device=str(world.device), decoder=True)
         os.makedirs(args.audio_dir, exist_ok=True)
         idx = world.shard(list(range(len(items))))
-        mine = generate_items(loaded, codec, [items[k] for k in idx], settings, args.batch_size,
-                              args.audio_dir, idx[0] if idx else 0)
+        steer, steer_info = steer_context(args, loaded)
+        with steer():
+            mine = generate_items(loaded, codec, [items[k] for k in idx], settings, args.batch_size,
+                                  args.audio_dir, idx[0] if idx else 0)
         score_items(mine, transcriber, speaker)
         rows = world.gather(mine)
         if world.is_main:
@@ -127,7 +205,7 @@ def run_generated_speech(args: argparse.Namespace, task: str, items: list, input
             status = 0 if metrics["n"] else EXIT_NOTHING_SCORED
             write_prompted_results(args, task, rows, metrics, loaded, codec, input_errors,
                                    settings, world.world, asr_scorer=transcriber.name,
-                                   speaker_scorer=speaker.name)
+                                   speaker_scorer=speaker.name, **steer_info)
             print(describe(metrics))
     finally:
         world.close()

@@ -3,7 +3,7 @@
 ``pairs``: one task straight from its data (``--data FILE --format jsonl|<task>``): items are
 read, encoded and tokenized in memory (each rank its share under torchrun), then scored.
 ``likelihood``: every task of a prepared directory (``eval prepare``), SODA's likelihood table in
-one run.  Both score with :func:`megatron_soda.eval.likelihood.score_sequences` and summarise
+one run.  Both score with :func:`megatron_soda.tasks.likelihood.score_sequences` and summarise
 with :mod:`megatron_soda.tasks.prepared`, the rules the trainer's in-training evaluation uses.
 """
 
@@ -21,6 +21,7 @@ from megatron_soda.eval.common import (
     count_arg,
     log,
     make_codec,
+    steer_context,
 )
 from megatron_soda.eval.distributed import EvalWorld
 
@@ -58,19 +59,9 @@ def _add_steer_args(p: argparse.ArgumentParser) -> None:
     add_steer_args(p, scope=False)
 
 
-def _steer(args: argparse.Namespace, loaded: Any) -> tuple[Any, dict[str, Any]]:
-    """A factory of the steering context for ``loaded`` and the results' ``steer`` entry."""
-    from megatron_soda.steer.cli_args import steer_record, steering_from_args
-    from megatron_soda.steer.hooks import steering
-
-    steer = steering_from_args(args, loaded.model, loaded.tokenizer)
-    return (lambda: steering(loaded.model, loaded.tokenizer.layout, steer),
-            {"steer": steer_record(args, steer)})
-
-
 def score_task(model: Any, task: Any, world: EvalWorld, batch_size: int) -> list[dict[str, Any]]:
     """Item records of ``task`` (sequences scored data-parallel, gathered in order)."""
-    from megatron_soda.eval.likelihood import score_sequences
+    from megatron_soda.tasks.likelihood import score_sequences
     from megatron_soda.tasks.prepared import item_results
 
     seqs = task.sequences()
@@ -81,20 +72,9 @@ def score_task(model: Any, task: Any, world: EvalWorld, batch_size: int) -> list
 def drop_too_long(task: Any, model: Any) -> tuple[Any, list[str]]:
     """``task`` without the items that have a sequence longer than the model's positions (the
     trainer refuses those too, so both score the same items), and one message per item left out."""
-    from megatron_soda.tasks.prepared import PreparedTask
+    from megatron_soda.tasks.prepared import drop_longer_than
 
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is None:
-        return task, []
-    kept, errors = [], []
-    for it in task.items:
-        members = (it.positive, it.negative) if task.kind == "pairs" else it.choices
-        longest = max(len(s) for s in members)
-        if longest > limit:
-            errors.append(f"item {it.id}: {longest} tokens, longer than the model's {limit} positions")
-        else:
-            kept.append(it)
-    return PreparedTask(task.name, task.kind, kept), errors
+    return drop_longer_than(task, getattr(model.config, "max_position_embeddings", None))
 
 
 def _load(args: argparse.Namespace, world: EvalWorld) -> Any:
@@ -128,7 +108,7 @@ def run_pairs(args: argparse.Namespace) -> int:
         task, too_long = drop_too_long(task, loaded.model)
         errors += too_long
         prepared_s = time.perf_counter() - start
-        steer, steer_info = _steer(args, loaded)
+        steer, steer_info = steer_context(args, loaded)
         with steer():
             item_rows = score_task(loaded.model, task, world, args.batch_size)
         seconds = time.perf_counter() - start
@@ -157,7 +137,7 @@ def run_likelihood(args: argparse.Namespace) -> int:
         names = args.tasks.split(",") if args.tasks else None
         tasks = read_prepared(args.prepared, loaded.tokenizer, args.score_span, names)
         results: dict[str, Any] = {}
-        steer, steer_info = _steer(args, loaded)
+        steer, steer_info = steer_context(args, loaded)
         for name, task in tasks.items():
             start = time.perf_counter()
             task, too_long = drop_too_long(task, loaded.model)

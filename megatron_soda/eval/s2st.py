@@ -43,13 +43,13 @@ from typing import Any
 
 import numpy as np
 
-from megatron_soda.eval.asr import (
-    add_common_generation_arguments,
-    encode_audio_items,
-    generate_rows,
-    sampling_settings,
+from megatron_soda.eval.asr import add_common_generation_arguments, sampling_settings
+from megatron_soda.eval.common import (
+    SAMPLE_RATE,
+    generate_speech_items,
+    read_limited,
+    run_generated_speech,
 )
-from megatron_soda.eval.tts import SAMPLE_RATE, wav_name
 
 FORMATS = ("auto", "cvss", "s2st-jsonl")
 _LANG_TAG = re.compile(r"^\s*<language>([^<]*)</language>")
@@ -213,51 +213,24 @@ def target_text_span(tok: Any, ids: Sequence[int]) -> tuple[str | None, str | No
 def generate_items(loaded: Any, codec: Any, items: Sequence[S2stItem], settings: Any,
                    batch_size: int, audio_dir: str, first_index: int = 0) -> list[dict[str, Any]]:
     """Generate each pair's target speech and text; rows carry ``wav`` or ``error``."""
-    from megatron_soda.generate.audio_out import codes_to_wave, write_wav
-    from megatron_soda.generate.engine import check_prompt_fits
     from megatron_soda.generate.prompts import s2st_prompt
-    from megatron_soda.generate.settings import MODE_STOP_AT
-    from megatron_soda.generate.silence import silence_codes
 
     tok = loaded.tokenizer
-    silence = silence_codes(codec)
-    rows: list[dict[str, Any]] = []
-    for b in range(0, len(items), max(1, batch_size)):
-        batch = items[b:b + batch_size]
-        codes = encode_audio_items(codec, [(it.source_audio, None, None) for it in batch])
-        todo, prompts = [], {}
-        for i, (it, c) in enumerate(zip(batch, codes)):
-            if isinstance(c, str):
-                continue
-            try:
-                wav_name(it.id)
-                prompts[i] = s2st_prompt(tok, c, it.source_lang)
-                check_prompt_fits(loaded.model, prompts[i])
-                todo.append((i, prompts[i]))
-            except ValueError as e:
-                codes[i] = str(e)
-        by_index = generate_rows(loaded, todo, settings, first_index + b, silence=silence,
-                                 stop_at=MODE_STOP_AT["s2st"])
-        for i, it in enumerate(batch):
-            row: dict[str, Any] = {"id": it.id, "source_lang": it.source_lang,
-                                   "source_audio": it.source_audio, "source_text": it.source_text,
-                                   "reference": it.target_text}
-            g = by_index.get(i)
-            if g is None:
-                row["error"] = codes[i]
-                rows.append(row)
-                continue
-            text, lang = target_text_span(tok, np.concatenate([prompts[i], g.token_ids]))
+
+    def fill_row(it: S2stItem, prompt: Any, g: Any) -> dict[str, Any]:
+        row: dict[str, Any] = {"id": it.id, "source_lang": it.source_lang,
+                               "source_audio": it.source_audio, "source_text": it.source_text,
+                               "reference": it.target_text}
+        if g is not None:
+            text, lang = target_text_span(tok, np.concatenate([prompt, g.token_ids]))
             row.update(hypothesis_text=text or "", hypothesis_language=lang,
-                       has_target_text=text is not None, stop_reason=g.stop_reason,
-                       generated_tokens=int(len(g.token_ids)), frames=g.audio_frames,
-                       audio_seconds=g.audio_seconds, trimmed_frames=g.trimmed_frames, wav=None)
-            if g.audio_frames:
-                path = os.path.join(audio_dir, wav_name(it.id))
-                write_wav(path, codes_to_wave(codec, g.audio_codes), SAMPLE_RATE)
-                row["wav"] = path
-            rows.append(row)
-    return rows
+                       has_target_text=text is not None)
+        return row
+
+    return generate_speech_items(
+        loaded, codec, items, settings, batch_size, audio_dir, first_index, "s2st",
+        audio_of=lambda it: it.source_audio,
+        build_prompt=lambda it, codes: s2st_prompt(tok, codes, it.source_lang), fill_row=fill_row)
 
 
 def score_items(rows: list[dict[str, Any]], transcriber: Any, speaker: Any) -> None:
@@ -304,8 +277,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_soda.eval.common import read_limited, run_generated_speech
-
     settings = sampling_settings(args, "s2st")
     items, input_errors = read_limited(lambda _: read_items(args), args)
     return run_generated_speech(

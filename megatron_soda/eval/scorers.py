@@ -32,7 +32,7 @@ import os
 import sys
 import types
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -84,6 +84,20 @@ def _require(module: str, package: str, flag: str) -> types.ModuleType:
         ) from e
 
 
+def _load_local(flag: str, name: str, what: str, path: str, device: str, processor: str,
+                model: str) -> tuple[Any, Any]:
+    """(``transformers.<processor>``, ``transformers.<model>`` in eval mode on ``device``) from
+    the local directory ``path``: no hub access, safetensors weights only."""
+    tr = _require("transformers", "transformers", flag)
+    kw = {"local_files_only": True}
+    try:
+        proc = getattr(tr, processor).from_pretrained(path, **kw)
+        net = getattr(tr, model).from_pretrained(path, use_safetensors=True, **kw).to(device)
+    except (OSError, ValueError) as e:
+        raise ScorerError(f"{name}: cannot load a {what} model (safetensors) ({e})") from e
+    return proc, net.eval()
+
+
 # ----------------------------------------------------------------------------- transcribers
 
 class PocketsphinxTranscriber:
@@ -111,16 +125,10 @@ class PocketsphinxTranscriber:
 
 class WhisperTranscriber:
     def __init__(self, path: str, device: str = "cpu", batch_size: int = 8) -> None:
-        tr = _require("transformers", "transformers", "--asr-scorer whisper:DIR")
         self.name = f"whisper:{path}"
-        kw = {"local_files_only": True}
-        try:
-            self.processor = tr.WhisperProcessor.from_pretrained(path, **kw)
-            self.model = tr.WhisperForConditionalGeneration.from_pretrained(
-                path, use_safetensors=True, **kw
-            ).to(device).eval()
-        except (OSError, ValueError) as e:
-            raise ScorerError(f"whisper:{path}: cannot load a Whisper model (safetensors) ({e})") from e
+        self.processor, self.model = _load_local(
+            "--asr-scorer whisper:DIR", self.name, "Whisper", path, device,
+            "WhisperProcessor", "WhisperForConditionalGeneration")
         self.device = torch.device(device)
         self.batch_size = batch_size
 
@@ -201,16 +209,10 @@ class ResemblyzerEncoder:
 
 class WavLMEncoder:
     def __init__(self, path: str, device: str = "cpu") -> None:
-        tr = _require("transformers", "transformers", "--speaker-scorer wavlm:DIR")
         self.name = f"wavlm:{path}"
-        kw = {"local_files_only": True}
-        try:
-            self.extractor = tr.AutoFeatureExtractor.from_pretrained(path, **kw)
-            self.model = tr.WavLMForXVector.from_pretrained(
-                path, use_safetensors=True, **kw
-            ).to(device).eval()
-        except (OSError, ValueError) as e:
-            raise ScorerError(f"wavlm:{path}: cannot load a WavLMForXVector model (safetensors) ({e})") from e
+        self.extractor, self.model = _load_local(
+            "--speaker-scorer wavlm:DIR", self.name, "WavLMForXVector", path, device,
+            "AutoFeatureExtractor", "WavLMForXVector")
         self.device = torch.device(device)
 
     @torch.inference_mode()

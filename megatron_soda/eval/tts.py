@@ -22,23 +22,20 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import os
-import re
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from megatron_soda.eval.asr import (
-    add_common_generation_arguments,
-    encode_audio_items,
-    generate_rows,
-    sampling_settings,
+from megatron_soda.eval.asr import add_common_generation_arguments, sampling_settings
+from megatron_soda.eval.common import (
+    SAMPLE_RATE,
+    generate_speech_items,
+    read_limited,
+    run_generated_speech,
 )
 
 logger = logging.getLogger(__name__)
-SAMPLE_RATE = 24000
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,59 +47,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_common_generation_arguments(p, "tts")
 
 
-def wav_name(utt: str) -> str:
-    """``utt`` as a file name inside ``--audio-dir`` (no separators, no leading dot)."""
-    if not _SAFE_NAME.match(utt) or utt in (".", ".."):
-        raise ValueError(f"utterance id {utt!r} is not a safe file name")
-    return utt + ".wav"
-
-
 def generate_items(loaded: Any, codec: Any, items: Sequence[Any], settings: Any,
                    batch_size: int, audio_dir: str, first_index: int = 0) -> list[dict[str, Any]]:
     """Generate and write each item's WAV; rows carry ``wav``/``prompt_wav`` paths or ``error``."""
-    from megatron_soda.generate.audio_out import codes_to_wave, write_wav
-    from megatron_soda.generate.engine import check_prompt_fits
     from megatron_soda.generate.prompts import tts_prompt
-    from megatron_soda.generate.settings import MODE_STOP_AT
-    from megatron_soda.generate.silence import silence_codes
 
     tok = loaded.tokenizer
-    silence = silence_codes(codec)
-    rows: list[dict[str, Any]] = []
-    for b in range(0, len(items), max(1, batch_size)):
-        batch = items[b:b + batch_size]
-        codes = encode_audio_items(codec, [(it.prompt_wav, None, None) for it in batch])
-        todo = []
-        for i, (it, c) in enumerate(zip(batch, codes)):
-            if isinstance(c, str):
-                continue
-            try:
-                wav_name(it.id)
-                prompt = tts_prompt(tok, it.target_text, c, it.prompt_text)
-                check_prompt_fits(loaded.model, prompt)
-                todo.append((i, prompt))
-            except ValueError as e:
-                codes[i] = str(e)
-        by_index = generate_rows(loaded, todo, settings, first_index + b, silence=silence,
-                                 stop_at=MODE_STOP_AT["tts"])
-        for i, it in enumerate(batch):
-            row: dict[str, Any] = {"id": it.id, "reference": it.target_text,
-                                   "prompt_text": it.prompt_text, "prompt_wav": it.prompt_wav}
-            g = by_index.get(i)
-            if g is None:
-                row["error"] = codes[i]
-                rows.append(row)
-                continue
-            frames = g.audio_frames
-            row.update(stop_reason=g.stop_reason, generated_tokens=int(len(g.token_ids)),
-                       frames=frames, audio_seconds=g.audio_seconds,
-                       trimmed_frames=g.trimmed_frames, wav=None)
-            if frames:
-                path = os.path.join(audio_dir, wav_name(it.id))
-                write_wav(path, codes_to_wave(codec, g.audio_codes), SAMPLE_RATE)
-                row["wav"] = path
-            rows.append(row)
-    return rows
+    return generate_speech_items(
+        loaded, codec, items, settings, batch_size, audio_dir, first_index, "tts",
+        audio_of=lambda it: it.prompt_wav,
+        build_prompt=lambda it, codes: tts_prompt(tok, it.target_text, codes, it.prompt_text),
+        fill_row=lambda it, prompt, g: {"id": it.id, "reference": it.target_text,
+                                        "prompt_text": it.prompt_text, "prompt_wav": it.prompt_wav})
 
 
 def score_items(rows: list[dict[str, Any]], transcriber: Any, speaker: Any) -> None:
@@ -146,7 +102,6 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from megatron_soda.eval.common import read_limited, run_generated_speech
     from megatron_soda.eval.librispeech import read_seedtts_meta
 
     settings = sampling_settings(args, "tts")

@@ -167,7 +167,11 @@ def deepspeed_config(
             f"--global-batch-size {global_batch_size} is not a multiple of --micro-batch-size "
             f"{micro_batch_size} x {world} processes"
         )
-    accumulation = global_batch_size // (micro_batch_size * world)
+    batch = {
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "train_batch_size": global_batch_size,
+        "gradient_accumulation_steps": global_batch_size // (micro_batch_size * world),
+    }
     if base is not None:
         cfg = json.loads(json.dumps(base))
         for key in ("optimizer", "scheduler"):
@@ -176,11 +180,7 @@ def deepspeed_config(
                     f"--deepspeed-config: remove its {key!r} section; the optimizer is SODA's "
                     "Cautious AdamC and the schedule megatron's, set by this command's flags"
                 )
-        for key, want in (
-            ("train_micro_batch_size_per_gpu", micro_batch_size),
-            ("train_batch_size", global_batch_size),
-            ("gradient_accumulation_steps", accumulation),
-        ):
+        for key, want in batch.items():
             if key in cfg and cfg[key] != "auto" and int(cfg[key]) != want:
                 raise ValueError(f"--deepspeed-config {key} = {cfg[key]}, the flags say {want}")
     else:
@@ -197,10 +197,9 @@ def deepspeed_config(
             "overlap_comm": pin,
             "sub_group_size": int(1e12),
         }
-        if offload_optimizer:
-            zero["offload_optimizer"] = {"device": "cpu", "pin_memory": pin}
-        if offload_param:
-            zero["offload_param"] = {"device": "cpu", "pin_memory": pin}
+        for key, on in (("offload_optimizer", offload_optimizer), ("offload_param", offload_param)):
+            if on:
+                zero[key] = {"device": "cpu", "pin_memory": pin}
         cfg = {
             "zero_optimization": zero,
             "bf16": {"enabled": bf16},
@@ -208,11 +207,7 @@ def deepspeed_config(
             "steps_per_print": 10**9,
             "wall_clock_breakdown": False,
         }
-    cfg.update(
-        train_micro_batch_size_per_gpu=micro_batch_size,
-        train_batch_size=global_batch_size,
-        gradient_accumulation_steps=accumulation,
-    )
+    cfg.update(batch)
     cfg.setdefault("gradient_clipping", clip)
     # the client optimizer: DeepSpeed refuses "untested" optimizers under ZeRO unless told, and
     # with offload would otherwise insist on its own CPU Adam

@@ -1,7 +1,10 @@
-"""``python -m megatron_soda.steer extract``: a steering vector from a concept file.
+"""``python -m megatron_soda.steer extract|sweep``: a steering vector from a concept file; the
+layer x alpha grid tuned on one split of a prepared task and reported on the held-out split.
 
     python -m megatron_soda.steer extract --model DIR --concepts concepts.py --concept negation \\
         --method mean_shift --output negation.safetensors [--layers 4,8] [--format soda|plain]
+    python -m megatron_soda.steer sweep --model DIR --steer negation.safetensors \\
+        --data PREPARED --task salmon --alphas 0.5,1,2,4 --output sweep.json [--layers 4,8]
 
 ``--model``: an HF export or a megatron_soda checkpoint (or a warm start's text backbone with
 the SODA tokenizer).  Per-item problems (an anchor that is not a word of its sentence) are
@@ -13,8 +16,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from megatron_soda.models.steering import ALPHA_UNITS, POSITIONS
 from megatron_soda.steer.activations import FORMATS
 from megatron_soda.steer.extract import METHODS, PROBE_SOLVERS
+from megatron_soda.tasks.sequences import SCORE_SPANS
 
 
 def _layers(text: str) -> list[int] | None:
@@ -53,7 +58,37 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--sae-steps", type=int, default=300)
     e.add_argument("--sae-k", type=int, default=8)
     e.add_argument("--sae-expansion", type=int, default=4)
+    w = sub.add_parser("sweep", help="layer x alpha grid: tune on one split, report the held-out one")
+    w.add_argument("--model", required=True)
+    w.add_argument("--iteration", type=int, default=None, help="checkpoint iteration")
+    w.add_argument("--steer", required=True, metavar="VEC.safetensors",
+                   help="vectors of the layers to try (steer extract --layers ...)")
+    w.add_argument("--data", required=True, help="a prepared-task directory (eval prepare)")
+    w.add_argument("--task", required=True, help="the likelihood task of --data to tune and report")
+    w.add_argument("--layers", type=_layers, default=None, help="default: every layer of --steer")
+    w.add_argument("--alphas", type=_alphas, required=True, help="e.g. 0.5,1,2,4 (0 is always measured)")
+    w.add_argument("--alpha-units", default="raw", choices=ALPHA_UNITS,
+                   help="raw: alpha x the stored vector; norm: alpha x the layer's median residual "
+                        "norm x the unit vector")
+    w.add_argument("--positions", default="audio", choices=POSITIONS)
+    w.add_argument("--score-span", default="all_audio", choices=SCORE_SPANS)
+    w.add_argument("--heldout", type=int, default=None,
+                   help="items held out for the report (default: half); the rest tune")
+    w.add_argument("--split-seed", type=int, default=0)
+    w.add_argument("--max-nll-increase", type=float, default=None,
+                   help="skip settings that raise the tune split's mean per-token NLL by more")
+    w.add_argument("--batch-size", type=int, default=8)
+    w.add_argument("--output", required=True, help="sweep.json")
+    w.add_argument("--device", default="cpu")
+    w.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     return p
+
+
+def _alphas(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"--alphas: comma-separated numbers ({e})") from e
 
 
 def _extra_states(model, tok, path: str, layer: int, fmt: str):
@@ -124,10 +159,57 @@ def extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def sweep(args: argparse.Namespace) -> int:
+    from megatron_soda.atomic_files import write_json_atomic
+    from megatron_soda.convert.in_memory import load_model
+    from megatron_soda.models.steering import in_units
+    from megatron_soda.steer.hooks import Steering
+    from megatron_soda.steer.sweep import split_items, sweep, task_measure
+    from megatron_soda.steer.vectors import load_vectors
+    from megatron_soda.tasks.prepared import drop_longer_than, read_prepared
+
+    loaded = load_model(args.model, device=args.device, dtype=args.dtype, iteration=args.iteration)
+    model, tok = loaded.model, loaded.tokenizer
+    sv = load_vectors(args.steer, model, tok, warn=lambda m: print(m, file=sys.stderr))
+    layers = args.layers if args.layers is not None else sorted(sv.vectors)
+    for layer in layers:
+        sv.vector(layer)  # every layer asked for is in the file
+    task = read_prepared(args.data, tok, args.score_span, [args.task])[args.task]
+    task, too_long = drop_longer_than(task, getattr(model.config, "max_position_embeddings", None))
+    for msg in too_long:
+        print(f"skipped: {msg}", file=sys.stderr)
+    splits = split_items(len(task.items), args.heldout, args.split_seed)
+    measure = task_measure(model, tok.layout, task, splits, args.batch_size)
+
+    def make(layer: int, alpha: float) -> Steering:
+        vec = in_units(sv.vector(layer), args.alpha_units, sv.median_norm.get(layer),
+                       f"{args.steer} layer {layer}")
+        return Steering(vec, layer, alpha, args.positions)
+
+    def show(p) -> None:
+        print(f"layer {p.layer:3d} alpha {p.alpha:g}: tune {p.tune.score:.4f} nll {p.tune.nll:.4f}"
+              + ("" if p.allowed else " (over --max-nll-increase)"), file=sys.stderr)
+
+    result = sweep(measure, make, layers, args.alphas, args.max_nll_increase, progress=show)
+    record = {"model": args.model, "steer": args.steer, "method": sv.method, "concept": sv.concept,
+              "task": args.task, "data": args.data, "score_span": args.score_span,
+              "alpha_units": args.alpha_units, "positions": args.positions,
+              "tune_ids": [task.items[i].id for i in splits["tune"]],
+              "heldout_ids": [task.items[i].id for i in splits["heldout"]],
+              "split_seed": args.split_seed, "max_nll_increase": args.max_nll_increase,
+              "skipped": too_long, **result.to_dict()}
+    write_json_atomic(args.output, record, indent=1)
+    best = ("alpha 0 (no setting beat it on the tune split)" if result.best_layer is None
+            else f"layer {result.best_layer} alpha {result.best_alpha:g}")
+    print(f"{args.task}: {best}; held-out {result.best_heldout.score:.4f} vs unsteered "
+          f"{result.baseline_heldout.score:.4f} ({len(splits['heldout'])} items) -> {args.output}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return extract(args)
+        return extract(args) if args.command == "extract" else sweep(args)
     except (ValueError, OSError) as e:
-        print(f"steer extract: error: {e}", file=sys.stderr)
+        print(f"steer {args.command}: error: {e}", file=sys.stderr)
         return 1

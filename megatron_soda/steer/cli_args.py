@@ -13,12 +13,15 @@ import argparse
 import sys
 from typing import TYPE_CHECKING, Any
 
+# the position scopes and strength units are shared with the trainer's task evaluator
+# (--eval-tasks-steer*), which sits below steer/: defined in models/steering.py
+from megatron_soda.models.steering import ALPHA_UNITS, POSITIONS, in_units
+
 if TYPE_CHECKING:
     from megatron_soda.steer.hooks import Steering
 
-POSITIONS = ("audio", "text", "both")
 SCOPES = ("prefill", "all")
-ALPHA_UNITS = ("raw", "norm")
+__all__ = ["ALPHA_UNITS", "POSITIONS", "SCOPES", "add_steer_args", "steer_record", "steering_from_args"]
 
 
 def add_steer_args(p: argparse.ArgumentParser, scope: bool = True) -> None:
@@ -56,12 +59,8 @@ def steering_from_args(args: argparse.Namespace, model: Any, tok: Any,
             raise ValueError(f"{args.steer} holds layers {sorted(sv.vectors)}: choose one with "
                              "--steer-layer")
         layer = next(iter(sv.vectors))
-    vec = sv.vector(layer)
-    if args.steer_alpha_units == "norm":
-        if layer not in sv.median_norm:
-            raise ValueError(f"{args.steer}: no median residual norm for layer {layer}")
-        n = float(vec.norm())
-        vec = vec / n * sv.median_norm[layer] if n > 0 else vec
+    vec = in_units(sv.vector(layer), args.steer_alpha_units, sv.median_norm.get(layer),
+                   f"{args.steer} layer {layer}")
     return Steering(vec, layer, float(args.steer_alpha), args.steer_positions,
                     getattr(args, "steer_scope", "prefill"))
 

@@ -24,17 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from megatron_soda.format.kinds import KIND_TEXT, token_kinds_torch
-from megatron_soda.steer.cli_args import POSITIONS, SCOPES
+from megatron_soda.models.steering import POSITIONS, position_mask
+from megatron_soda.steer.cli_args import SCOPES
 
-
-def position_mask(ids: torch.Tensor, layout, positions: str) -> torch.Tensor:
-    """Bool mask of the ids steered under ``positions``."""
-    if positions not in POSITIONS:
-        raise ValueError(f"steer positions {positions!r}: choose one of {POSITIONS}")
-    audio = ids >= layout.audio_offset
-    text = token_kinds_torch(ids, layout) == KIND_TEXT
-    return {"audio": audio, "text": text, "both": audio | text}[positions]
+__all__ = ["Steering", "position_mask", "steering"]
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,7 @@ from typing import Any
 
 import torch
 
-FORMAT = "soda-steering-vector"
-VERSION = 1
-META_KEY = "soda_steer"
+from megatron_soda.models.steering import FORMAT, META_KEY, VERSION, read_vector_file
 
 
 @dataclass
@@ -79,31 +77,14 @@ def save_vectors(path: str, sv: SteeringVectors) -> None:
 
 
 def read_metadata(path: str) -> dict[str, Any]:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        raw = (f.metadata() or {}).get(META_KEY)
-    if raw is None:
-        raise ValueError(f"{path}: not a steering-vector file (no {META_KEY} metadata)")
-    meta = json.loads(raw)
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ValueError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
-                         f"expected {FORMAT!r} version {VERSION}")
-    return meta
+    return read_vector_file(path)[0]
 
 
 def load_vectors(path: str, model: torch.nn.Module | None = None, tok=None,
                  warn=lambda msg: print(msg, file=sys.stderr)) -> SteeringVectors:
     """Read ``path``; with ``model``, refuse a hidden size other than the model's and warn (through
     ``warn``) when the fingerprint differs (``tok`` needed for the fingerprint)."""
-    from safetensors import safe_open
-
-    meta = read_metadata(path)
-    with safe_open(path, framework="pt") as f:
-        vectors = {int(name.split(".", 1)[1]): f.get_tensor(name).float() for name in f.keys()
-                   if name.startswith("layer.")}
-    if not vectors:
-        raise ValueError(f"{path}: holds no layer.<L> tensor")
+    meta, vectors = read_vector_file(path)
     known = {"format", "version", "method", "concept", "layers", "hidden_size", "norm",
              "median_residual_norm", "text_format", "model_fingerprint"}
     sv = SteeringVectors(vectors, meta["method"], meta["concept"],

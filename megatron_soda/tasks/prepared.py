@@ -231,6 +231,22 @@ def read_prepared(directory: str, tok: SodaTokenizer, score_span: str = "all_aud
     return {n: read_task(directory, n, tok, score_span, meta) for n in names}
 
 
+def drop_longer_than(task: PreparedTask, limit: int | None) -> tuple[PreparedTask, list[str]]:
+    """``task`` without the items that have a sequence longer than ``limit`` tokens (a model's
+    positions; None keeps all), and one message per item left out."""
+    if limit is None:
+        return task, []
+    kept, errors = [], []
+    for it in task.items:
+        members = (it.positive, it.negative) if task.kind == "pairs" else it.choices
+        longest = max(len(s) for s in members)
+        if longest > limit:
+            errors.append(f"item {it.id}: {longest} tokens, longer than the model's {limit} positions")
+        else:
+            kept.append(it)
+    return PreparedTask(task.name, task.kind, kept), errors
+
+
 # ------------------------------------------------------------------------- metrics
 def item_results(task: PreparedTask, scores: Sequence[tuple[float, int]]) -> list[dict[str, Any]]:
     """Per item records from (sum, count) per sequence, in :meth:`PreparedTask.sequences` order."""

@@ -22,6 +22,12 @@ How a pass runs, under any TP/PP/DP layout:
   and broadcast from the last pipeline stage, as :func:`~megatron_soda.training.step.global_report`
   does for losses, so every rank holds every score.
 
+With ``--eval-tasks-steer VEC`` every evaluation scores the items a second time with the steering
+vector added to one decoder layer's output (:mod:`megatron_soda.models.steering`, the placement
+under TP/SP/PP that ``steer/megatron_hooks.py`` uses too): metrics ``steered/<task>/...``, item
+lines with ``"steered": true``; equal to ``python -m megatron_soda.eval pairs --steer VEC ...``
+(tests/test_steer_megatron.py).
+
 Agreement with the standalone evaluator (HF forward, float64 log-softmax of fp32 logits): the
 logits differ by float rounding only (~1e-6, tests/test_convert.py) and the fp32 cross-entropy
 by ~1e-6 per token, so item mean scores agree to ~1e-5; tests/test_train_task_eval.py checks
@@ -30,6 +36,7 @@ by ~1e-6 per token, so item mean scores agree to ~1e-5; tests/test_train_task_ev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -43,6 +50,7 @@ import numpy as np
 import torch
 
 from megatron_soda.config import ConfigError, TrainConfig
+from megatron_soda.models.steering import in_units, layer_addition, position_mask, read_layer
 from megatron_soda.tasks.prepared import (
     PreparedError,
     PreparedTask,
@@ -107,6 +115,8 @@ class TaskEvaluator:
         self.codec = codec  # (spec, fingerprint) the prepared audio was encoded with
         self.tasks = tasks
         self.eod = tokenizer.eod
+        self.layout = tokenizer.layout
+        self.steer = self._steering_vector(config)  # (layer, alpha x vector) with --eval-tasks-steer
         self.seq_length = seq_length
         self.packed = config.precision.use_te  # the trainer's batch layout (THD under Transformer Engine)
         # tensor-parallel shards of the sequence must be equal under --sequence-parallel
@@ -135,6 +145,29 @@ class TaskEvaluator:
             tasks = {n: PreparedTask(t.name, t.kind, t.items[:cfg.eval_tasks_limit]) for n, t in tasks.items()}
         return cls(config, tasks, tokenizer, seq_length, (meta.get("codec"), meta.get("codec_fingerprint")))
 
+    def _steering_vector(self, config: TrainConfig) -> tuple[int, torch.Tensor] | None:
+        """``--eval-tasks-steer``: the layer and the vector added (alpha x the vector in its
+        units, computed as steer/hooks.py does), read once."""
+        cfg = self.cfg
+        if not cfg.eval_tasks_steer:
+            return None
+        if config.parallel.context_parallel_size > 1:
+            raise ConfigError("--eval-tasks-steer does not support --context-parallel-size > 1")
+        try:
+            layer, vector, norm = read_layer(cfg.eval_tasks_steer, cfg.eval_tasks_steer_layer)
+            vector = in_units(vector, cfg.eval_tasks_steer_alpha_units, norm, f"{cfg.eval_tasks_steer} layer {layer}")
+        except ValueError as e:
+            raise ConfigError(f"--eval-tasks-steer: {e}") from None
+        return layer, cfg.eval_tasks_steer_alpha * vector.float()
+
+    def _steered(self, ctx: StepContext) -> contextlib.AbstractContextManager:
+        layer, delta = self.steer
+        positions = self.cfg.eval_tasks_steer_positions
+        try:
+            return layer_addition(ctx.model, layer, delta, lambda ids: position_mask(ids, self.layout, positions))
+        except ValueError as e:  # a layer or hidden size the model does not have: on every rank alike
+            raise ConfigError(f"--eval-tasks-steer: {e}") from None
+
     def start(self, data_codec: dict, log: Callable[[str], None]) -> None:
         """Refuse audio items encoded by another codec than the training data's; say what runs."""
         codec, fingerprint = self.codec
@@ -146,6 +179,11 @@ class TaskEvaluator:
         names = ", ".join(f"{n} ({len(t.items)})" for n, t in self.tasks.items())
         log(f"task evaluation every {self.cfg.eval_tasks_interval} iterations: {names}; "
             f"{len(self.sequences)} sequences, score span {self.cfg.eval_tasks_score_span}")
+        if self.steer:
+            c = self.cfg
+            log(f"task evaluation also steered: {c.eval_tasks_steer} layer {self.steer[0]}, alpha "
+                f"{c.eval_tasks_steer_alpha} ({c.eval_tasks_steer_alpha_units}), {c.eval_tasks_steer_positions} "
+                f"positions, added norm {float(self.steer[1].norm()):.4g}")
 
     def due(self, iteration: int, last: int) -> bool:
         return iteration % self.cfg.eval_tasks_interval == 0 or iteration == last
@@ -211,16 +249,21 @@ class TaskEvaluator:
     def evaluate(self, ctx: StepContext, device: torch.device, state: TrainState) -> dict[str, Any]:
         """Score every task; the ``split="tasks"`` metrics record (and ``--eval-tasks-items``)."""
         start = time.perf_counter()
-        scores = self.scores(ctx, device)
         record: dict[str, Any] = {"split": "tasks", "iteration": state.iteration,
                                   "consumed_samples": state.consumed_samples}
-        lines, i = [], 0
-        for name, task in self.tasks.items():
-            n = len(task.sequences())
-            items = item_results(task, scores[i:i + n])
-            i += n
-            record.update(task_metrics(task, items))
-            lines += [json.dumps({"iteration": state.iteration, "task": name, **it}) for it in items]
+        lines: list[str] = []
+        for steered in (False, True) if self.steer else (False,):
+            # --eval-tasks-steer: the same items once more with the vector added
+            with self._steered(ctx) if steered else contextlib.nullcontext():
+                scores = self.scores(ctx, device)
+            prefix, mark = ("steered/", {"steered": True}) if steered else ("", {})
+            i = 0
+            for name, task in self.tasks.items():
+                n = len(task.sequences())
+                items = item_results(task, scores[i:i + n])
+                i += n
+                record.update({prefix + k: v for k, v in task_metrics(task, items).items()})
+                lines += [json.dumps({"iteration": state.iteration, "task": name, **mark, **it}) for it in items]
         record["seconds"] = time.perf_counter() - start
         if self.cfg.eval_tasks_items and torch.distributed.get_rank() == 0:
             os.makedirs(os.path.dirname(os.path.abspath(self.cfg.eval_tasks_items)), exist_ok=True)

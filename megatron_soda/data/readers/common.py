@@ -8,10 +8,12 @@ import json
 import os
 import tarfile
 import zlib
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, TypeVar
 
-from megatron_soda.data.records import InputError, time_problem
+from megatron_soda.data.records import InputError, time_problem, unexpected
+
+T = TypeVar("T")
 
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -148,6 +150,34 @@ def json_lines(path: str) -> Iterator[tuple[int, dict | InputError]]:
                 )
                 continue
             yield lineno, obj
+
+
+def manifest_lines(
+    path: str, parse: Callable[[str, dict, Callable[[str], str]], T]
+) -> Iterator[T | InputError]:
+    """``parse(id, obj, local)`` for each JSON object line of a manifest: ``id`` is the line's
+    ``"id"`` (default ``<file name>:<line>``), ``local(p)`` an audio path of the line, relative
+    ones taken from the manifest's directory.  A ValueError of ``parse`` is that line's error
+    (item ``<id> (line N)``), any other exception an unexpected one; reading goes on."""
+    base = os.path.dirname(os.path.abspath(path))
+
+    def local(audio: str) -> str:
+        return audio if os.path.isabs(audio) else os.path.join(base, audio)
+
+    for lineno, obj in json_lines(path):
+        if isinstance(obj, InputError):
+            yield obj
+            continue
+        uid = str(obj.get("id", f"{os.path.basename(path)}:{lineno}"))
+        item = f"{uid} (line {lineno})"
+        try:
+            parsed = parse(uid, obj, local)
+        except ValueError as e:
+            yield InputError(path, item, str(e))
+        except Exception as e:  # a line nobody foresaw is that line's error
+            yield InputError(path, item, unexpected(e, path, item))
+        else:
+            yield parsed
 
 
 def number(obj: dict, key: str) -> float | None:

@@ -4,43 +4,35 @@ manifest's directory); utterances of one ``recording_id`` form one document."""
 
 from __future__ import annotations
 
-import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from megatron_soda.data.readers import ReaderOptions
-from megatron_soda.data.readers.common import json_lines, number
-from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance, unexpected
+from megatron_soda.data.readers.common import manifest_lines, number
+from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
+
+
+def _utterance(uid: str, obj: dict, local: Callable[[str], str]) -> tuple[str, Utterance]:
+    """(recording id, utterance) of one line; ValueError for a bad value."""
+    audio, text = obj.get("audio"), obj.get("text")
+    if not isinstance(audio, str) or not audio:
+        raise ValueError("missing 'audio' path")
+    if not isinstance(text, str):
+        raise ValueError("missing 'text'")
+    start, end = number(obj, "start"), number(obj, "end")
+    if start is not None and end is not None and end <= start:
+        raise ValueError(f"'end' ({end}) must be after 'start' ({start})")
+    default_rec = audio if (start is not None or end is not None) else uid
+    ref = AudioRef(path=local(audio), start=start, end=end, name=f"{audio} ({uid})")
+    return str(obj.get("recording_id") or default_rec), Utterance(uid, text, ref)
 
 
 def read_jsonl_manifest(path: str, options: ReaderOptions | None = None) -> Iterator[Recording | InputError]:
-    base = os.path.dirname(os.path.abspath(path))
     groups: OrderedDict[str, Recording] = OrderedDict()
-    for lineno, obj in json_lines(path):
-        if isinstance(obj, InputError):
-            yield obj
+    for line in manifest_lines(path, _utterance):
+        if isinstance(line, InputError):
+            yield line
             continue
-        uid = str(obj.get("id", f"{os.path.basename(path)}:{lineno}"))
-        item = f"{uid} (line {lineno})"
-        try:
-            audio, text = obj.get("audio"), obj.get("text")
-            if not isinstance(audio, str) or not audio:
-                raise ValueError("missing 'audio' path")
-            if not isinstance(text, str):
-                raise ValueError("missing 'text'")
-            start, end = number(obj, "start"), number(obj, "end")
-            if start is not None and end is not None and end <= start:
-                raise ValueError(f"'end' ({end}) must be after 'start' ({start})")
-        except ValueError as e:
-            yield InputError(path, item, str(e))
-            continue
-        except Exception as e:  # a line nobody foresaw is that line's error
-            yield InputError(path, item, unexpected(e, path, item))
-            continue
-        audio_path = audio if os.path.isabs(audio) else os.path.join(base, audio)
-        default_rec = audio if (start is not None or end is not None) else uid
-        rec_id = str(obj.get("recording_id") or default_rec)
-        ref = AudioRef(path=audio_path, start=start, end=end, name=f"{audio} ({uid})")
-        rec = groups.setdefault(rec_id, Recording(rec_id, path))
-        rec.utterances.append(Utterance(uid, text, ref))
+        rec_id, utt = line
+        groups.setdefault(rec_id, Recording(rec_id, path)).utterances.append(utt)
     yield from groups.values()

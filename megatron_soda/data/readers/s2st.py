@@ -14,11 +14,11 @@ are checked to exist here: a pair with a missing clip is one error, not half a d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from megatron_soda.data.readers import ReaderOptions
-from megatron_soda.data.readers.common import json_lines
-from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance, unexpected
+from megatron_soda.data.readers.common import manifest_lines
+from megatron_soda.data.records import AudioRef, InputError, Recording, Utterance
 from megatron_soda.format.sft import text_span
 
 SOURCE_SUFFIX, TARGET_SUFFIX = "#source", "#target"
@@ -48,29 +48,17 @@ def missing_clip(source_audio: str, target_audio: str) -> str | None:
 
 
 def read_s2st_jsonl(path: str, options: ReaderOptions | None = None) -> Iterator[Recording | InputError]:
-    base = os.path.dirname(os.path.abspath(path))
-    for lineno, obj in json_lines(path):
-        if isinstance(obj, InputError):
-            yield obj
-            continue
-        uid = str(obj.get("id", f"{os.path.basename(path)}:{lineno}"))
-        item = f"{uid} (line {lineno})"
-        try:
-            for key in (*_FIELDS, "target_lang"):
-                value = obj.get(key, "en" if key == "target_lang" else None)
-                if not isinstance(value, str) or (not value and key != "source_text" and key != "target_text"):
-                    raise ValueError(f"missing or non-string {key!r}")
-            src, tgt = (a if os.path.isabs(a) else os.path.join(base, a)
-                        for a in (obj["source_audio"], obj["target_audio"]))
-            if why := missing_clip(src, tgt):
-                raise ValueError(why)
-        except ValueError as e:
-            yield InputError(path, item, str(e))
-            continue
-        except Exception as e:  # a line nobody foresaw is that line's error
-            yield InputError(path, item, unexpected(e, path, item))
-            continue
-        yield pair_recording(uid, path, src, obj["source_lang"], obj["source_text"], tgt,
-                             obj["target_text"], obj.get("target_lang", "en"),
-                             source_name=f"{obj['source_audio']} ({uid})",
-                             target_name=f"{obj['target_audio']} ({uid})")
+    def pair(uid: str, obj: dict, local: Callable[[str], str]) -> Recording:
+        for key in (*_FIELDS, "target_lang"):
+            value = obj.get(key, "en" if key == "target_lang" else None)
+            if not isinstance(value, str) or (not value and key != "source_text" and key != "target_text"):
+                raise ValueError(f"missing or non-string {key!r}")
+        src, tgt = local(obj["source_audio"]), local(obj["target_audio"])
+        if why := missing_clip(src, tgt):
+            raise ValueError(why)
+        return pair_recording(uid, path, src, obj["source_lang"], obj["source_text"], tgt,
+                              obj["target_text"], obj.get("target_lang", "en"),
+                              source_name=f"{obj['source_audio']} ({uid})",
+                              target_name=f"{obj['target_audio']} ({uid})")
+
+    return manifest_lines(path, pair)
