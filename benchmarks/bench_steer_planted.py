@@ -4,7 +4,8 @@ a tiny SODA-format model is trained on documents whose hidden switch sets both a
 the text and a range of codebook-0 codes in the audio; mean-shift vectors are extracted from
 text-only sentences of three concepts (the switch's own word class ``concept``, its
 ``opposite``, an ``unrelated`` word class: animals) and a random direction of the concept's
-norm; each steers audio continuations (every audio position, prompt and generated, alpha in
+norm (the same computation as ``steer extract --method mean_shift``, each vector in units of
+its own sentences' median residual norm); each steers audio continuations (every audio position, prompt and generated, alpha in
 units of the layer's median residual norm).  Printed per layer x alpha: the held-out share of
 generated audio tokens in the switched range, and the held-out documents' NLL (damage); then
 the ``steer.sweep`` choice (tuned on the tune prompts with the 0.1 NLL guard) on held-out.
@@ -43,13 +44,14 @@ def run_seed(seed: int, root: str, steps: int) -> dict:
     for name, path in pc.write_concept_files(os.path.join(root, f"concepts{seed}")).items():
         _, items, _ = read_concepts(path)
         acts = collect(model, tok, items)
-        vecs[name], median = methods.mean_shift(acts), acts.median_norm
+        vecs[name], median[name] = methods.mean_shift(acts), acts.median_norm
     layers = range(model.config.num_hidden_layers)
     vecs["random"] = {layer: pc.random_like(vecs["concept"][layer], seed) for layer in layers}
+    median["random"] = median["concept"]
     measure = pc.share_measure(model, tok)
 
     def make(name: str, layer: int, alpha: float) -> Steering:
-        return Steering(in_units(vecs[name][layer], "norm", median[layer]), layer, alpha, "audio", "all")
+        return Steering(in_units(vecs[name][layer], "norm", median[name][layer]), layer, alpha, "audio", "all")
 
     base = measure(None, "heldout")
     grid = {name: {layer: {alpha: measure(make(name, layer, alpha), "heldout") for alpha in ALPHAS}

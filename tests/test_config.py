@@ -66,6 +66,13 @@ VALUES = {
     "wandb_project": None,  # needs wandb installed
     "eval_tasks": None,  # needs a prepared-task directory: tests/test_train_task_eval.py
     "eval_tasks_data": None,  # likewise
+    # the steered task evaluation needs a prepared directory and a vector file:
+    # tests/test_steer_megatron.py (flags, refusals, a run at TP=2 with sequence parallel)
+    "eval_tasks_steer": None,
+    "eval_tasks_steer_layer": None,
+    "eval_tasks_steer_alpha": None,
+    "eval_tasks_steer_alpha_units": None,
+    "eval_tasks_steer_positions": None,
     "num_attention_heads": ["8"],
     "num_query_groups": ["4"],
     "seq_length": ["128"],

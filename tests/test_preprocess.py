@@ -45,6 +45,18 @@ def corpus(tmp_path_factory):
 INPUTS = {"jsonl": "speech.jsonl", "webdataset": "emilia", "parquet": "yodas", "text": "text.jsonl"}
 
 
+@pytest.fixture(scope="module")
+def reference(corpus, tmp_path_factory, llama3_path):
+    """The in-process fp32 run of speech.jsonl that several tests compare against (read only).
+    ``--chunk-utterances 2`` (several cached chunks for the worker-count test) gives the same
+    bytes as the default chunking: chunks only group utterances in the cache."""
+    root, _, _ = corpus
+    prefix = tmp_path_factory.mktemp("reference") / "ref"
+    extra = ["--chunk-utterances", "2", "--workers", "1"]
+    assert run(None, llama3_path, prefix, "jsonl", root / "speech.jsonl", extra) == 0
+    return prefix
+
+
 def run(args, llama3_path, out, fmt="jsonl", src=None, extra=()):
     argv = [
         "--input",
@@ -149,40 +161,22 @@ def test_text_documents(corpus, tmp_path, llama3_path, soda_tokenizer):
         assert soda_tokenizer.layout.text_start_id not in doc
 
 
-def test_same_bytes_whatever_the_worker_count(corpus, tmp_path, llama3_path):
+def test_same_bytes_whatever_the_worker_count(corpus, reference, tmp_path, llama3_path):
     root, _, _ = corpus
-    extra = ["--chunk-utterances", "2"]
-    assert (
-        run(
-            None,
-            llama3_path,
-            tmp_path / "w1",
-            "jsonl",
-            root / "speech.jsonl",
-            [*extra, "--workers", "1"],
-        )
-        == 0
-    )
-    assert (
-        run(
-            None,
-            llama3_path,
-            tmp_path / "w2",
-            "jsonl",
-            root / "speech.jsonl",
-            [*extra, "--workers", "2"],
-        )
-        == 0
-    )
-    assert outputs_bytes(tmp_path / "w1") == outputs_bytes(tmp_path / "w2")
+    # the reference: --chunk-utterances 2 --workers 1 (in-process)
+    extra = ["--chunk-utterances", "2", "--workers", "2"]
+    assert run(None, llama3_path, tmp_path / "w2", "jsonl", root / "speech.jsonl", extra) == 0
+    assert outputs_bytes(reference) == outputs_bytes(tmp_path / "w2")
 
 
 def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, llama3_path):
     root, _, _ = corpus
-    # 8 recordings (the corpus's, repeated under new ids) = 8 cached chunks: a wide window to kill in
+    # 24 recordings (the corpus's, repeated under new ids) = 24 cached chunks: the run is killed
+    # after its first chunk, with most of its ~3 s of encoding (random:tiny) still to do
+    n_chunks = 24
     rows = [json.loads(line) for line in open(root / "speech.jsonl")]
     with open(tmp_path / "m.jsonl", "w") as f:
-        for k in range(8):
+        for k in range(n_chunks):
             for r in rows[k % N_REC * N_UTT : (k % N_REC + 1) * N_UTT]:
                 audio = os.path.join(root, r["audio"])
                 f.write(
@@ -191,32 +185,16 @@ def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, llama3_path):
                     )
                     + "\n"
                 )
-    args = [
-        sys.executable,
-        TOOL,
-        "--input",
-        str(tmp_path / "m.jsonl"),
-        "--input-format",
-        "jsonl",
-        "--tokenizer",
-        llama3_path,
-        "--codec",
-        "random:full",
-        "--chunk-utterances",
-        "1",
-        "--workers",
-        "1",
-        "--log-level",
-        "WARNING",
-    ]
-    ref = tmp_path / "ref"
-    subprocess.run([*args, "--output-prefix", str(ref)], check=True, capture_output=True)
+    src = tmp_path / "m.jsonl"
+    extra = ["--chunk-utterances", "1"]
     prefix = tmp_path / "killed"
     proc = subprocess.Popen(
-        [*args, "--output-prefix", str(prefix)],
+        [sys.executable, TOOL, "--input", str(src), "--input-format", "jsonl", "--tokenizer",
+         llama3_path, "--codec", "random:tiny", *extra, "--workers", "1", "--log-level", "WARNING",
+         "--output-prefix", str(prefix)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )
+    )  # fmt: skip
     codes = f"{prefix}.codes"
 
     def chunks() -> list[str]:
@@ -228,20 +206,23 @@ def test_killed_run_resumes_to_identical_bytes(corpus, tmp_path, llama3_path):
         ]
 
     deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and len(chunks()) < 2:
-        time.sleep(0.02)
+    while time.time() < deadline and proc.poll() is None and not chunks():
+        time.sleep(0.01)
     proc.kill()
     proc.wait()
-    assert 0 < len(chunks()) < 8, "the run was not interrupted mid-way"
+    assert 0 < len(chunks()) < n_chunks, "the run was not interrupted mid-way"
     assert not os.path.exists(f"{prefix}.idx")  # nothing looks finished
-    subprocess.run([*args, "--output-prefix", str(prefix)], check=True, capture_output=True)
+    # resumed (in-process: the same entry point as the tool) and an uninterrupted reference run
+    assert run(None, llama3_path, prefix, "jsonl", src, extra) == 0
+    ref = tmp_path / "ref"
+    assert run(None, llama3_path, ref, "jsonl", src, extra) == 0
     assert outputs_bytes(prefix) == outputs_bytes(ref)
 
 
-def test_bf16_codec_is_opt_in_and_recorded(corpus, tmp_path, llama3_path):
+def test_bf16_codec_is_opt_in_and_recorded(corpus, reference, tmp_path, llama3_path):
     root, _, _ = corpus
     src = root / "speech.jsonl"
-    assert run(None, llama3_path, tmp_path / "fp32", "jsonl", src) == 0
+    fp32 = reference  # the default precision
     assert (
         run(
             None,
@@ -253,11 +234,14 @@ def test_bf16_codec_is_opt_in_and_recorded(corpus, tmp_path, llama3_path):
         )
         == 0
     )
-    fp32 = json.load(open(tmp_path / "fp32.stats.json"))
+    fp32_stats = json.load(open(f"{fp32}.stats.json"))
     bf16 = json.load(open(tmp_path / "bf16.stats.json"))
-    assert "codec_precision" not in fp32 and bf16["codec_precision"] == "bf16"
-    assert bf16["documents"] == fp32["documents"] and bf16["total_tokens"] == fp32["total_tokens"]
-    a, b = shard_docs(tmp_path / "fp32"), shard_docs(tmp_path / "bf16")
+    assert "codec_precision" not in fp32_stats and bf16["codec_precision"] == "bf16"
+    assert (
+        bf16["documents"] == fp32_stats["documents"]
+        and bf16["total_tokens"] == fp32_stats["total_tokens"]
+    )
+    a, b = shard_docs(fp32), shard_docs(tmp_path / "bf16")
     same = np.mean(np.concatenate(a) == np.concatenate(b))
     assert 0.5 < same < 1.0  # same structure, some codes differ: why it is not the default
 

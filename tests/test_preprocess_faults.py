@@ -241,11 +241,13 @@ def test_workers_die_with_a_killed_run_whose_lock_is_taken_over(tmp_path, llama3
     orphans holding their memory); a second run on the prefix meanwhile is refused with exit 4;
     the run after the kill takes the dead run's lock over (resuming is
     test_preprocess.py::test_killed_run_resumes_to_identical_bytes)."""
-    manifest = speech_manifest(tmp_path, 40, seconds=3.0)  # minutes of work: killed long before
+    # 20 minutes of audio: ~10 s of work for the two random:tiny workers, killed long before
+    # (random:tiny: each worker builds its codec in a fraction of random:full's ~4 s)
+    manifest = speech_manifest(tmp_path, 40, seconds=30.0)
     prefix = tmp_path / "out"
     main = subprocess.Popen(
         [sys.executable, TOOL, "--input", manifest, "--input-format", "jsonl", "--output-prefix",
-         str(prefix), "--tokenizer", llama3_path, "--codec", "random:full", "--chunk-utterances", "1",
+         str(prefix), "--tokenizer", llama3_path, "--codec", "random:tiny", "--chunk-utterances", "1",
          "--log-level", "WARNING", "--workers", "2"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     workers: list[int] = []
@@ -279,7 +281,7 @@ def test_workers_die_with_a_killed_run_whose_lock_is_taken_over(tmp_path, llama3
                 pass
     # the codes cache is incomplete: --stage tokenize takes the lock over, then stops (exit 2)
     with caplog.at_level(logging.WARNING, logger="megatron_soda.data.preprocess"):
-        assert run([manifest], "jsonl", prefix, llama3_path, "--codec", "random:full", "--stage", "tokenize") == 2
+        assert run([manifest], "jsonl", prefix, llama3_path, "--stage", "tokenize") == 2
     assert f"took over the lock of a run that is gone (host {os.uname().nodename}, pid {main.pid}" in caplog.text
     assert "no usable codes cache" in capsys.readouterr().err
     assert not os.path.exists(f"{prefix}.lock")

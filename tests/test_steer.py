@@ -55,7 +55,14 @@ def _anchor_positions_by_token_match(tok, sentence, anchor):
     return ids, sorted(hits)
 
 
-def _manual_logits(model, ids, layer, add):
+def _manual_states(model, ids):
+    """The output of every decoder block, from a hand-written pass over the layers."""
+    states = []
+    _manual_logits(model, ids, -1, 0, keep=states)
+    return states
+
+
+def _manual_logits(model, ids, layer, add, keep=None):
     """Logits from a hand-written pass over the decoder layers, ``add`` [B, T, H] added to the
     output of ``layer``."""
     from transformers.masking_utils import create_causal_mask
@@ -71,6 +78,8 @@ def _manual_logits(model, ids, layer, add):
         h = h[0] if isinstance(h, tuple) else h
         if i == layer:
             h = h + add
+        if keep is not None:
+            keep.append(h)
     return model.lm_head(m.norm(h))
 
 
@@ -132,11 +141,11 @@ def test_mean_shift_and_median_norm_equal_plain_torch(tiny):
     for item in _items():
         ids, hits = _anchor_positions_by_token_match(tok, item.sentence, item.anchor)
         full = [lay.bos_id, lay.text_start_id, *ids, lay.text_end_id]
-        with torch.no_grad():
-            hs = model(torch.tensor([full]), output_hidden_states=True).hidden_states
+        with torch.no_grad():  # every block's raw output, the last one included (not final-normed)
+            hs = _manual_states(model, torch.tensor([full]))
         for layer in range(n_layers):
             for j in range(len(ids)):
-                (anchor if j in hits else other)[layer].append(hs[layer + 1][0, 2 + j])
+                (anchor if j in hits else other)[layer].append(hs[layer][0, 2 + j])
     for layer in range(n_layers):
         want = torch.stack(anchor[layer]).mean(0) - torch.stack(other[layer]).mean(0)
         torch.testing.assert_close(got[layer], want, rtol=1e-5, atol=1e-6)

@@ -126,6 +126,19 @@ def test_steer_flags_are_checked_before_training(small_bpe_path, tok, tmp_path, 
     cfg = parse_argv(_argv(small_bpe_path, tmp_path, *data, "--eval-tasks-steer", vec, "--eval-tasks-steer-alpha",
                            "1", "--eval-tasks-steer-layer", "2"))
     assert cfg.task_eval.eval_tasks_steer_layer == 2
+    # a vector made for another model: refused when the evaluator is built (before any process
+    # group), not at the first evaluation
+    from megatron_soda.config import ConfigError
+    from megatron_soda.training.task_eval import TaskEvaluator
+
+    for hidden, layer, message in ((64, 7, "the model has layers 0..3"), (65, 2, "hidden size is 64")):
+        other = str(tmp_path / f"v{hidden}_{layer}.safetensors")
+        save_vectors(other, SteeringVectors({layer: torch.ones(hidden)}, "mean_shift", "x", {layer: 1.0}, "soda",
+                                            "0" * 64))
+        cfg = parse_argv(_argv(small_bpe_path, tmp_path, *data, "--eval-tasks-steer", other,
+                               "--eval-tasks-steer-alpha", "1"))
+        with pytest.raises(ConfigError, match=message):
+            TaskEvaluator.from_config(cfg, tok, 256)
 
 
 # ---------------------------------------------------------------------------- end to end

@@ -25,8 +25,10 @@ from megatron_soda.checkpointing import layout
 from megatron_soda.checkpointing.retention import complete_iterations
 from megatron_soda.tokenizer import SodaTokenizer
 
-ITERS = 12
+ITERS = 8
 FLAGS = [
+    "--train-iters",
+    str(ITERS),
     "--global-batch-size",
     "4",
     "--use-distributed-optimizer",
@@ -101,26 +103,29 @@ def test_async_save_commits_after_all_writes_survives_a_crash_and_resumes_exactl
     )
     assert (
         proc.returncode != 0
-        and "injected crash: --inject-crash-in-save 12: data being written" in proc.stderr
+        and f"injected crash: --inject-crash-in-save {ITERS}: data being written" in proc.stderr
     )
     uninterrupted = losses(first)
     assert sorted(uninterrupted) == list(range(1, ITERS + 1))
     assert "saving " + layout.iteration_dir(ckpt, 2) + " in the background" in proc.stdout
-    # the save in flight was never published; retention ran after each commit: last 2 + every 4th
-    assert layout.read_tracker(ckpt) == 10
+    # the save in flight was never published; retention ran after each commit: the last 2 (2 is
+    # gone) + every 4th (4 is kept once it is no longer among the last 2: below)
+    assert layout.read_tracker(ckpt) == 6
     assert os.path.isdir(layout.iteration_dir(ckpt, ITERS) + ".tmp")
-    assert complete_iterations(ckpt) == [4, 8, 10]
+    assert complete_iterations(ckpt) == [4, 6]
     assert not [n for n in os.listdir(ckpt) if n.endswith(".deleting")]
 
     resumed, proc = launch(work, "resumed", *FLAGS, "--save", ckpt)
-    assert "loaded " + layout.iteration_dir(ckpt, 10) in proc.stdout
+    assert "loaded " + layout.iteration_dir(ckpt, 6) in proc.stdout
     got = losses(resumed)
-    assert got == {i: uninterrupted[i] for i in range(11, ITERS + 1)}
+    assert got == {i: uninterrupted[i] for i in range(7, ITERS + 1)}
     assert layout.read_tracker(ckpt) == ITERS  # the final save is committed before the run ends
-    assert complete_iterations(ckpt) == [4, 8, 10, 12]
-    assert sorted(os.listdir(ckpt)) == [f"iter_{i:07d}" for i in (4, 8, 10, 12)] + [layout.TRACKER]
+    assert complete_iterations(ckpt) == [4, 6, 8]
+    assert sorted(os.listdir(ckpt)) == [f"iter_{i:07d}" for i in (4, 6, 8)] + [layout.TRACKER]
 
-    # an older asynchronously saved checkpoint (kept by --keep-every-iters) resumes exactly too
+    # an older asynchronously saved checkpoint (kept by --keep-every-iters) resumes exactly too:
+    # two iterations (the second one after an update with the loaded optimizer state), stopped
+    # by --exit-interval so that the LR schedule is the one of --train-iters ITERS
     again, proc = launch(
         work,
         "from4",
@@ -129,5 +134,7 @@ def test_async_save_commits_after_all_writes_survives_a_crash_and_resumes_exactl
         layout.iteration_dir(ckpt, 4),
         "--save",
         str(work["root"] / "ck_from4"),
+        "--exit-interval",
+        "6",
     )
-    assert losses(again) == {i: uninterrupted[i] for i in range(5, ITERS + 1)}
+    assert losses(again) == {i: uninterrupted[i] for i in (5, 6)}

@@ -38,6 +38,8 @@ def args(work, name: str, *extra: str) -> tuple[str, list[str]]:
         str(ITERS),
         "--eval-interval",
         "1000",
+        "--global-batch-size",  # one micro-batch per rank: what is checked is where the ranks stop
+        "4",
         *extra,
     )
 

@@ -39,6 +39,10 @@ class ModelConfig:
         None, "accepted for Megatron-LM compatibility; RoPE has no position table, so it only has "
         "to be >= --seq-length")
     z_loss_weight: float = option(1e-4, "loss = CE + w * mean(logsumexp^2)")
+    head_chunk_tokens: int = option(
+        0, "compute the output layer + cross-entropy + lse N tokens at a time without "
+        "materialising the [tokens x vocab/tp] logits (models/chunked_head.py); 0: off (megatron's "
+        "output layer); see docs/gpu.md")
 
     def validate(self) -> None:
         if self.architecture is None:
@@ -51,6 +55,8 @@ class ModelConfig:
             raise ConfigError(f"--num-codebooks must be in 1..{MAX_CODEBOOKS}")
         if self.z_loss_weight < 0:
             raise ConfigError("--z-loss-weight must be >= 0")
+        if self.head_chunk_tokens < 0:
+            raise ConfigError("--head-chunk-tokens must be >= 0 (0: off)")
         arch = self.architecture_for(vocab_size=0)
         if self.max_position_embeddings is not None and self.max_position_embeddings < arch.seq_length:
             raise ConfigError(f"--max-position-embeddings {self.max_position_embeddings} < "

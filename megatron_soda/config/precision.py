@@ -13,6 +13,9 @@ from megatron_soda.config.fields import option
 from megatron_soda.config.parallel import ParallelConfig
 from megatron_soda.models import te
 
+TE_BACKENDS = ("te", "flash", "fused", "unfused")
+LOCAL_SPEC_BACKENDS = ("local", "sdpa", "flex")
+
 
 @dataclass
 class PrecisionConfig:
@@ -26,8 +29,12 @@ class PrecisionConfig:
     transformer_impl: str = option("auto", "auto: Transformer Engine when importable and on GPU, "
                                    "else megatron-core local",
                                    choices=("auto", "transformer_engine", "local"))
-    attention_backend: str = option("auto", "flash/fused/unfused go through Transformer Engine",
-                                    choices=("auto", "flash", "fused", "unfused", "local"))
+    attention_backend: str = option(
+        "auto", "core attention: te (Transformer Engine; flash/fused/unfused pin its kernel), local "
+        "(megatron-core's, dense [b,1,s,s] masks), sdpa (torch SDPA, causal only) or flex (torch "
+        "FlexAttention, causal + document masking); auto: te with Transformer Engine, else on GPU "
+        "flex with --reset-attention-mask, sdpa without, on CPU local (docs/gpu.md)",
+        choices=("auto", "local", "te", "sdpa", "flex", "flash", "fused", "unfused"))
     recompute_granularity: str | None = option(None, choices=("full", "selective"))
     recompute_method: str | None = option(None, choices=("uniform", "block"))
     recompute_num_layers: int | None = option(None)
@@ -38,13 +45,16 @@ class PrecisionConfig:
     def use_te(self) -> bool:
         return self.transformer_impl == "transformer_engine"
 
-    def validate(self, parallel: ParallelConfig) -> None:
+    def validate(self, parallel: ParallelConfig, reset_attention_mask: bool = True) -> None:
+        """``reset_attention_mask``: the data section's (whether batches mask documents apart)."""
         if self.bf16 and self.fp16:
             raise ConfigError("--bf16 and --fp16 are exclusive")
         have_te = te.te_available()
         on_gpu = parallel.device == "cuda"
         if self.transformer_impl == "auto":
-            self.transformer_impl = "transformer_engine" if have_te and on_gpu else "local"
+            torch_kernel = self.attention_backend in LOCAL_SPEC_BACKENDS
+            self.transformer_impl = "transformer_engine" if have_te and on_gpu and not torch_kernel else "local"
+        self._resolve_attention(on_gpu, reset_attention_mask)
         if self.use_te and not have_te:
             raise ConfigError("--transformer-impl transformer_engine: Transformer Engine is not "
                               "installed (pip install 'megatron_soda[te]')")
@@ -58,7 +68,7 @@ class PrecisionConfig:
         cp = parallel.context_parallel_size
         if cp > 1:
             needs_te.append(f"--context-parallel-size {cp}")
-        if self.attention_backend in ("flash", "fused", "unfused"):
+        if self.attention_backend in TE_BACKENDS:
             needs_te.append(f"--attention-backend {self.attention_backend}")
         if needs_te and not self.use_te:
             why = "Transformer Engine is not installed (pip install 'megatron_soda[te]')" if not have_te else (
@@ -80,3 +90,28 @@ class PrecisionConfig:
             self.recompute_method = "uniform"
         if self.recompute_granularity == "full" and self.recompute_num_layers is None:
             self.recompute_num_layers = 1
+
+    def _resolve_attention(self, on_gpu: bool, reset_attention_mask: bool) -> None:
+        """``auto`` -> a concrete backend (recorded in run_args.json); refuse the impossible ones."""
+        from megatron_soda.models.attention import flex_available
+
+        backend = self.attention_backend
+        if backend == "auto":
+            if self.use_te:
+                backend = "te"
+            elif not on_gpu:
+                backend = "local"  # the reference path; flex on CPU is the dense reference (docs/gpu.md)
+            elif not reset_attention_mask:
+                backend = "sdpa"
+            else:
+                backend = "flex" if flex_available() else "local"
+            self.attention_backend = backend
+        if backend in LOCAL_SPEC_BACKENDS and self.use_te:
+            raise ConfigError(f"--attention-backend {backend} runs on megatron-core's local spec: drop "
+                              "--transformer-impl transformer_engine (or use --attention-backend te)")
+        if backend == "flex" and not flex_available():
+            raise ConfigError("--attention-backend flex: this torch has no torch.nn.attention.flex_attention "
+                              "(torch >= 2.5)")
+        if backend == "sdpa" and reset_attention_mask:
+            raise ConfigError("--attention-backend sdpa cannot mask documents apart: use --attention-backend "
+                              "flex, or --no-reset-attention-mask to let attention cross documents")

@@ -64,7 +64,7 @@ class TrainConfig:
         """Check and normalise every section, then what spans sections; returns ``self``."""
         self.model.validate()
         self.parallel.validate()
-        self.precision.validate(self.parallel)
+        self.precision.validate(self.parallel, self.data.reset_attention_mask)
         self.data.validate(self.parallel.device)
         self.optim.validate()
         self.checkpoint.validate()

@@ -26,6 +26,8 @@ from megatron.core.transformer.transformer_block import (
 )
 from megatron.core.transformer.transformer_config import TransformerConfig
 
+from megatron_soda.models.attention import TorchCoreAttention
+from megatron_soda.models.chunked_head import chunked_head_ce_lse
 from megatron_soda.models.config import SodaModelConfig
 from megatron_soda.models.loss import cross_entropy_and_lse, mask_padded_vocab_
 
@@ -48,9 +50,14 @@ def _param_device(config: TransformerConfig) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device())
 
 
-def local_layer_spec() -> ModuleSpec:
+def local_layer_spec(attention: str = "local") -> ModuleSpec:
+    """megatron-core's local spec with SODA's norms; ``attention`` ``sdpa``/``flex``: its core
+    attention is :class:`~megatron_soda.models.attention.TorchCoreAttention` (no parameters, so
+    the same checkpoint keys as ``local``'s DotProductAttention)."""
     spec = get_gpt_layer_local_spec(qk_layernorm=True, normalization="RMSNorm")
     sub = spec.submodules
+    if attention in ("sdpa", "flex"):
+        sub.self_attention.submodules.core_attention = TorchCoreAttention
     sub.input_layernorm = SodaRMSNorm
     sub.pre_mlp_layernorm = SodaRMSNorm
     sub.self_attention.submodules.q_layernorm = SodaRMSNorm
@@ -66,7 +73,8 @@ def te_layer_spec() -> ModuleSpec:
     return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=True)
 
 
-def block_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None) -> TransformerBlockSubmodules:
+def block_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None,
+               attention: str = "local") -> TransformerBlockSubmodules:
     """Layer specs for this pipeline stage plus the final norm (chosen here, not by megatron's
     import-time default, which would pick TE's norm on a CPU run when TE happens to be installed)."""
     if use_te:
@@ -74,7 +82,7 @@ def block_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None) ->
 
         layer, final_norm = te_layer_spec(), TENorm
     else:
-        layer, final_norm = local_layer_spec(), SodaRMSNorm
+        layer, final_norm = local_layer_spec(attention), SodaRMSNorm
     n = get_num_layers_to_build(config, vp_stage=vp_stage)
     return TransformerBlockSubmodules(layer_specs=[layer] * n, layer_norm=final_norm)
 
@@ -82,16 +90,39 @@ def block_spec(config: TransformerConfig, use_te: bool, vp_stage: int | None) ->
 class SodaGPTModel(GPTModel):
     """GPTModel whose loss path returns per-token ``(cross-entropy, log-sum-exp)`` as a
     ``[2, b, s]`` tensor (the z-loss needs lse), and whose padded vocabulary rows are never
-    predicted (logits masked to -inf, in the loss and in returned logits)."""
+    predicted (logits masked to -inf, in the loss and in returned logits).
 
-    def __init__(self, *args: Any, unpadded_vocab_size: int, **kwargs: Any) -> None:
+    ``head_chunk_tokens > 0``: with labels, the output layer and the loss run chunked
+    (:mod:`megatron_soda.models.chunked_head`), never materialising the logits; same ``[2, b, s]``
+    result.  Without labels (inference, eval of logits) megatron's output layer is used."""
+
+    def __init__(self, *args: Any, unpadded_vocab_size: int, head_chunk_tokens: int = 0, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.unpadded_vocab_size = unpadded_vocab_size
+        self.head_chunk_tokens = head_chunk_tokens
+        if head_chunk_tokens and (self.mtp_process or self.config.mtp_num_layers):
+            raise ValueError("--head-chunk-tokens does not support multi-token prediction")
+        if head_chunk_tokens and self.config.defer_embedding_wgrad_compute:
+            raise ValueError("--head-chunk-tokens does not support defer_embedding_wgrad_compute")
 
     def compute_language_model_loss(self, labels: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
         # labels [b, s], logits [s, b, v/tp]
         ce, lse = cross_entropy_and_lse(logits, labels.transpose(0, 1).contiguous(), self.unpadded_vocab_size)
         return torch.stack((ce, lse)).transpose(1, 2).contiguous()
+
+    def _postprocess(self, hidden_states: torch.Tensor, input_ids: Any, position_ids: Any,
+                     labels: torch.Tensor | None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        # megatron-core 0.16.1 GPTModel._postprocess (models/gpt/gpt_model.py:559-716): MTP, then
+        # output_layer + compute_language_model_loss.  The chunked head replaces those two steps.
+        inference = kwargs.get("inference_context") is not None and not self.training
+        if not self.head_chunk_tokens or labels is None or not self.post_process or inference:
+            return super()._postprocess(hidden_states, input_ids, position_ids, labels, *args, **kwargs)
+        weight = (self.shared_embedding_or_output_weight() if self.share_embeddings_and_output_weights
+                  else self.output_layer.weight)
+        return chunked_head_ce_lse(
+            hidden_states, weight, labels, self.unpadded_vocab_size, self.head_chunk_tokens,
+            sequence_parallel=self.output_layer.sequence_parallel, group=self.output_layer.tp_group,
+        )
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         out = super().forward(*args, **kwargs)
@@ -109,12 +140,15 @@ def build_model_chunk(
     pre_process: bool,
     post_process: bool,
     vp_stage: int | None = None,
+    head_chunk_tokens: int = 0,
+    attention: str = "local",
 ) -> SodaGPTModel:
-    """One pipeline (virtual) stage of the SODA model."""
+    """One pipeline (virtual) stage of the SODA model (``head_chunk_tokens``: see
+    :class:`SodaGPTModel`)."""
     cfg.check_tensor_parallel(config.tensor_model_parallel_size)
     return SodaGPTModel(
         config=config,
-        transformer_layer_spec=block_spec(config, use_te, vp_stage),
+        transformer_layer_spec=block_spec(config, use_te, vp_stage, attention),
         vocab_size=cfg.padded_vocab_size,
         max_sequence_length=cfg.seq_length,
         pre_process=pre_process,
@@ -128,4 +162,5 @@ def build_model_chunk(
         rope_scaling_factor=cfg.rope_scaling_factor,
         vp_stage=vp_stage,
         unpadded_vocab_size=cfg.vocab_size,
+        head_chunk_tokens=head_chunk_tokens,
     )

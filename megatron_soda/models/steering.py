@@ -63,26 +63,81 @@ def in_units(vector: torch.Tensor, units: str, median_norm: float | None, what: 
     return vector / n * median_norm if n > 0 else vector
 
 
+# metadata every steering-vector file holds, and the JSON type of each (steer/vectors.py load_vectors)
+_META_STR = ("method", "concept", "text_format", "model_fingerprint")
+_META_NORMS = ("median_residual_norm", "norm")  # {"<layer>": number}; "norm" optional
+
+
+def _check_metadata(meta: Any) -> dict:
+    """``meta`` (parsed JSON) as a steering-vector file's metadata, or ValueError (no path)."""
+    import math
+
+    if not isinstance(meta, dict):
+        raise ValueError(f"metadata is a JSON {type(meta).__name__}, not an object")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ValueError(f"format {meta.get('format')!r} version {meta.get('version')!r}, "
+                         f"expected {FORMAT!r} version {VERSION}")
+    for key in _META_STR:
+        if not isinstance(meta.get(key), str):
+            raise ValueError(f"metadata {key!r} is {meta.get(key)!r}, not a string")
+    for key in _META_NORMS:
+        norms = meta.get(key, {} if key == "norm" else None)
+        if not isinstance(norms, dict):
+            raise ValueError(f"metadata {key!r} is {norms!r}, not an object {{layer: number}}")
+        for layer, value in norms.items():
+            if not (_is_number(layer) and isinstance(value, (int, float)) and not isinstance(value, bool)
+                    and math.isfinite(value)):
+                raise ValueError(f"metadata {key!r}: {layer!r}: {value!r} is not a layer and a finite number")
+    return meta
+
+
+def _is_number(text: str) -> bool:
+    return text.isascii() and text.isdigit()
+
+
+def _layer_number(name: str) -> int:
+    prefix, _, number = name.partition(".")
+    if prefix != "layer" or not _is_number(number):
+        raise ValueError(f"tensor {name!r}: expected only tensors named layer.<L>")
+    return int(number)
+
+
 def read_vector_file(path: str) -> tuple[dict, dict[int, torch.Tensor]]:
     """(metadata, {layer: float32 vector}) of a steering-vector file (``steer/vectors.py`` writes
-    them: safetensors, tensors ``layer.<L>``, JSON metadata under ``META_KEY``); format and version
-    checked.  Safetensors only: nothing is unpickled."""
+    them: safetensors, tensors ``layer.<L>``, JSON metadata under ``META_KEY``).  The file is
+    untrusted: anything malformed (not safetensors, truncated, metadata that is not the expected
+    JSON object, a tensor that is not a finite 1-D ``layer.<L>`` vector, layers of different
+    sizes) raises ``ValueError`` naming ``path``.  Safetensors only: nothing is unpickled."""
     import json
 
-    from safetensors import safe_open
+    import torch
+    from safetensors import SafetensorError, safe_open
 
-    with safe_open(path, framework="pt") as f:
-        raw = (f.metadata() or {}).get(META_KEY)
-        if raw is None:
-            raise ValueError(f"{path}: not a steering-vector file (no {META_KEY} metadata; "
-                             "python -m megatron_soda.steer extract writes them)")
-        meta = json.loads(raw)
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-            raise ValueError(f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}, "
-                             f"expected {FORMAT!r} version {VERSION}")
-        vectors = {int(k.split(".", 1)[1]): f.get_tensor(k).float() for k in f.keys() if k.startswith("layer.")}
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = (f.metadata() or {}).get(META_KEY)
+            if raw is None:
+                raise ValueError(f"not a steering-vector file (no {META_KEY} metadata; "
+                                 "python -m megatron_soda.steer extract writes them)")
+            meta = _check_metadata(json.loads(raw))
+            vectors = {}
+            for name in f.keys():
+                layer, vec = _layer_number(name), f.get_tensor(name)
+                if vec.dim() != 1 or not (vec.is_floating_point() and vec.numel()):
+                    raise ValueError(f"tensor {name!r} of shape {list(vec.shape)} and dtype {vec.dtype}: "
+                                     "expected a float vector [hidden]")
+                vectors[layer] = vec.float()
+                if not torch.isfinite(vectors[layer]).all():
+                    raise ValueError(f"layer {layer}: the vector holds NaN or infinite values")
+    except ValueError as e:  # json.JSONDecodeError and UnicodeDecodeError included
+        raise ValueError(f"{path}: {e}") from e
+    except (SafetensorError, KeyError, TypeError, AttributeError, OSError) as e:
+        raise ValueError(f"{path}: not a readable steering-vector file ({type(e).__name__}: {e})") from e
     if not vectors:
         raise ValueError(f"{path}: holds no layer.<L> tensor")
+    if len({v.numel() for v in vectors.values()}) > 1:
+        raise ValueError(f"{path}: vectors of different sizes "
+                         f"{ {k: v.numel() for k, v in sorted(vectors.items())} }")
     return meta, vectors
 
 

@@ -3,8 +3,11 @@
 Each sentence runs alone (as the authors do: ``get_features_mean_shift.py`` lines 38-74) as a
 SODA text span ``<bos><text_start> sentence <text_end>`` (``fmt="soda"``, default) or as plain
 ``<bos> sentence`` (``fmt="plain"``, a text backbone's own format).  The residual stream of
-layer ``l`` (0-based) is the output of decoder block ``l``: HF ``hidden_states[l + 1]`` (the
-authors skip the embeddings the same way, lines 77-82).
+layer ``l`` (0-based) is the output of decoder block ``l``, where the steering hooks add
+(the authors take ``hidden_states[l + 1]``, skipping the embeddings, lines 77-82).  It is
+captured by a forward hook on the block, not read from HF ``hidden_states``: transformers puts
+the *final-normed* output in ``hidden_states[-1]``, so the last layer would come from another
+space than the one steered.
 
 Anchor positions: the tokens whose character span (the base tokenizer's offsets) overlaps a
 whole-word occurrence of the anchor.  Counted tokens: the sentence's own tokens; BOS and the
@@ -64,12 +67,22 @@ class Activations:
 
 
 @torch.no_grad()
-def hidden_states(model: torch.nn.Module, ids: np.ndarray) -> tuple[torch.Tensor, ...]:
-    """HF ``hidden_states`` of one sequence (embeddings first), each ``[T, hidden]``."""
+def layer_outputs(model: torch.nn.Module, ids: np.ndarray) -> list[torch.Tensor]:
+    """The output of every decoder block (``model.model.layers``) for one sequence, each
+    ``[T, hidden]``: the residual stream the steering hooks add to."""
     device = next(model.parameters()).device
-    x = torch.from_numpy(ids)[None].to(device)
-    out = model(input_ids=x, output_hidden_states=True, use_cache=False)
-    return tuple(h[0] for h in out.hidden_states)
+    out: list[torch.Tensor] = []
+
+    def keep(module, args, output):
+        out.append((output[0] if isinstance(output, tuple) else output)[0])
+
+    handles = [block.register_forward_hook(keep) for block in model.model.layers]
+    try:
+        model.model(input_ids=torch.from_numpy(ids)[None].to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return out
 
 
 def collect(model: torch.nn.Module, tok, items: Sequence[ConceptItem], layers: Sequence[int] | None = None,
@@ -87,10 +100,10 @@ def collect(model: torch.nn.Module, tok, items: Sequence[ConceptItem], layers: S
         if not enc.anchor.any():
             skipped.append(f"{item.where}: anchor {item.anchor!r} falls on no token")
             continue
-        hs = hidden_states(model, enc.ids)
+        hs = layer_outputs(model, enc.ids)
         sel = torch.from_numpy(enc.counted).to(hs[0].device)
         for layer in range(n_layers):
-            per_layer[layer].append(hs[layer + 1][sel].float().cpu())
+            per_layer[layer].append(hs[layer][sel].float().cpu())
         anchors.append(torch.from_numpy(enc.anchor[enc.counted]))
         sentences.append(torch.full((int(enc.counted.sum()),), k, dtype=torch.long))
     if not anchors:

@@ -14,6 +14,7 @@ printed and the item skipped; exit 2 when none is left.  docs/steering.md.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 
 from megatron_soda.models.steering import ALPHA_UNITS, POSITIONS
@@ -26,9 +27,22 @@ def _layers(text: str) -> list[int] | None:
     if text == "all":
         return None
     try:
-        return [int(t) for t in text.split(",") if t.strip()]
+        layers = [int(t) for t in text.split(",") if t.strip()]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--layers: 'all' or comma-separated integers ({e})") from e
+    if not layers:
+        raise argparse.ArgumentTypeError(f"--layers {text!r}: no layer given ('all' or e.g. 4,8)")
+    return layers
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from e
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} < 1: give at least 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--split-seed", type=int, default=0)
     w.add_argument("--max-nll-increase", type=float, default=None,
                    help="skip settings that raise the tune split's mean per-token NLL by more")
-    w.add_argument("--batch-size", type=int, default=8)
+    w.add_argument("--batch-size", type=_positive_int, default=8)
     w.add_argument("--output", required=True, help="sweep.json")
     w.add_argument("--device", default="cpu")
     w.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
@@ -86,15 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _alphas(text: str) -> list[float]:
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
+        alphas = [float(t) for t in text.split(",") if t.strip()]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"--alphas: comma-separated numbers ({e})") from e
+    if not alphas:
+        raise argparse.ArgumentTypeError(f"--alphas {text!r}: no strength given (e.g. 0.5,1,2,4)")
+    bad = [a for a in alphas if not math.isfinite(a)]
+    if bad:
+        raise argparse.ArgumentTypeError(f"--alphas: {bad[0]} is not a finite number")
+    return alphas
 
 
 def _extra_states(model, tok, path: str, layer: int, fmt: str):
     import torch
 
-    from megatron_soda.steer.activations import encode_sentence, hidden_states
+    from megatron_soda.steer.activations import encode_sentence, layer_outputs
     from megatron_soda.steer.concepts import ConceptItem
 
     out = []
@@ -102,7 +122,7 @@ def _extra_states(model, tok, path: str, layer: int, fmt: str):
         for n, line in enumerate(f, 1):
             if line.strip():
                 enc = encode_sentence(tok, ConceptItem(line.strip(), "", f"{path}:{n}"), fmt)
-                hs = hidden_states(model, enc.ids)[layer + 1]
+                hs = layer_outputs(model, enc.ids)[layer]
                 out.append(hs[torch.from_numpy(enc.counted).to(hs.device)].float().cpu())
     return torch.cat(out) if out else None
 

@@ -37,7 +37,10 @@ def pca(x: np.ndarray, n_components: int) -> tuple[np.ndarray, np.ndarray]:
 
 def probe_components(n_sentences: int, n_tokens: int, hidden: int) -> int:
     """``max(#sentences // 2, 10)`` bounded by the data (``get_features_linear_probe.py``
-    lines 109-111): 10 for the authors' 20 sentences."""
+    lines 109-111): 10 for the authors' 20 sentences.  ``n_sentences`` here is the count of
+    usable sentences (those whose anchor was found); the authors' line 110 uses
+    ``len(concept_data)``, which also counts the sentences they skip (lines 66-68), so the two
+    can differ only when sentences are skipped from a list of 22 or more."""
     return min(max(n_sentences // 2, 10), n_tokens - 1, hidden)
 
 

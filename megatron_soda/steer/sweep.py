@@ -87,19 +87,29 @@ def sweep(measure: Callable[[Steering | None, str], Measure], make: Callable[[in
             if alpha == 0:
                 continue
             m = measure(make(layer, alpha), "tune")
-            ok = (max_nll_increase is None or math.isnan(m.nll) or math.isnan(base.nll)
-                  or m.nll - base.nll <= max_nll_increase)
+            ok = _within_guard(m.nll, base.nll, max_nll_increase)
             point = GridPoint(layer, float(alpha), m, ok)
             grid.append(point)
             if progress:
                 progress(point)
-    candidates = [p for p in grid if p.allowed and p.tune.score > base.score]
+    # a NaN score (a broken measure) is never chosen; a NaN baseline is beaten by nothing
+    candidates = [p for p in grid if p.allowed and math.isfinite(p.tune.score) and math.isfinite(base.score)
+                  and p.tune.score > base.score]
     best = min(candidates, key=lambda p: (-p.tune.score, abs(p.alpha), p.layer), default=None)
     heldout_base = measure(None, "heldout")
     if best is None:
         return SweepResult(base, heldout_base, None, 0.0, base, heldout_base, grid)
     heldout = measure(make(best.layer, best.alpha), "heldout")
     return SweepResult(base, heldout_base, best.layer, best.alpha, best.tune, heldout, grid)
+
+
+def _within_guard(nll: float, base_nll: float, max_increase: float | None) -> bool:
+    """The NLL guard: no guard, or a finite NLL at most ``max_increase`` above the baseline's.
+    A non-finite NLL (NaN: the steered model's logits broke) is refused, unless the baseline's is
+    non-finite too (a measure without an NLL: there is nothing to compare with)."""
+    if max_increase is None or not math.isfinite(base_nll):
+        return True
+    return math.isfinite(nll) and nll - base_nll <= max_increase
 
 
 def split_items(n: int, heldout: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:

@@ -93,9 +93,10 @@ def load_vectors(path: str, model: torch.nn.Module | None = None, tok=None,
                          {k: v for k, v in meta.items() if k not in known})
     if model is not None:
         hidden = model.config.hidden_size
-        if sv.hidden_size != hidden:
-            raise ValueError(f"{path}: vectors of size {sv.hidden_size}, the model's hidden size "
-                             f"is {hidden}")
+        for layer, vec in sorted(sv.vectors.items()):  # the shape, not numel: [8, 8] is not [64]
+            if tuple(vec.shape) != (hidden,):
+                raise ValueError(f"{path}: layer {layer}: a vector of shape {list(vec.shape)}, the "
+                                 f"model's hidden size is {hidden}")
         if tok is not None and model_fingerprint(model, tok) != sv.fingerprint:
             warn(f"warning: {path} was extracted from another model (fingerprint differs); "
                  "applying it anyway")

@@ -117,7 +117,9 @@ class Batch:
     labels: torch.Tensor          # like tokens
     loss_mask: torch.Tensor       # float, like tokens
     position_ids: torch.Tensor    # like tokens
-    attention_mask: torch.Tensor | None = None  # [b, 1, s, s] bool, True = masked (local spec)
+    # local: [b, 1, s, s] bool, True = masked; sdpa/flex: None (causal) or [b, s] integer document
+    # ids (flex; see models/attention.py for why ids travel in attention_mask)
+    attention_mask: torch.Tensor | None = None
     packed_seq_params: object | None = None     # PackedSeqParams (Transformer Engine, THD)
     # SFT (float, like tokens): labels that are response tokens / prompt tokens (padding in neither)
     response_mask: torch.Tensor | None = None
@@ -159,9 +161,12 @@ def document_causal_mask(doc: torch.Tensor) -> torch.Tensor:
 
 
 def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mask: bool,
-               reset_position_ids: bool, eod_mask_loss: bool, packed: bool, prompt_loss: bool = False) -> Batch:
+               reset_position_ids: bool, eod_mask_loss: bool, packed: bool, prompt_loss: bool = False,
+               attention: str = "local") -> Batch:
     """Move one micro-batch from the DataLoader to ``device`` and add document structure.  An SFT
-    micro-batch (``raw["response_mask"]``) trains the response tokens only, unless ``prompt_loss``."""
+    micro-batch (``raw["response_mask"]``) trains the response tokens only, unless ``prompt_loss``.
+    ``attention`` (``--attention-backend``): ``sdpa``/``flex`` batches carry no dense mask, only
+    the document ids (flex) or nothing (causal); ``local`` batches the dense ``[b, 1, s, s]`` mask."""
     tokens = raw["tokens"].to(device, non_blocking=True)
     labels = raw["labels"].to(device, non_blocking=True)
     loss_mask = raw["loss_mask"].to(device, non_blocking=True).float()
@@ -186,7 +191,9 @@ def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mas
         return Batch(tokens.reshape(1, -1), labels.reshape(1, -1), loss_mask.reshape(1, -1),
                      position_ids.reshape(1, -1), attention_mask=None, packed_seq_params=params,
                      response_mask=flat[0], prompt_mask=flat[1])
-    if reset_attention_mask:
+    if attention in ("sdpa", "flex"):
+        mask = doc if reset_attention_mask else None
+    elif reset_attention_mask:
         mask = document_causal_mask(doc)
     else:
         mask = torch.ones(s, s, dtype=torch.bool, device=device).triu(1).expand(b, 1, s, s)

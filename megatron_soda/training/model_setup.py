@@ -25,12 +25,14 @@ from megatron_soda.models.gpt import build_model_chunk
 from megatron_soda.models.init import initialize_parameters
 
 
-def attention_fallback_warning(device_type: str, transformer_impl: str, te_importable: bool | None = None) -> str | None:
-    """The warning a GPU run gets, once, when its attention is not Transformer Engine's: the
-    local spec computes attention unfused (the whole ``[batch, heads, seq, seq]`` score matrix
-    in memory, softmax and mask as separate kernels).  None on CPU, where the local path is the
-    only one, and with TE.  ``te_importable``: default, whether TE can be imported."""
-    if device_type != "cuda" or transformer_impl == "transformer_engine":
+def attention_fallback_warning(device_type: str, transformer_impl: str, te_importable: bool | None = None,
+                               attention_backend: str = "local") -> str | None:
+    """The warning a GPU run gets, once, when its attention is megatron-core's local one: it
+    computes attention unfused (the whole ``[batch, heads, seq, seq]`` score matrix in memory,
+    softmax and mask as separate kernels).  None on CPU, where the local path is the reference,
+    with TE, and with the torch kernels (``--attention-backend sdpa|flex``).  ``te_importable``:
+    default, whether TE can be imported."""
+    if device_type != "cuda" or transformer_impl == "transformer_engine" or attention_backend != "local":
         return None
     if te_importable is None:
         from megatron_soda.models.te import te_available
@@ -41,7 +43,8 @@ def attention_fallback_warning(device_type: str, transformer_impl: str, te_impor
     return (f"warning: {why}: attention falls back to megatron-core's unfused local implementation "
             "(the full [batch, heads, seq, seq] score matrix in memory), several times slower than "
             "Transformer Engine's fused/flash attention at long sequences (no GPU measurement in "
-            f"docs/benchmarks.md yet); {fix}")
+            f"docs/benchmarks.md yet); {fix}, or use torch's kernels: --attention-backend flex (document "
+            "masking) or sdpa (docs/gpu.md)")
 
 
 def params_dtype(precision: PrecisionConfig) -> torch.dtype:
@@ -104,8 +107,12 @@ def transformer_config(arch: SodaModelConfig, parallel: ParallelConfig, precisio
         fields["recompute_modules"] = precision.recompute_modules
     if parallel.microbatch_group_size_per_virtual_pipeline_stage:
         fields["microbatch_group_size_per_vp_stage"] = parallel.microbatch_group_size_per_virtual_pipeline_stage
-    if precision.attention_backend != "auto":
+    if precision.attention_backend in ("flash", "fused", "unfused"):  # Transformer Engine's kernel, pinned
         fields["attention_backend"] = AttnBackend[precision.attention_backend]
+    elif precision.attention_backend in ("local", "sdpa", "flex"):
+        # megatron's enum has no torch kernels: they are the local spec's core_attention
+        # (models/gpt.py local_layer_spec), and "local" keeps TE's NVTE_* switches off
+        fields["attention_backend"] = AttnBackend.local
     if precision.fp8_format:
         fields.update(fp8=precision.fp8_format, fp8_recipe=precision.fp8_recipe,
                       fp8_amax_history_len=precision.fp8_amax_history_len,
@@ -122,7 +129,9 @@ def build_model(config: TrainConfig, arch: SodaModelConfig, tc: TransformerConfi
     for vp in stages:
         pre = parallel_state.is_pipeline_first_stage(ignore_virtual=vp is None, vp_stage=vp)
         post = parallel_state.is_pipeline_last_stage(ignore_virtual=vp is None, vp_stage=vp)
-        chunk = build_model_chunk(arch, tc, precision.use_te, pre, post, vp_stage=vp)
+        chunk = build_model_chunk(arch, tc, precision.use_te, pre, post, vp_stage=vp,
+                                  head_chunk_tokens=config.model.head_chunk_tokens,
+                                  attention=precision.attention_backend)
         chunk.model_type = ModelType.encoder_or_decoder
         for p in chunk.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(p)

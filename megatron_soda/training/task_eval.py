@@ -116,9 +116,11 @@ class TaskEvaluator:
         self.tasks = tasks
         self.eod = tokenizer.eod
         self.layout = tokenizer.layout
+        self.vocab_size = tokenizer.vocab_size
         self.steer = self._steering_vector(config)  # (layer, alpha x vector) with --eval-tasks-steer
         self.seq_length = seq_length
         self.packed = config.precision.use_te  # the trainer's batch layout (THD under Transformer Engine)
+        self.attention = config.precision.attention_backend
         # tensor-parallel shards of the sequence must be equal under --sequence-parallel
         self.multiple = math.lcm(BUCKET, config.parallel.tensor_model_parallel_size)
         self.sequences = [s for task in tasks.values() for s in task.sequences()]
@@ -158,15 +160,20 @@ class TaskEvaluator:
             vector = in_units(vector, cfg.eval_tasks_steer_alpha_units, norm, f"{cfg.eval_tasks_steer} layer {layer}")
         except ValueError as e:
             raise ConfigError(f"--eval-tasks-steer: {e}") from None
+        # the model's shape, checked here, before any process group exists (layer_addition's own
+        # checks only run when its context is entered, at the first evaluation)
+        arch = config.model.architecture_for(self.vocab_size)
+        if not 0 <= layer < arch.num_layers:
+            raise ConfigError(f"--eval-tasks-steer: layer {layer}, the model has layers 0..{arch.num_layers - 1}")
+        if vector.shape != (arch.hidden_size,):
+            raise ConfigError(f"--eval-tasks-steer {cfg.eval_tasks_steer}: a vector of shape {tuple(vector.shape)}, "
+                              f"the model's hidden size is {arch.hidden_size}")
         return layer, cfg.eval_tasks_steer_alpha * vector.float()
 
     def _steered(self, ctx: StepContext) -> contextlib.AbstractContextManager:
         layer, delta = self.steer
         positions = self.cfg.eval_tasks_steer_positions
-        try:
-            return layer_addition(ctx.model, layer, delta, lambda ids: position_mask(ids, self.layout, positions))
-        except ValueError as e:  # a layer or hidden size the model does not have: on every rank alike
-            raise ConfigError(f"--eval-tasks-steer: {e}") from None
+        return layer_addition(ctx.model, layer, delta, lambda ids: position_mask(ids, self.layout, positions))
 
     def start(self, data_codec: dict, log: Callable[[str], None]) -> None:
         """Refuse audio items encoded by another codec than the training data's; say what runs."""
@@ -242,7 +249,7 @@ class TaskEvaluator:
                 mask[r, :t] = torch.from_numpy(seq.scored[1:].astype(np.float32))
             raw = {"tokens": tokens, "labels": labels, "loss_mask": mask}
             batch = make_batch(raw, self.eod, device, reset_attention_mask=False, reset_position_ids=False,
-                               eod_mask_loss=False, packed=self.packed)
+                               eod_mask_loss=False, packed=self.packed, attention=self.attention)
             yield batch, torch.tensor(mb.rows, dtype=torch.long, device=device)
 
     # ------------------------------------------------------------------ the record

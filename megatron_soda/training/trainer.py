@@ -179,11 +179,13 @@ class Trainer:
         self.flops_per_token = flop_counts["train_flops_per_token"]
         self.logger.header(flop_counts)
         self.peak = peak_tflops(cfg)
-        if warning := model_setup.attention_fallback_warning(self.device.type, cfg.precision.transformer_impl):
+        if warning := model_setup.attention_fallback_warning(self.device.type, cfg.precision.transformer_impl,
+                                                             attention_backend=cfg.precision.attention_backend):
             self.logger.print(warning)
         p = cfg.parallel
         self.logger.print(f"SODA {cfg.model.model_size}: {arch.to_dict()} | lr {self.lr:.3e} | "
-                          f"{cfg.precision.transformer_impl} spec | world {torch.distributed.get_world_size()} "
+                          f"{cfg.precision.transformer_impl} spec | attention {cfg.precision.attention_backend} | "
+                          f"world {torch.distributed.get_world_size()} "
                           f"(TP {p.tensor_model_parallel_size}, PP {p.pipeline_model_parallel_size}, "
                           f"DP {parallel_state.get_data_parallel_world_size()}) | from iteration {self.state.iteration}")
 
@@ -222,7 +224,8 @@ class Trainer:
         d = self.config.data
         return make_batch(raw, self.tokenizer.eod, self.device, reset_attention_mask=d.reset_attention_mask,
                           reset_position_ids=d.reset_position_ids, eod_mask_loss=d.eod_mask_loss,
-                          packed=self.config.precision.use_te, prompt_loss=self.config.sft.sft_prompt_loss)
+                          packed=self.config.precision.use_te, prompt_loss=self.config.sft.sft_prompt_loss,
+                          attention=self.config.precision.attention_backend)
 
     def _train_batches(self, n: int) -> list:
         from megatron_soda.training.data_checks import DataError
