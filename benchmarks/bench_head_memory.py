@@ -28,10 +28,6 @@ import sys
 import tempfile
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 SODA_VOCAB = 144_644  # SODA_SPEC.md section 2: Llama-3 + SODA tokens
 
 
