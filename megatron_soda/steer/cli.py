@@ -23,16 +23,22 @@ from megatron_soda.steer.extract import METHODS, PROBE_SOLVERS
 from megatron_soda.tasks.sequences import SCORE_SPANS
 
 
+def _comma_list(text: str, convert, flag: str, expected: str, example: str) -> list:
+    """``text`` split at commas and converted (argparse type helper): empty entries skipped, an
+    empty result refused."""
+    try:
+        values = [convert(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{flag}: {expected} ({e})") from e
+    if not values:
+        raise argparse.ArgumentTypeError(f"{flag} {text!r}: nothing given (e.g. {example})")
+    return values
+
+
 def _layers(text: str) -> list[int] | None:
     if text == "all":
         return None
-    try:
-        layers = [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--layers: 'all' or comma-separated integers ({e})") from e
-    if not layers:
-        raise argparse.ArgumentTypeError(f"--layers {text!r}: no layer given ('all' or e.g. 4,8)")
-    return layers
+    return _comma_list(text, int, "--layers", "'all' or comma-separated integers", "'all' or 4,8")
 
 
 def _positive_int(text: str) -> int:
@@ -99,12 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _alphas(text: str) -> list[float]:
-    try:
-        alphas = [float(t) for t in text.split(",") if t.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"--alphas: comma-separated numbers ({e})") from e
-    if not alphas:
-        raise argparse.ArgumentTypeError(f"--alphas {text!r}: no strength given (e.g. 0.5,1,2,4)")
+    alphas = _comma_list(text, float, "--alphas", "comma-separated numbers", "0.5,1,2,4")
     bad = [a for a in alphas if not math.isfinite(a)]
     if bad:
         raise argparse.ArgumentTypeError(f"--alphas: {bad[0]} is not a finite number")
