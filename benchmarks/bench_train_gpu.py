@@ -68,6 +68,19 @@ PRECISIONS = {
     "fp32": [],  # CPU smoke tests only
 }
 
+# Kernel variants (pretrain_soda.py flags added to a run): "default" is whatever the trainer picks
+# (TE where installed; without TE on a GPU, flex attention); the others pin the torch-native path
+# of docs/gpu.md: attention backend, the chunked head, torch.compile of MLP/norms/head.
+VARIANTS = {
+    "default": [],
+    "local": ["--attention-backend", "local"],
+    "flex": ["--attention-backend", "flex"],
+    "flex+compile": ["--attention-backend", "flex", "--torch-compile", "mlp,norm"],
+    "flex+chunk": ["--attention-backend", "flex", "--head-chunk-tokens", "4096"],
+    "flex+chunk+compile": ["--attention-backend", "flex", "--head-chunk-tokens", "4096",
+                           "--torch-compile", "all"],
+}
+
 
 def parse_layout_overrides(items: list[str]) -> dict[str, dict[str, int]]:
     """``SIZE:key=value,...`` (keys tp, pp, mbs, dist_opt) -> per-size overrides."""
@@ -103,7 +116,8 @@ def visible_gpus() -> int:
 
 
 def build_command(
-    a: argparse.Namespace, size: str, precision: str, layout: dict[str, int], metrics: str
+    a: argparse.Namespace, size: str, precision: str, layout: dict[str, int], metrics: str,
+    variant: str = "default",
 ) -> tuple[list[str], dict[str, int]]:
     """torchrun command of one run, and its parallel layout (with DP and the global batch)."""
     nproc = a.nproc_per_node
@@ -142,7 +156,9 @@ def build_command(
         cmd.append("--use-distributed-optimizer")
     if tp > 1:
         cmd.append("--sequence-parallel")
-    cmd += a.extra
+    if a.peak_tflops:
+        cmd += ["--peak-tflops-per-device", str(a.peak_tflops)]
+    cmd += VARIANTS[variant] + a.extra
     return cmd, dict(tp=tp, pp=pp, dp=dp, mbs=mbs, gbs=gbs)
 
 
@@ -154,7 +170,7 @@ def summarize_metrics(path: str, warmup: int) -> dict[str, Any]:
     if not timed:
         raise ValueError(f"{path}: no training records")
     out: dict[str, Any] = {"iterations": [r["iteration"] for r in timed]}
-    for key in ("tokens_per_sec", "tflops_per_device", "mfu", "step_time_s"):
+    for key in ("tokens_per_sec", "tflops_per_device", "mfu", "step_time_s", "peak_mem_gib"):
         values = [r[key] for r in timed if isinstance(r.get(key), (int, float))]
         out[key] = stats(values) if values else None
     out["lm_loss_first_last"] = [recs[0]["lm_loss"], recs[-1]["lm_loss"]]
@@ -174,18 +190,19 @@ def _failure_reason(log_text: str) -> str:
 
 
 def run_one(
-    a: argparse.Namespace, size: str, precision: str, layout: dict[str, int], te: bool
+    a: argparse.Namespace, size: str, precision: str, layout: dict[str, int], te: bool,
+    variant: str = "default",
 ) -> dict:
-    """One (size, precision) run; ``te``: Transformer Engine is installed."""
-    tag = f"{size}-{precision}"
+    """One (size, precision, variant) run; ``te``: Transformer Engine is installed."""
+    tag = f"{size}-{precision}" + ("" if variant == "default" else f"-{variant}")
     metrics = os.path.join(a.workdir, f"metrics-{tag}.jsonl")
     log_path = os.path.join(a.workdir, f"log-{tag}.txt")
-    row: dict[str, Any] = {"size": size, "precision": precision}
+    row: dict[str, Any] = {"size": size, "precision": precision, "variant": variant}
     if precision == "fp8" and not a.dry_run and not te:
         row["status"] = "skipped: TE not installed"
         return row
     try:
-        cmd, par = build_command(a, size, precision, layout, metrics)
+        cmd, par = build_command(a, size, precision, layout, metrics, variant)
     except ValueError as e:
         row["status"] = f"skipped: {e}"
         return row
@@ -233,10 +250,10 @@ def _median(row: dict, key: str, scale: float = 1.0, spec: str = ".0f") -> str:
 def print_table(rows: list[dict], device_name: str) -> None:
     print(f"\nGPU: {device_name}")
     print(
-        "| size | precision | TP/PP/DP | micro x global batch | tokens/s (all GPUs) | "
-        "tokens/s per GPU | TFLOP/s per GPU | MFU per GPU | status |"
+        "| size | precision | variant | TP/PP/DP | micro x global batch | tokens/s (all GPUs) | "
+        "tokens/s per GPU | TFLOP/s per GPU | MFU per GPU | peak GiB | status |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         par = f"{r['tp']}/{r['pp']}/{r['dp']}" if "tp" in r else "-"
         batch = f"{r['mbs']} x {r['gbs']}" if "mbs" in r else "-"
@@ -245,8 +262,9 @@ def print_table(rows: list[dict], device_name: str) -> None:
             per_gpu = f"{r['tokens_per_sec']['median'] / (r['tp'] * r['pp'] * r['dp']):.0f}"
         mfu = "-" if not r.get("mfu") else f"{100 * r['mfu']['median']:.1f}%"
         print(
-            f"| {r['size']} | {r['precision']} | {par} | {batch} | {_median(r, 'tokens_per_sec')} | "
-            f"{per_gpu} | {_median(r, 'tflops_per_device', spec='.1f')} | {mfu} | {r['status']} |"
+            f"| {r['size']} | {r['precision']} | {r.get('variant', 'default')} | {par} | {batch} | "
+            f"{_median(r, 'tokens_per_sec')} | {per_gpu} | {_median(r, 'tflops_per_device', spec='.1f')} | "
+            f"{mfu} | {_median(r, 'peak_mem_gib', spec='.1f')} | {r['status']} |"
         )
 
 
@@ -256,6 +274,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--sizes", default="135m,600m,1.7b,4b")
     p.add_argument("--precisions", default="bf16,fp8", help=f"of {', '.join(PRECISIONS)}")
+    p.add_argument(
+        "--variants",
+        default="default",
+        help=f"comma-separated kernel variants of each run, of {', '.join(VARIANTS)}",
+    )
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="dense bf16 peak per GPU for MFU (e.g. one measured on the machine); default: the "
+        "trainer's table by GPU name",
+    )
     p.add_argument("--steps", type=int, default=20, help="timed iterations per run")
     p.add_argument("--warmup", type=int, default=5, help="iterations left out of the medians")
     p.add_argument("--seq-length", type=int, default=4096)
@@ -306,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     for x in precisions:
         if x not in PRECISIONS:
             p.error(f"unknown precision {x!r}; choose from {', '.join(PRECISIONS)}")
+    variants = [v for v in a.variants.split(",") if v]
+    for v in variants:
+        if v not in VARIANTS:
+            p.error(f"unknown variant {v!r}; choose from {', '.join(VARIANTS)}")
 
     gpus = visible_gpus() if a.device == "cuda" else 0
     if a.nproc_per_node is None:
@@ -348,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         layout = dict(LAYOUTS[size], **overrides.get(size, {}))
         for precision in precisions:
-            rows.append(run_one(a, size, precision, layout, te))
+            for variant in variants:
+                rows.append(run_one(a, size, precision, layout, te, variant))
     if not a.dry_run:
         print_table(rows, device_name)
     if a.json:

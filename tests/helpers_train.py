@@ -100,9 +100,12 @@ def base_args(tokenizer_path: str, speech: str, text: str, metrics: str, *extra:
     return [*flags_for(tiny_run(tokenizer_path, speech, text, metrics)), *extra]
 
 
-def torchrun(nproc: int, args: list[str], timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+def torchrun(nproc: int, args: list[str], timeout: float = 300, check: bool = True,
+             script: str = "pretrain_soda.py") -> subprocess.CompletedProcess:
+    """``torchrun`` of ``script`` (relative to the repository) with ``args``; raises with the
+    output's tail when it fails and ``check``."""
     cmd = [os.path.join(PYTHON_BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_free_port()),
-           os.path.join(REPO, "pretrain_soda.py"), *args]
+           os.path.join(REPO, script), *args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

@@ -9,11 +9,10 @@ torchrun worker (tests/chunked_head_tp_worker.py) against plain torch on the who
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
 import torch
-from helpers_train import PYTHON_BIN, REPO, SingleProcessMegatron, _free_port, build_tiny_model
+from helpers_train import SingleProcessMegatron, build_tiny_model, torchrun
 
 from megatron_soda.config.errors import ConfigError
 from megatron_soda.config.model import ModelConfig
@@ -129,9 +128,5 @@ def test_head_chunk_tokens_is_validated():
 
 @pytest.mark.torchrun
 def test_tensor_parallel_and_sequence_parallel_parity():
-    cmd = [os.path.join(PYTHON_BIN, "torchrun"), "--nproc_per_node", "2", "--master_port", str(_free_port()),
-           os.path.join(REPO, "tests", "chunked_head_tp_worker.py")]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    proc = torchrun(2, [], timeout=180, script=os.path.join("tests", "chunked_head_tp_worker.py"))
     assert proc.stdout.count(": ok") == 4, proc.stdout

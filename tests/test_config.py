@@ -53,7 +53,7 @@ VALUES = {
     "num_layers_per_virtual_pipeline_stage": ["1"],  # tiny: 4 layers -> 2 stages of 1 per rank
     "tensor_model_parallel_size": ["2"],
     "pipeline_model_parallel_size": ["2"],
-    "context_parallel_size": None,  # > 1 is refused until implemented (test_train_flags)
+    "context_parallel_size": None,  # > 1 needs --attention-backend flex: tests/test_context_parallel.py
     "max_position_embeddings": ["4096"],
     "init_method": ["megatron"],
     "rampup_batch_size": ["2", "2", "100"],
@@ -83,6 +83,7 @@ VALUES = {
     "transformer_impl": ["local"],
     "global_batch_size": ["16"],
     "train_iters": ["20"],
+    "torch_compile": ["mlp,norm"],
 }
 TE_FIELDS = {"fp8_format", "fp8_recipe", "fp8_amax_history_len", "fp8_amax_compute_algo", "fp8_param_gather",
              "transformer_impl", "attention_backend"}

@@ -9,6 +9,7 @@ from typing import Any
 from megatron_soda.config.errors import ConfigError
 from megatron_soda.config.fields import option, required
 from megatron_soda.format import MAX_CODEBOOKS
+from megatron_soda.models.compile import TORCH_COMPILE_BACKENDS, parse_compile_targets
 from megatron_soda.models.config import PRESETS, SodaModelConfig, preset
 
 # Architecture fields that come from the tokenizer, never from the command line.
@@ -43,6 +44,12 @@ class ModelConfig:
         0, "compute the output layer + cross-entropy + lse N tokens at a time without "
         "materialising the [tokens x vocab/tp] logits (models/chunked_head.py); 0: off (megatron's "
         "output layer); see docs/gpu.md")
+    torch_compile: str = option(
+        "", "torch.compile parts of the model, comma-separated: mlp, norm, head (the chunked "
+        "head's per-chunk math; needs --head-chunk-tokens), or all (models/compile.py, docs/gpu.md)")
+    torch_compile_backend: str = option(
+        "inductor", "torch.compile backend of --torch-compile (aot_eager: trace without code "
+        "generation, for debugging)", choices=TORCH_COMPILE_BACKENDS)
 
     def validate(self) -> None:
         if self.architecture is None:
@@ -57,6 +64,13 @@ class ModelConfig:
             raise ConfigError("--z-loss-weight must be >= 0")
         if self.head_chunk_tokens < 0:
             raise ConfigError("--head-chunk-tokens must be >= 0 (0: off)")
+        try:
+            targets = parse_compile_targets(self.torch_compile)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if "head" in targets and not self.head_chunk_tokens:
+            raise ConfigError("--torch-compile head compiles the chunked head: it needs "
+                              "--head-chunk-tokens N (N > 0)")
         arch = self.architecture_for(vocab_size=0)
         if self.max_position_embeddings is not None and self.max_position_embeddings < arch.seq_length:
             raise ConfigError(f"--max-position-embeddings {self.max_position_embeddings} < "

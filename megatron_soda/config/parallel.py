@@ -22,7 +22,9 @@ class ParallelConfig:
         flags=("--num-virtual-stages-per-pipeline-rank", "--virtual-pipeline-model-parallel-size"))
     num_layers_per_virtual_pipeline_stage: int | None = option(None)
     sequence_parallel: bool = option(False)
-    context_parallel_size: int = option(1, "1 only for now (>1: not implemented, refused)")
+    context_parallel_size: int = option(
+        1, "split every sequence over this many ranks (2 load-balanced chunks each); > 1 needs "
+        "--attention-backend flex on the local spec, not Transformer Engine (docs/context_parallel.md)")
     use_distributed_optimizer: bool = option(False)
     overlap_grad_reduce: bool = option(False)
     overlap_param_gather: bool = option(False)
@@ -81,8 +83,12 @@ class ParallelConfig:
                                                   ("--context-parallel-size", cp)) if n > 1]
             names = " x ".join(used) + (f" = {product}" if len(used) > 1 else "")
             raise ConfigError(f"{names} does not divide the world size {world_size} (processes)")
-        if self.sequence_parallel and seq_length % tp:
-            raise ConfigError(f"--tensor-model-parallel-size {tp} does not divide --seq-length {seq_length} "
+        if cp > 1 and seq_length % (2 * cp):
+            raise ConfigError(f"--context-parallel-size {cp} does not divide --seq-length {seq_length} into "
+                              f"2 x {cp} = {2 * cp} equal chunks (each rank keeps 2, for load balance)")
+        if self.sequence_parallel and (seq_length // cp) % tp:
+            per_rank = f"--seq-length {seq_length}" + (f" / --context-parallel-size {cp}" if cp > 1 else "")
+            raise ConfigError(f"--tensor-model-parallel-size {tp} does not divide {per_rank} "
                               "(--sequence-parallel splits the sequence)")
 
     def model_parallel_size(self) -> int:

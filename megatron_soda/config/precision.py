@@ -66,22 +66,16 @@ class PrecisionConfig:
         if self.fp8_param_gather:
             needs_te.append("--fp8-param-gather")
         cp = parallel.context_parallel_size
-        if cp > 1:
-            needs_te.append(f"--context-parallel-size {cp}")
         if self.attention_backend in TE_BACKENDS:
             needs_te.append(f"--attention-backend {self.attention_backend}")
         if needs_te and not self.use_te:
             why = "Transformer Engine is not installed (pip install 'megatron_soda[te]')" if not have_te else (
                 "they need --device cuda and the Transformer Engine layer spec")
             raise ConfigError(f"{', '.join(needs_te)}: {why}. megatron-core's local spec has no "
-                              "FP8, context-parallel or fused/flash attention path (flash-attn is used "
+                              "FP8 or fused/flash attention path (flash-attn is used "
                               "through Transformer Engine).")
         if cp > 1:
-            raise ConfigError(
-                f"--context-parallel-size {cp}: not implemented yet. Document "
-                "masking runs Transformer Engine on packed THD batches, and splitting those across "
-                "context-parallel ranks (each document padded to a multiple of 2 x CP) is not built; "
-                "for long sequences use --tensor-model-parallel-size with --sequence-parallel.")
+            self._check_context_parallel(cp)
         if self.fp8_format and not (self.bf16 or self.fp16):
             raise ConfigError("--fp8-format needs --bf16 (FP8 GEMMs with bf16 everywhere else)")
         if self.recompute_method and self.recompute_granularity != "full":
@@ -90,6 +84,22 @@ class PrecisionConfig:
             self.recompute_method = "uniform"
         if self.recompute_granularity == "full" and self.recompute_num_layers is None:
             self.recompute_num_layers = 1
+
+    def _check_context_parallel(self, cp: int) -> None:
+        """Context parallelism is built for FlexAttention on the local spec only
+        (models/context_parallel.py, docs/context_parallel.md)."""
+        if self.use_te:
+            raise ConfigError(
+                f"--context-parallel-size {cp}: not implemented yet with Transformer Engine (its THD "
+                "context parallelism needs every document padded to a multiple of 2 x CP, which is not "
+                "built); use --transformer-impl local --attention-backend flex (K/V all-gathered, "
+                "FlexAttention document masks; docs/context_parallel.md)")
+        if self.attention_backend != "flex":
+            why = {"sdpa": "SDPA has no mask over the gathered keys' global positions",
+                   "local": "megatron-core's local DotProductAttention has no context-parallel path, and "
+                            "Transformer Engine's is not used on the local spec"}.get(self.attention_backend, "")
+            raise ConfigError(f"--context-parallel-size {cp} needs --attention-backend flex, not "
+                              f"{self.attention_backend}: {why} (docs/context_parallel.md)")
 
     def _resolve_attention(self, on_gpu: bool, reset_attention_mask: bool) -> None:
         """``auto`` -> a concrete backend (recorded in run_args.json); refuse the impossible ones."""

@@ -24,6 +24,11 @@ cannot travel there; a ``[b, s]`` int tensor can, costs ``4 b s`` bytes instead 
 of a dense mask, and needs no change to megatron.  The ``BlockMask`` is built from it once per
 micro-batch (:func:`document_block_mask`, cached on the ids tensor's storage) and reused by every
 layer and by the recomputation.
+
+Under context parallelism (``config.context_parallel_size > 1``, flex only) K and V are
+all-gathered over the CP group and the mask is over global positions: the ids then stay global
+``[b, S]`` while the queries are this rank's ``S / CP`` (:mod:`megatron_soda.models.context_parallel`,
+docs/context_parallel.md).
 """
 
 from __future__ import annotations
@@ -137,8 +142,6 @@ class TorchCoreAttention(MegatronModule):
         pg_collection: ProcessGroupCollection | None = None,
     ) -> None:
         super().__init__(config=config)
-        if config.context_parallel_size != 1:
-            raise ValueError("TorchCoreAttention: context parallelism is not supported")
         if config.softmax_type != "vanilla":
             raise ValueError(f"TorchCoreAttention: softmax_type {config.softmax_type} is not supported")
         if config.window_size is not None:
@@ -147,8 +150,11 @@ class TorchCoreAttention(MegatronModule):
         if dropout:
             raise ValueError("TorchCoreAttention: attention dropout is not supported (SODA trains without)")
         if pg_collection is None:
-            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=["tp"])
+            required = ["tp", "cp"] if config.context_parallel_size > 1 else ["tp"]
+            pg_collection = ProcessGroupCollection.use_mpu_process_groups(required_pgs=required)
         self.pg_collection = pg_collection
+        # context parallelism (models/context_parallel.py): K/V all-gathered, FlexAttention
+        self.cp_group = pg_collection.cp if config.context_parallel_size > 1 else None
         world = pg_collection.tp.size()
         self.layer_number = max(1, layer_number)
         self.attn_mask_type = attn_mask_type
@@ -173,6 +179,10 @@ class TorchCoreAttention(MegatronModule):
         if attention_bias is not None:
             raise ValueError("TorchCoreAttention: attention_bias is not supported")
         sq, b = query.shape[:2]
+        if self.cp_group is not None:
+            if (self.attn_mask_type if attn_mask_type is None else attn_mask_type) != AttnMaskType.causal:
+                raise ValueError("TorchCoreAttention: context parallelism is built for causal attention only")
+            return self._context_parallel(query, key, value, attention_mask)
         q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
         gqa = q.size(1) != k.size(1)
         if attention_mask is None:
@@ -190,4 +200,21 @@ class TorchCoreAttention(MegatronModule):
                 raise ValueError(f"TorchCoreAttention: document ids must be [b, s] = {(b, sq)}, got "
                                  f"{tuple(attention_mask.shape)}")
             out = _flex(q, k, v, document_block_mask(attention_mask), self.softmax_scale)
+        return out.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_size_per_partition)
+
+    def _context_parallel(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                          attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """This rank's queries (its 2 load-balanced chunks) against K/V all-gathered over the CP
+        group, with the mask over global positions (and global document ids, ``[b, S]``)."""
+        from megatron_soda.models import context_parallel as cp
+
+        if attention_mask is not None and attention_mask.dtype == torch.bool:
+            raise ValueError("TorchCoreAttention: context parallelism takes document ids or no mask, not a "
+                             "dense boolean mask (--attention-backend flex)")
+        sq, b = query.shape[:2]
+        rank, size = self.cp_group.rank(), self.cp_group.size()
+        key, value = cp.gather_sequence(key, self.cp_group), cp.gather_sequence(value, self.cp_group)
+        mask = cp.cp_block_mask(attention_mask, b, sq, rank, size, query.device)
+        q, k, v = (t.permute(1, 2, 0, 3) for t in (query, key, value))  # [b, heads, s, hn]
+        out = _flex(q, k, v, mask, self.softmax_scale)
         return out.permute(2, 0, 1, 3).reshape(sq, b, self.hidden_size_per_partition)

@@ -100,6 +100,7 @@ class SodaGPTModel(GPTModel):
         super().__init__(*args, **kwargs)
         self.unpadded_vocab_size = unpadded_vocab_size
         self.head_chunk_tokens = head_chunk_tokens
+        self.head_compile_backend: str | None = None  # set by models/compile.py ("head")
         if head_chunk_tokens and (self.mtp_process or self.config.mtp_num_layers):
             raise ValueError("--head-chunk-tokens does not support multi-token prediction")
         if head_chunk_tokens and self.config.defer_embedding_wgrad_compute:
@@ -122,6 +123,7 @@ class SodaGPTModel(GPTModel):
         return chunked_head_ce_lse(
             hidden_states, weight, labels, self.unpadded_vocab_size, self.head_chunk_tokens,
             sequence_parallel=self.output_layer.sequence_parallel, group=self.output_layer.tp_group,
+            compile_backend=self.head_compile_backend,
         )
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:

@@ -4,7 +4,8 @@ Modules, one job each: ``flops`` (FLOP and parameter counts, shared with the tra
 ``rules`` (shape and hyperparameter rules), ``planner`` (budgets -> runs), ``launcher`` (command
 lines, Slurm array, run metadata), ``collector`` (trainer JSONL -> results table), ``results``
 (the results CSV), ``fitter`` (IsoFLOP parabolas, power laws, bootstrap, prediction),
-``parametric`` (Chinchilla L(N, D)), ``plots`` and ``cli`` (``python -m megatron_soda.scaling``).
+``parametric`` (Chinchilla L(N, D)), ``memory`` (GPU memory per preset and layout, the largest
+micro-batch that fits), ``plots`` and ``cli`` (``python -m megatron_soda.scaling``).
 
 Importing this package stays cheap (no scipy/matplotlib): the trainer imports ``flops``.
 """

@@ -1,4 +1,4 @@
-"""``python -m megatron_soda.scaling {plan,launch,collect,fit,predict}``."""
+"""``python -m megatron_soda.scaling {plan,launch,collect,fit,predict,memory}``."""
 
 import sys
 

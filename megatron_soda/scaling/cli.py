@@ -1,4 +1,4 @@
-"""``python -m megatron_soda.scaling {plan,launch,collect,fit,predict}``.
+"""``python -m megatron_soda.scaling {plan,launch,collect,fit,predict,memory}``.
 
 Results go to stdout (JSON or a table), progress and warnings to stderr.  Input errors print one
 line ``error: ...`` and exit with status 2; nothing prints a traceback for bad input.
@@ -194,6 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--holdout-largest", action="store_true", help="fit without the largest budget and check it"
     )
+    from megatron_soda.scaling.memory import add_memory_parser
+
+    add_memory_parser(sub)
     return ap
 
 
@@ -379,6 +382,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_memory(args: argparse.Namespace) -> int:
+    from megatron_soda.scaling.memory import run_memory_command
+
+    try:
+        print(run_memory_command(args))
+    except ValueError as e:
+        raise ScalingError(str(e)) from None
+    return 0
+
+
 def _clean(obj):
     """NaN/inf -> null so the output is strict JSON."""
     if isinstance(obj, float):
@@ -396,6 +409,7 @@ COMMANDS = {
     "collect": cmd_collect,
     "fit": cmd_fit,
     "predict": cmd_predict,
+    "memory": cmd_memory,
 }
 
 

@@ -20,6 +20,7 @@ from megatron.core.datasets.utils import get_blend_from_list
 
 from megatron_soda.config import DataConfig
 from megatron_soda.config.data import DEFAULT_SPLIT
+from megatron_soda.models.context_parallel import cp_layout, split_for_rank
 from megatron_soda.tokenizer import SodaTokenizer
 
 
@@ -118,7 +119,8 @@ class Batch:
     loss_mask: torch.Tensor       # float, like tokens
     position_ids: torch.Tensor    # like tokens
     # local: [b, 1, s, s] bool, True = masked; sdpa/flex: None (causal) or [b, s] integer document
-    # ids (flex; see models/attention.py for why ids travel in attention_mask)
+    # ids (flex; see models/attention.py for why ids travel in attention_mask); under context
+    # parallelism the ids stay global [b, S] while the other tensors hold this rank's [b, S / CP]
     attention_mask: torch.Tensor | None = None
     packed_seq_params: object | None = None     # PackedSeqParams (Transformer Engine, THD)
     # SFT (float, like tokens): labels that are response tokens / prompt tokens (padding in neither)
@@ -162,11 +164,14 @@ def document_causal_mask(doc: torch.Tensor) -> torch.Tensor:
 
 def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mask: bool,
                reset_position_ids: bool, eod_mask_loss: bool, packed: bool, prompt_loss: bool = False,
-               attention: str = "local") -> Batch:
+               attention: str = "local", context_parallel: tuple[int, int] | None = None) -> Batch:
     """Move one micro-batch from the DataLoader to ``device`` and add document structure.  An SFT
     micro-batch (``raw["response_mask"]``) trains the response tokens only, unless ``prompt_loss``.
     ``attention`` (``--attention-backend``): ``sdpa``/``flex`` batches carry no dense mask, only
-    the document ids (flex) or nothing (causal); ``local`` batches the dense ``[b, 1, s, s]`` mask."""
+    the document ids (flex) or nothing (causal); ``local`` batches the dense ``[b, 1, s, s]`` mask.
+    ``context_parallel`` (rank, size), default megatron's CP group: with size > 1 every per-token
+    tensor keeps this rank's 2 load-balanced chunks (models/context_parallel.py), the document ids
+    (flex) stay global ``[b, s]``."""
     tokens = raw["tokens"].to(device, non_blocking=True)
     labels = raw["labels"].to(device, non_blocking=True)
     loss_mask = raw["loss_mask"].to(device, non_blocking=True).float()
@@ -184,13 +189,22 @@ def make_batch(raw: dict, eod: int, device: torch.device, *, reset_attention_mas
         position_ids = restarted_positions(doc)
     else:
         position_ids = torch.arange(s, device=device).expand(b, s).contiguous()
+    cp_rank, cp_size = cp_layout() if context_parallel is None else context_parallel
     if packed:
+        if cp_size > 1:
+            raise ValueError("context parallelism of packed (THD, Transformer Engine) batches is not built")
         # boundaries from the host copy of the tokens: no device sync before the step
         params = packed_seq_params(raw["tokens"], eod if reset_attention_mask else None, device)
         flat = [None if t is None else t.reshape(1, -1) for t in (response, prompt)]
         return Batch(tokens.reshape(1, -1), labels.reshape(1, -1), loss_mask.reshape(1, -1),
                      position_ids.reshape(1, -1), attention_mask=None, packed_seq_params=params,
                      response_mask=flat[0], prompt_mask=flat[1])
+    if cp_size > 1:
+        if attention != "flex":
+            raise ValueError(f"context parallelism runs on --attention-backend flex, not {attention}")
+        tokens, labels, loss_mask, position_ids, response, prompt = (
+            None if t is None else split_for_rank(t, cp_rank, cp_size)
+            for t in (tokens, labels, loss_mask, position_ids, response, prompt))
     if attention in ("sdpa", "flex"):
         mask = doc if reset_attention_mask else None
     elif reset_attention_mask:

@@ -20,6 +20,7 @@ from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.transformer_config import TransformerConfig
 
 from megatron_soda.config import ParallelConfig, PrecisionConfig, TrainConfig
+from megatron_soda.models.compile import compile_model_chunk, parse_compile_targets
 from megatron_soda.models.config import SodaModelConfig
 from megatron_soda.models.gpt import build_model_chunk
 from megatron_soda.models.init import initialize_parameters
@@ -133,6 +134,8 @@ def build_model(config: TrainConfig, arch: SodaModelConfig, tc: TransformerConfi
                                   head_chunk_tokens=config.model.head_chunk_tokens,
                                   attention=precision.attention_backend)
         chunk.model_type = ModelType.encoder_or_decoder
+        compile_model_chunk(chunk, parse_compile_targets(config.model.torch_compile),
+                            config.model.torch_compile_backend)
         for p in chunk.parameters():
             tensor_parallel.set_defaults_if_not_set_tensor_model_parallel_attributes(p)
         chunks.append(chunk)

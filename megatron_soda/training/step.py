@@ -2,7 +2,10 @@
 
 The loss of a micro-batch is a *sum* over its tokens (``calculate_per_token_loss``); megatron's
 ``finalize_model_grads`` divides the gradients by the global token count.  So the update is
-exactly the mean over the global batch whatever the TP/PP/DP layout and micro-batch split.
+exactly the mean over the global batch whatever the TP/PP/DP layout and micro-batch split.  Under
+context parallelism each rank's sum covers its chunks of the rows; the token count
+(``finalize_model_grads``), the gradients (DDP) and :func:`global_report` all reduce over the
+data+context-parallel group, so CP needs nothing here (docs/context_parallel.md).
 """
 
 from __future__ import annotations
