@@ -138,10 +138,13 @@ def test_flex_is_accepted_and_other_kernels_are_refused(monkeypatch):
         validated("sdpa", documents=False)  # causal only: fine at CP=1, refused at CP=2
     validated("sdpa", documents=False, size=1)
     with pytest.raises(ConfigError, match="needs --attention-backend flex, not local"):
-        validated("auto")  # CPU auto is the local reference path: CP must ask for flex
+        validated("local")
+    assert validated("auto").attention_backend == "flex"  # under CP auto picks flex, CPU included
     monkeypatch.setattr(te, "te_available", lambda: True)
+    auto = validated("auto", device="cuda", bf16=True)  # TE installed: auto still takes flex
+    assert (auto.transformer_impl, auto.attention_backend) == ("local", "flex")
     with pytest.raises(ConfigError, match="not implemented yet with Transformer Engine"):
-        validated("auto", device="cuda", bf16=True)  # auto picks TE
+        validated("auto", device="cuda", bf16=True, transformer_impl="transformer_engine")
     with pytest.raises(ConfigError, match="not implemented yet with Transformer Engine"):
         validated("te", device="cuda", bf16=True)
     assert validated("flex", device="cuda", bf16=True).transformer_impl == "local"

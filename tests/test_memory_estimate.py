@@ -212,3 +212,15 @@ def test_cli_table_and_json_agree_with_the_estimate(capsys):
     table = capsys.readouterr().out
     assert "| 600m | 141 |" in table and "not GPU measurements" in table
     assert main(["memory", "--presets", "nope"]) == 2
+
+
+@pytest.mark.parametrize("bad", [["--tp", "0"], ["--micro-batch", "0"], ["--head-chunk-tokens", "-1"],
+                                 ["--gpu-gib", ","], ["--pp", "100"], ["--peak-tflops", "0"]])
+def test_cli_refuses_impossible_layouts(bad, capsys):
+    """A clear one-line error (exit 2), never a traceback or a table of made-up numbers."""
+    with pytest.raises(SystemExit) as e:  # argparse's own refusal
+        code = main(["memory", "--presets", "135m", *bad])
+        raise SystemExit(code)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and "Traceback" not in err

@@ -46,7 +46,8 @@ def test_preset_fields_are_overridable_with_megatron_flag_names():
 
 
 @pytest.mark.skipif(te_available(), reason="Transformer Engine is installed here")
-@pytest.mark.parametrize("extra", [["--bf16", "--fp8-format", "hybrid"], ["--context-parallel-size", "2"],
+@pytest.mark.parametrize("extra", [["--bf16", "--fp8-format", "hybrid"],
+                                   ["--context-parallel-size", "2", "--attention-backend", "te"],
                                    ["--attention-backend", "flash"], ["--transformer-impl", "transformer_engine"]])
 def test_flags_that_need_transformer_engine_fail_clearly(extra, capsys):
     assert "Transformer Engine" in parse_error(INTERFACE + extra, capsys)
@@ -60,10 +61,18 @@ def test_fp8_needs_bf16(capsys, monkeypatch):
 
 def test_context_parallel_with_transformer_engine_is_refused(capsys, monkeypatch):
     """CP runs on flex attention only (tests/test_context_parallel.py); TE's THD context parallelism
-    is not built yet: refused with a message."""
+    is not built yet: refused with a message.  ``auto`` picks the local spec and flex under CP,
+    with or without TE installed, on GPU and CPU alike."""
     monkeypatch.setattr(te, "te_available", lambda: True)
-    argv = [a if a != "cpu" else "cuda" for a in INTERFACE] + ["--bf16", "--context-parallel-size", "2"]
+    gpu = [a if a != "cpu" else "cuda" for a in INTERFACE]
+    argv = gpu + ["--bf16", "--context-parallel-size", "2", "--transformer-impl", "transformer_engine"]
     assert "--context-parallel-size 2: not implemented yet" in parse_error(argv, capsys)
+    for interface, have_te in ((gpu, True), (gpu, False), (INTERFACE, False)):
+        monkeypatch.setattr(te, "te_available", lambda have=have_te: have)
+        precision = parse_argv(interface + ["--context-parallel-size", "2"]).precision
+        assert (precision.transformer_impl, precision.attention_backend) == ("local", "flex")
+    assert "needs --attention-backend flex, not sdpa" in parse_error(
+        gpu + ["--context-parallel-size", "2", "--attention-backend", "sdpa", "--no-reset-attention-mask"], capsys)
 
 
 def test_batch_ramp_up_is_checked(capsys):

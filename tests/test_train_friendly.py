@@ -106,7 +106,7 @@ def test_python_pretrain_soda_trains_small_data_and_logs_progress(small):
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     out = proc.stdout
-    assert "| world 1 (TP 1, PP 1, DP 1) |" in out
+    assert "| world 1 (TP 1, PP 1, CP 1, DP 1) |" in out
     warnings = [
         line for line in out.splitlines() if line.startswith("warning: the default --split")
     ]

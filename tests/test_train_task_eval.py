@@ -14,6 +14,7 @@ accuracies.  A wrong row, shift, mask, padding leak or data-parallel gather is >
 from __future__ import annotations
 
 import json
+import math
 import os
 
 import numpy as np
@@ -28,7 +29,13 @@ from megatron_soda.tasks.prepared import PreparedTask, item_results, sequence_re
 from megatron_soda.tasks.scoring import masked_sum, token_logprobs
 from megatron_soda.tasks.sequences import audio_sequence, continuation_sequence, text_sequence
 from megatron_soda.tokenizer import SodaTokenizer
-from megatron_soda.training.task_eval import MicroBatch, TaskEvaluator, plan, schedule_runs
+from megatron_soda.training.task_eval import (
+    MicroBatch,
+    TaskEvaluator,
+    plan,
+    row_multiple,
+    schedule_runs,
+)
 
 SCORE_ATOL = 1e-5
 WORDS = "shall compare thee summer day thou art more lovely temperate question stage world players".split()
@@ -88,6 +95,18 @@ def test_plan_covers_every_sequence_once_in_buckets_that_fit(mbs, dp):
         assert [mb for r in runs for mb in r if any(i >= 0 for i in mb.rows)] == batches
     assert sorted(seen) == list(range(len(lengths)))
     assert schedule_runs([MicroBatch((0,), 64)], group=2)[0][1].rows == (-1,)
+
+
+@pytest.mark.parametrize("tp,cp", [(1, 3), (2, 3), (8, 16), (3, 1)])
+def test_row_lengths_split_into_context_and_tensor_parallel_shards(tp, cp):
+    """Every planned row splits into 2 x CP equal chunks and each rank's S / CP tokens into TP
+    equal shards (sequence parallelism), whatever the sequences' lengths."""
+    seq_length = math.lcm(2 * cp if cp > 1 else 1, tp) * 64  # a valid --seq-length for this layout
+    lengths = [int(x) for x in np.random.default_rng(tp * cp).integers(2, seq_length, 17)]
+    for mb in plan(lengths, 2, 0, 1, seq_length, row_multiple(tp, cp)):
+        if cp > 1:
+            assert mb.length % (2 * cp) == 0
+        assert (mb.length // cp) % tp == 0 and mb.length <= seq_length
 
 
 # ---------------------------------------------------------------------------- errors at start

@@ -51,10 +51,13 @@ class PrecisionConfig:
             raise ConfigError("--bf16 and --fp16 are exclusive")
         have_te = te.te_available()
         on_gpu = parallel.device == "cuda"
+        cp = parallel.context_parallel_size
         if self.transformer_impl == "auto":
-            torch_kernel = self.attention_backend in LOCAL_SPEC_BACKENDS
+            # context parallelism runs on flex attention, the local spec's (docs/context_parallel.md)
+            torch_kernel = self.attention_backend in LOCAL_SPEC_BACKENDS or (
+                cp > 1 and self.attention_backend == "auto")
             self.transformer_impl = "transformer_engine" if have_te and on_gpu and not torch_kernel else "local"
-        self._resolve_attention(on_gpu, reset_attention_mask)
+        self._resolve_attention(on_gpu, reset_attention_mask, cp)
         if self.use_te and not have_te:
             raise ConfigError("--transformer-impl transformer_engine: Transformer Engine is not "
                               "installed (pip install 'megatron_soda[te]')")
@@ -65,7 +68,6 @@ class PrecisionConfig:
             needs_te.append(f"--fp8-format {self.fp8_format}")
         if self.fp8_param_gather:
             needs_te.append("--fp8-param-gather")
-        cp = parallel.context_parallel_size
         if self.attention_backend in TE_BACKENDS:
             needs_te.append(f"--attention-backend {self.attention_backend}")
         if needs_te and not self.use_te:
@@ -101,7 +103,7 @@ class PrecisionConfig:
             raise ConfigError(f"--context-parallel-size {cp} needs --attention-backend flex, not "
                               f"{self.attention_backend}: {why} (docs/context_parallel.md)")
 
-    def _resolve_attention(self, on_gpu: bool, reset_attention_mask: bool) -> None:
+    def _resolve_attention(self, on_gpu: bool, reset_attention_mask: bool, cp: int = 1) -> None:
         """``auto`` -> a concrete backend (recorded in run_args.json); refuse the impossible ones."""
         from megatron_soda.models.attention import flex_available
 
@@ -109,6 +111,8 @@ class PrecisionConfig:
         if backend == "auto":
             if self.use_te:
                 backend = "te"
+            elif cp > 1 and flex_available():
+                backend = "flex"  # the one backend with context parallelism (CPU: its eager reference)
             elif not on_gpu:
                 backend = "local"  # the reference path; flex on CPU is the dense reference (docs/gpu.md)
             elif not reset_attention_mask:

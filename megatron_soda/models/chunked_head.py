@@ -82,8 +82,10 @@ def chunk_stats(x: torch.Tensor, weight: torch.Tensor, target: torch.Tensor, voc
     local_max = logits.max(dim=-1).values
     row, mine = _shard_targets(target, start, weight.size(0))
     predicted = torch.where(mine, logits.gather(1, row.unsqueeze(-1)).squeeze(-1), 0.0)
-    # in place on the chunk's own buffer: eager holds one [tokens x V/tp] fp32 array at a time
-    sum_exp = logits.sub_(local_max.unsqueeze(-1)).exp_().sum(dim=-1)
+    # in place on the chunk's own buffer: eager holds one [tokens x V/tp] fp32 array at a time.
+    # A shard of padded rows only (tiny vocabularies at high TP) has max -inf: its sum must be 0.
+    shift = torch.where(torch.isfinite(local_max), local_max, 0.0)
+    sum_exp = logits.sub_(shift.unsqueeze(-1)).exp_().sum(dim=-1)
     return local_max, sum_exp, predicted
 
 
@@ -101,8 +103,10 @@ def chunk_grad_logits(x: torch.Tensor, weight: torch.Tensor, target: torch.Tenso
 
 @functools.cache
 def _compiled(fn: Callable, backend: str | None) -> Callable:
-    """``fn`` itself, or compiled with ``backend`` (once per process)."""
-    return fn if backend is None else torch.compile(fn, backend=backend, dynamic=False)
+    """``fn`` itself, or compiled with ``backend`` (once per process).  Shapes: the first chunk size
+    is compiled static; the next one (the last chunk of a step, task evaluation's buckets) makes
+    dynamo recompile with a dynamic token dimension that serves every later size."""
+    return fn if backend is None else torch.compile(fn, backend=backend)
 
 
 class ChunkedVocabParallelHeadCE(torch.autograd.Function):
@@ -126,6 +130,7 @@ class ChunkedVocabParallelHeadCE(torch.autograd.Function):
             logits_max = local_max.clone()
             if tp > 1:  # megatron's order: the global max, then both sums in one collective
                 torch.distributed.all_reduce(logits_max, op=torch.distributed.ReduceOp.MAX, group=group)
+                # exp(-inf - max) = 0 for an all-padding shard (its sum_exp is 0 anyway)
                 sums = torch.stack((predicted, sum_exp * torch.exp(local_max - logits_max)))
                 torch.distributed.all_reduce(sums, group=group)
                 predicted, sum_exp = sums[0], sums[1]

@@ -294,10 +294,14 @@ def memory_table(presets: list[str], gpu_gib: list[float], *, seq_length: int, v
     from megatron_soda.models.config import preset
     from megatron_soda.scaling.flops import training_flops_per_token
 
+    if not presets or not gpu_gib:
+        raise ValueError("give at least one preset and one GPU size")
     rows = []
     for name in presets:
         arch = preset(name).with_overrides(vocab_size=vocab_size, seq_length=seq_length)
         arch.check_tensor_parallel(options.get("tp", 1))
+        if options.get("pp", 1) > arch.num_layers:
+            raise ValueError(f"--pp {options['pp']}: {name} has only {arch.num_layers} layers")
         flops = training_flops_per_token(model_shape(arch))
         for gib in gpu_gib:
             gpu, peak, source = GPU_PEAKS.get(int(round(gib)), (f"{gib:g} GiB", None, "no known peak"))
@@ -347,24 +351,41 @@ def add_memory_parser(sub: Any) -> None:
                 raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list") from None
         return parse
 
+    def at_least(low: int | float, kind=int):
+        def parse(text: str):
+            try:
+                value = kind(text)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+            if value < low:
+                raise argparse.ArgumentTypeError(f"{text} must be >= {low}")
+            return value
+        return parse
+
+    def positive(text: str) -> float:
+        value = at_least(0.0, float)(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text} must be > 0")
+        return value
+
     p = sub.add_parser("memory", help="estimated GPU memory per preset: the largest micro-batch that fits, "
                        "its terms, true training FLOPs/token and the tokens/s an MFU target needs")
     p.add_argument("--presets", type=csv(str), default=["135m", "600m", "1.7b", "4b"])
     p.add_argument("--gpu-gib", type=csv(float), default=[80.0, 141.0], help="GPU memory sizes in GiB")
-    p.add_argument("--seq-length", type=int, default=4096)
-    p.add_argument("--vocab-size", type=int, default=SODA_VOCAB_SIZE, help="unpadded (SODA: 144,644)")
-    p.add_argument("--micro-batch", type=int, help="the terms at this micro-batch instead of the largest")
+    p.add_argument("--seq-length", type=at_least(1), default=4096)
+    p.add_argument("--vocab-size", type=at_least(1), default=SODA_VOCAB_SIZE, help="unpadded (SODA: 144,644)")
+    p.add_argument("--micro-batch", type=at_least(1), help="the terms at this micro-batch instead of the largest")
     p.add_argument("--attention-backend", choices=BACKENDS, default="flex")
-    p.add_argument("--head-chunk-tokens", type=int, default=0)
+    p.add_argument("--head-chunk-tokens", type=at_least(0), default=0)
     p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
     p.add_argument("--recompute", choices=RECOMPUTE, default="none")
-    p.add_argument("--tp", type=int, default=1)
-    p.add_argument("--pp", type=int, default=1)
-    p.add_argument("--dp", type=int, default=1)
+    p.add_argument("--tp", type=at_least(1), default=1)
+    p.add_argument("--pp", type=at_least(1), default=1)
+    p.add_argument("--dp", type=at_least(1), default=1)
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--no-distributed-optimizer", action="store_true")
-    p.add_argument("--mfu", type=float, default=0.35, help="MFU target of the tokens/s column")
-    p.add_argument("--peak-tflops", type=float, help="dense peak for every GPU size (default: GPU_PEAKS)")
+    p.add_argument("--mfu", type=positive, default=0.35, help="MFU target of the tokens/s column")
+    p.add_argument("--peak-tflops", type=positive, help="dense peak for every GPU size (default: GPU_PEAKS)")
     p.add_argument("--norms", choices=("fused", "composite"), default="fused",
                    help="RMSNorm's saved tensors: fused (torch's CUDA kernel: input + rstd) or composite "
                    "(torch's decomposition, as on CPU: fp32 input and output copies)")

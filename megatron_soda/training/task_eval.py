@@ -106,6 +106,13 @@ def schedule_runs(batches: list[MicroBatch], group: int = 1) -> list[list[MicroB
     return runs
 
 
+def row_multiple(tp: int, cp: int) -> int:
+    """What every row length must be a multiple of: the bucket; the tensor-parallel shards of the
+    sequence must be equal under --sequence-parallel; context parallelism cuts a row into 2 x CP
+    equal chunks, and each rank's S / CP tokens are split again by TP."""
+    return math.lcm(BUCKET, (2 * cp if cp > 1 else 1) * tp)
+
+
 class TaskEvaluator:
     """The tasks of one run, read and checked once at start-up; :meth:`evaluate` scores them."""
 
@@ -121,8 +128,8 @@ class TaskEvaluator:
         self.seq_length = seq_length
         self.packed = config.precision.use_te  # the trainer's batch layout (THD under Transformer Engine)
         self.attention = config.precision.attention_backend
-        # tensor-parallel shards of the sequence must be equal under --sequence-parallel
-        self.multiple = math.lcm(BUCKET, config.parallel.tensor_model_parallel_size)
+        self.multiple = row_multiple(config.parallel.tensor_model_parallel_size,
+                                     config.parallel.context_parallel_size)
         self.sequences = [s for task in tasks.values() for s in task.sequences()]
         self.counts = [int(s.scored.sum()) for s in self.sequences]
         for name, task in tasks.items():

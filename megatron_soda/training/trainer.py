@@ -187,7 +187,8 @@ class Trainer:
                           f"{cfg.precision.transformer_impl} spec | attention {cfg.precision.attention_backend} | "
                           f"world {torch.distributed.get_world_size()} "
                           f"(TP {p.tensor_model_parallel_size}, PP {p.pipeline_model_parallel_size}, "
-                          f"DP {parallel_state.get_data_parallel_world_size()}) | from iteration {self.state.iteration}")
+                          f"CP {p.context_parallel_size}, DP {parallel_state.get_data_parallel_world_size()}) | "
+                          f"from iteration {self.state.iteration}")
 
     def _resume(self, source: str, finetune: bool):
         """Load the checkpoint chosen in ``source`` (verified first; ``--load-fallback``); any
