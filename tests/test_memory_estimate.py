@@ -224,3 +224,18 @@ def test_cli_refuses_impossible_layouts(bad, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err
     assert "error:" in err and "Traceback" not in err
+
+
+def test_context_parallel_holds_a_cp_th_of_each_row_plus_the_gathered_kv():
+    """CP=4 at seq S: each layer's activations are those of S/4 tokens (an independent estimate at
+    seq S/4) plus the other ranks' K and V ([3S/4, b, kv_heads, head_dim] each, bf16), and the
+    optimizer state is sharded over DP x CP."""
+    from megatron_soda.models import preset
+
+    arch = preset("600m").with_overrides(vocab_size=144_644, seq_length=8192)
+    cp4 = memory.estimate_memory(arch, micro_batch=2, cp=4)
+    quarter = memory.estimate_memory(arch, micro_batch=2, seq_length=2048)
+    gathered = 2 * (8192 - 2048) * 2 * arch.num_query_groups * arch.kv_channels * 2
+    assert cp4.activations_per_layer == quarter.activations_per_layer + gathered
+    assert cp4.optimizer == memory.estimate_memory(arch, micro_batch=2, dp=4).optimizer
+    assert cp4.head == quarter.head and cp4.seq_length == 8192

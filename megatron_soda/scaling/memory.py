@@ -202,33 +202,42 @@ def head_bytes(tokens: int, vocab_rows: int, hidden: int, *, precision: str = "b
 
 
 def estimate_memory(arch: Any, *, micro_batch: int, seq_length: int | None = None, tp: int = 1, pp: int = 1,
-                    dp: int = 1, sequence_parallel: bool = False, distributed_optimizer: bool = True,
+                    dp: int = 1, cp: int = 1, sequence_parallel: bool = False, distributed_optimizer: bool = True,
                     precision: str = "bf16", recompute: str = "none", attention_backend: str = "flex",
                     head_chunk_tokens: int = 0, norms: str = "fused") -> MemoryEstimate:
     """The busiest rank's memory for a training step (``arch``: a ``SodaModelConfig`` with its
     vocabulary, or a :class:`ModelShape`).  Pipeline parallelism: the larger of the first stage
-    (``pp`` micro-batches in flight under 1F1B, embedding) and the last (one, head)."""
+    (``pp`` micro-batches in flight under 1F1B, embedding) and the last (one, head).  Context
+    parallelism (docs/context_parallel.md): each rank holds S / cp tokens of every row, plus each
+    layer's K and V all-gathered to the full S (kept for flex's backward), the document ids stay
+    [b, S], and the distributed optimizer shards over DP x CP."""
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
-    for name, v in (("tp", tp), ("pp", pp), ("dp", dp)):
+    for name, v in (("tp", tp), ("pp", pp), ("dp", dp), ("cp", cp)):
         if v < 1:
             raise ValueError(f"{name} must be >= 1, got {v}")
     shape = _shape(arch, seq_length)
     a = _act_bytes(precision)
-    s, b, h = shape.seq_length, micro_batch, shape.hidden_size
+    full_s, b, h = shape.seq_length, micro_batch, shape.hidden_size
+    s = full_s // cp  # this rank's tokens of a row
+    local_shape = dataclasses.replace(shape, seq_length=s)
     sequence_parallel = sequence_parallel and tp > 1
     counts = rank_params(shape, tp=tp, pp=pp)
     layers = math.ceil(shape.num_layers / pp)
-    per_layer = layer_activation_bytes(shape, micro_batch=b, tp=tp, sequence_parallel=sequence_parallel,
+    per_layer = layer_activation_bytes(local_shape, micro_batch=b, tp=tp, sequence_parallel=sequence_parallel,
                                        precision=precision, attention_backend=attention_backend,
                                        recompute=recompute, norms=norms)
+    if cp > 1:  # the other ranks' K and V, gathered (this rank's own are counted above)
+        kv_heads = max(shape.num_query_groups // tp, 1)
+        per_layer += int(2 * (full_s - s) * b * kv_heads * shape.kv_channels * a)
     rebuilt = 0
     if recompute == "full":  # one layer's insides exist again while its backward runs
-        rebuilt = layer_activation_bytes(shape, micro_batch=b, tp=tp, sequence_parallel=sequence_parallel,
+        rebuilt = layer_activation_bytes(local_shape, micro_batch=b, tp=tp, sequence_parallel=sequence_parallel,
                                          precision=precision, attention_backend=attention_backend, norms=norms)
+    dp = dp * cp  # megatron's distributed optimizer shards over the data-parallel group with CP
     tokens = s * b
     hs = h / tp if sequence_parallel else h
-    mask = b * s * s if attention_backend == "local" else 4 * tokens  # bool [b,1,s,s] or int32 doc ids
+    mask = b * s * s if attention_backend == "local" else 4 * b * full_s  # bool [b,1,s,s] or int32 doc ids
     head = head_bytes(tokens, shape.vocab_size // tp, h, precision=precision, chunk_tokens=head_chunk_tokens)
     last_other = int(tokens * (2 * a * hs + 4 + 8 + 8)) + mask  # final norm + head input, ids, ce/lse
     stages = {"last": (counts["last"], layers * per_layer + rebuilt, head, last_other)}
@@ -244,7 +253,7 @@ def estimate_memory(arch: Any, *, micro_batch: int, seq_length: int | None = Non
         largest = counts["largest"] / (dp if distributed_optimizer else 1)
         dynamic = acts + hd_bytes + other
         est = MemoryEstimate(
-            micro_batch=b, seq_length=s, params=n, weights=a * n, grads=4 * n, optimizer=optimizer,
+            micro_batch=b, seq_length=full_s, params=n, weights=a * n, grads=4 * n, optimizer=optimizer,
             activations=int(acts), activations_per_layer=per_layer, head=hd_bytes, other=int(other),
             step_transient=int(STEP_BYTES_PER_ELEMENT * largest),
             reserved=CUDA_RESERVED_BYTES + int(FRAGMENTATION * dynamic))
@@ -382,6 +391,7 @@ def add_memory_parser(sub: Any) -> None:
     p.add_argument("--tp", type=at_least(1), default=1)
     p.add_argument("--pp", type=at_least(1), default=1)
     p.add_argument("--dp", type=at_least(1), default=1)
+    p.add_argument("--cp", type=at_least(1), default=1, help="context-parallel size (flex attention)")
     p.add_argument("--sequence-parallel", action="store_true")
     p.add_argument("--no-distributed-optimizer", action="store_true")
     p.add_argument("--mfu", type=positive, default=0.35, help="MFU target of the tokens/s column")
@@ -396,7 +406,7 @@ def run_memory_command(args: argparse.Namespace) -> str:
     """The ``memory`` subcommand's output (ValueError for impossible options)."""
     rows = memory_table(args.presets, args.gpu_gib, seq_length=args.seq_length, vocab_size=args.vocab_size,
                         micro_batch=args.micro_batch, mfu=args.mfu, peak_tflops=args.peak_tflops, tp=args.tp,
-                        pp=args.pp, dp=args.dp, sequence_parallel=args.sequence_parallel,
+                        pp=args.pp, dp=args.dp, cp=args.cp, sequence_parallel=args.sequence_parallel,
                         distributed_optimizer=not args.no_distributed_optimizer, precision=args.precision,
                         recompute=args.recompute, attention_backend=args.attention_backend,
                         head_chunk_tokens=args.head_chunk_tokens, norms=args.norms)
