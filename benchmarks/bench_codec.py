@@ -11,14 +11,23 @@ recording), then, in the same run and interleaved repeat by repeat:
 * the real stage-1 code path (``megatron_soda.data.encode_stage.encode_units``) for each
   configuration given with ``--config`` (workers, threads, precision, ...).
 
-Every timed run happens in a fresh interpreter (as a real run would), so process-wide
+``--corpus grouped`` is issue 19's shape of real corpora: 2-3 s clips, 20-300 utterances per
+recording.  Every timed run happens in a fresh interpreter (as a real run would), so process-wide
 settings of one run cannot leak into the next or into the baseline.
 Stage-1 wall time includes starting the worker processes and building the codec in each;
 that start-up is also measured alone (a one-utterance corpus, same configuration) and the
 ``steady`` rate is ``audio / (wall - startup)``.  Codes are compared against the naive loop
 and between configurations (fraction identical per codebook).
 
+Two in-process modes instead of the stage runs: ``--lean-check`` (per-core speed of the lean
+fp32 forward, audio/mimi_lean.py, against ``MimiModel.encode``: one thread, interleaved, with
+hashes of both paths' encoder output and codes) and ``--batch-seconds S`` (audio/batched_encode.py
+on ``--device``/``--dtype``: realtime factor and agreement with fp32 one clip per pass).  Every
+run prints the machine's per-core fp32 GEMM rate, so numbers from other machines compare.
+
     .venv/bin/python benchmarks/bench_codec.py --seconds 240 --repeats 3 --json out.json
+    .venv/bin/python benchmarks/bench_codec.py --corpus grouped --seconds 1500 --lean-check
+    .venv/bin/python benchmarks/bench_codec.py --device cuda --dtype bf16 --batch-seconds 240
 """
 
 from __future__ import annotations
@@ -34,14 +43,21 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 from load_meter import QUIET_CORES, OthersLoad, other_busy_processes
-from speech_corpus import make_corpus, read_manifest
-
-if TYPE_CHECKING:
-    import torch
+from speech_corpus import (
+    agreement,
+    batched_check,
+    cached_codes,
+    digest,
+    gemm_gflops,
+    lean_check,
+    load_wave,
+    make_corpus,
+    naive_loop,
+    read_manifest,
+)
 
 
 # ----------------------------------------------------------------------------- runners
@@ -65,32 +81,6 @@ class Config:
             ftype = cls.__dataclass_fields__[k].type
             kw[k] = v if "str" in str(ftype) else (float(v) if "float" in str(ftype) else int(v))
         return cls(name=name, **kw)
-
-
-def naive_loop(
-    rows: list[dict], model: torch.nn.Module, threads: int | None
-) -> tuple[float, list[np.ndarray]]:
-    """Per-utterance ``MimiModel.encode`` in this process; returns (seconds, codes)."""
-    import soundfile as sf
-    import soxr
-    import torch
-
-    saved = torch.get_num_threads()
-    if threads:
-        torch.set_num_threads(threads)
-    out = []
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for r in rows:
-            wave, sr = sf.read(r["path"], dtype="float32", always_2d=True)
-            wave = wave.mean(axis=1)
-            if sr != 24000:
-                wave = soxr.resample(wave, sr, 24000, quality="HQ").astype(np.float32)
-            x = torch.from_numpy(np.ascontiguousarray(wave))[None, None]
-            out.append(model.encode(x, num_quantizers=8).audio_codes[0].numpy())
-    dt = time.perf_counter() - t0
-    torch.set_num_threads(saved)
-    return dt, out
 
 
 def stage1(manifest: str, codes_dir: str, cfg: Config, codec: str) -> float:
@@ -143,33 +133,6 @@ def isolated(job: dict) -> dict:
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def cached_codes(codes_dir: str) -> dict[str, np.ndarray]:
-    from megatron_soda.data.codes_cache import read_chunk
-
-    out = {}
-    for root, _, files in os.walk(codes_dir):
-        for name in sorted(files):
-            if name.startswith("chunk-") and name.endswith(".npz"):
-                for rec in read_chunk(os.path.join(root, name)).recordings:
-                    for u in rec.utterances:
-                        out[u.id] = np.asarray(u.codes)
-    return out
-
-
-def agreement(
-    a: dict[str, np.ndarray], b: dict[str, np.ndarray], drop_last: bool = False
-) -> list[float]:
-    """Fraction of identical codes per codebook over the utterances both hold (without each
-    clip's last frame with ``drop_last``: the naive loop does not pad clips to whole frames,
-    so its last, partial frame sees different padding)."""
-    same, total = np.zeros(8), 0
-    for k in sorted(set(a) & set(b)):
-        n = min(a[k].shape[1], b[k].shape[1]) - int(drop_last)
-        same += (a[k][:8, :n] == b[k][:8, :n]).sum(axis=1)
-        total += n
-    return [round(float(v), 6) for v in same / max(total, 1)]
-
-
 # ----------------------------------------------------------------------------- main
 
 
@@ -196,6 +159,7 @@ def summarize(audio_s: float, r: Result, naive_med: float | None) -> dict:
     steady = [audio_s / (w - s) for w, s in zip(r.walls, r.startups) if w - s > 0.5 * w]
     if r.startups:
         d["startup_s"] = [round(s, 2) for s in r.startups]
+        d["startup_median_s"] = round(statistics.median(r.startups), 2)
     if steady:
         d["rt_steady_median"] = round(statistics.median(steady), 2)
         d["rt_steady_min"] = round(min(steady), 2)
@@ -214,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=240.0, help="audio in the corpus")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--codec", default="random:full")
+    p.add_argument("--corpus", choices=("standard", "grouped"), default="standard")
+    p.add_argument("--lean-check", action="store_true", help="per-core lean vs MimiModel.encode")
+    p.add_argument("--batch-seconds", type=float, default=None, help="batched-encode mode")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"))
     p.add_argument(
         "--config",
         action="append",
@@ -247,11 +216,28 @@ def main(argv: list[str] | None = None) -> int:
 
     load_before, busy_before = os.getloadavg(), other_busy_processes()
     print(f"load average {load_before}; other busy processes: {busy_before or 'none'}")
-    corpus_dir = os.path.join(args.workdir, f"corpus-{int(args.seconds)}s")
+    gemm = gemm_gflops()
+    print(f"per-core fp32 GEMM rate: {gemm} GFLOP/s (1 thread, 1024^3 matmul, best of 5)")
+    kind = "" if args.corpus == "standard" else f"{args.corpus}-"
+    corpus_dir = os.path.join(args.workdir, f"corpus-{kind}{int(args.seconds)}s")
     t0 = time.perf_counter()
-    manifest, audio_s, n_utts = make_corpus(corpus_dir, args.seconds)
+    manifest, audio_s, n_utts = make_corpus(corpus_dir, args.seconds, kind=args.corpus)
     print(f"corpus: {n_utts} utterances, {audio_s:.1f} s audio ({time.perf_counter() - t0:.1f}s)")
     rows = read_manifest(manifest)
+    if args.lean_check or args.batch_seconds:
+        t0 = time.perf_counter()
+        waves = [load_wave(r["path"]) for r in rows]
+        # decode + resample to 24 kHz in one process: x CPU workers, what can feed a GPU encoder
+        decode_rt = audio_s / (time.perf_counter() - t0)
+        res = lean_check(waves, args.codec, args.repeats) if args.lean_check else None
+        res = res or batched_check(waves, args)
+        res.update(gemm_gflops_per_core=gemm, corpus=args.corpus, audio_seconds=round(audio_s, 2),
+                   decode_rt_one_process=round(decode_rt, 1), cpu_cores=os.cpu_count())
+        print(json.dumps(res, indent=1))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(res, f, indent=2)
+        return 0
     one_dir = os.path.join(args.workdir, "one")
     os.makedirs(one_dir, exist_ok=True)
     one_manifest = os.path.join(one_dir, "manifest.jsonl")
@@ -310,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print()
     head = f"{'run':<12}{'rt total (med, min-max)':<28}{'rt steady (med, min-max)':<28}"
-    print(f"{head}{'vs naive (total/steady)':<25}rt total in quiet runs")
+    print(f"{head}{'vs naive (total/steady)':<25}{'start-up s':<12}rt total in quiet runs")
     for d in table:
         tot = f"{d['rt_total_median']:.1f}x ({d['rt_total_min']:.1f}-{d['rt_total_max']:.1f})"
         st = (
@@ -320,14 +306,20 @@ def main(argv: list[str] | None = None) -> int:
         )
         quiet = " ".join(f"{x:.1f}x" for x in d["rt_total_quiet"]) or "-"
         vs = f"{d.get('vs_naive', '-')} / {d.get('vs_naive_steady', '-')}"
-        print(f"{d['name']:<12}{tot:<28}{st:<28}{vs:<25}{quiet}")
+        su = f"{d['startup_median_s']:.2f}" if "startup_median_s" in d else "-"
+        print(f"{d['name']:<12}{tot:<28}{st:<28}{vs:<25}{su:<12}{quiet}")
     last = " (each clip's last frame excluded)" if ref == "naive" else ""
     print(f"\ncodes identical to {ref}{last}, per codebook 0..7:")
     for name, a in agree.items():
         print(f"  {name:<10} {' '.join(f'{v:.4f}' for v in a)}")
+    shas = {name: digest([c[k][:8] for k in sorted(c)]) for name, c in codes.items()}
+    print("codes sha256: " + ", ".join(f"{k} {v}" for k, v in shas.items()))
+    print(f"per-core fp32 GEMM rate: {gemm} GFLOP/s")
     out = {
         "load": {"before": load_before, "after": os.getloadavg(), "others": busy_before},
+        "codes_sha": shas,
         "machine": {
+            "gemm_gflops_per_core": gemm,
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
             "torch": torch.__version__,

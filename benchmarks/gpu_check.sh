@@ -11,7 +11,8 @@
 #   4. head   benchmarks/bench_head_memory.py --device cuda: 135M, micro-batch 8 x 4096, bf16
 #   5. train135, train600  benchmarks/bench_train_gpu.py: 135M and 600M in bf16, a few steps per
 #             variant (attention backend, chunked head, torch.compile)
-#   6. codec  benchmarks/bench_codec.py on CUDA: fp32 and bf16 realtime factor and code agreement
+#   6. codec, codec_bf16  benchmarks/bench_codec.py on CUDA: realtime factor of batched encoding,
+#             code agreement with one clip at a time (fp32), and the CPU decode rate that feeds it
 #
 # Each step has its own time limit and the others go on when one fails; everything lands in
 # OUT (default work_dirs/gpu_check/<date>; the device tool's $OUT when set) with summary.txt.
@@ -25,7 +26,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY=${PYTHON:-python3}
 OUT=${OUT:-$ROOT/work_dirs/gpu_check/$(date +%Y%m%d-%H%M%S)}
-STEPS=${STEPS:-peak tests attn head train135 train600 codec}
+STEPS=${STEPS:-peak tests attn head train135 train600 codec codec_bf16}
 SITE=${SITE:-/tmp/soda_gpu_site}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
@@ -87,6 +88,11 @@ step train135 100 "$PY" "${TRAIN[@]}" --sizes 135m --variants flex+chunk,flex+ch
     --workdir "$OUT/train135" --json "$OUT/train135.json"
 step train600 140 "$PY" "${TRAIN[@]}" --sizes 600m --variants flex,flex+chunk+compile \
     --workdir "$OUT/train600" --json "$OUT/train600.json"
-step codec 45 "$PY" benchmarks/bench_codec.py --codec random:full --device cuda --seconds 180 \
-    --batch-seconds 240 --dtype fp32 bf16 --json "$OUT/codec.json"
+# The codec on CUDA: full-size Mimi (random weights), 180 s of grouped 2-3 s espeak clips carried in
+# .gpu_wheels/codec (no espeak there), batches of 240 s padded audio, fp32 then bf16; each row has
+# the realtime factor, agreement with one clip at a time in fp32, and one process's decode rate.
+CODEC=(benchmarks/bench_codec.py --codec random:full --corpus grouped --seconds 180 --repeats 1
+       --workdir .gpu_wheels/codec --device cuda --batch-seconds 240)
+step codec 25 "$PY" "${CODEC[@]}" --dtype fp32 --json "$OUT/codec_fp32.json"
+step codec_bf16 20 "$PY" "${CODEC[@]}" --dtype bf16 --json "$OUT/codec_bf16.json"
 say "results: $OUT"

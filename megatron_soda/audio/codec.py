@@ -229,10 +229,14 @@ class MimiCodec:
         batch_seconds: float | None = None,
         decoder: bool = False,
         precision: str = "fp32",
+        lean: bool = True,
     ) -> None:
         """``batch_seconds``: padded audio per forward pass; None = one piece per pass on
         CPU, 240 s on other devices.  ``precision``: "fp32" (default) or "bf16" (opt-in,
-        encoder under bfloat16 autocast; codes differ from fp32 for some frames)."""
+        encoder under bfloat16 autocast; codes differ from fp32 for some frames).  ``lean``:
+        fp32 on CPU through :mod:`megatron_soda.audio.mimi_lean` (bit-identical to
+        ``MimiModel.encode``, fewer allocations; falls back to it, logged, when the installed
+        transformers' Mimi differs)."""
         self.spec = spec if isinstance(spec, CodecSpec) else parse_codec_spec(spec)
         if not 1 <= num_codebooks <= MAX_CODEBOOKS:
             raise CodecError(f"num_codebooks must be in 1..{MAX_CODEBOOKS}, got {num_codebooks}")
@@ -255,6 +259,11 @@ class MimiCodec:
             )
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        self._lean = None
+        if lean and precision == "fp32" and self.device.type == "cpu":
+            from megatron_soda.audio.mimi_lean import lean_encoder
+
+            self._lean = lean_encoder(self.model)
         self.num_codebooks = num_codebooks
         self.samples_per_frame = int(round(cfg.sampling_rate / cfg.frame_rate))
         if self.samples_per_frame != SAMPLES_PER_FRAME:
@@ -297,7 +306,9 @@ class MimiCodec:
         for row, w in zip(x, waves):
             row[0, : w.size] = w
         xt = torch.from_numpy(x).to(self.device)
-        if self.precision == "fp32":
+        if self._lean is not None:
+            codes_t = self._lean.encode(xt, self.num_codebooks)
+        elif self.precision == "fp32":
             codes_t = self.model.encode(xt, num_quantizers=self.num_codebooks).audio_codes
         else:  # encoder in bf16, nearest-centroid search in fp32
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
