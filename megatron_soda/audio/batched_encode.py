@@ -116,7 +116,7 @@ def encode_batched(
             mask[row, : p.size] = 1
         xt = torch.from_numpy(x).to(dev, non_blocking=True)
         mt = torch.from_numpy(mask).to(dev, non_blocking=True)
-        codes_t = _encode(codec, xt, mt, dtype)
+        codes_t = codec.forward_codes(xt, "fp32" if dtype == torch.float32 else "bf16", padding_mask=mt)
         codes = codes_t.to("cpu", torch.int16).numpy()
         for row, j in enumerate(batch):
             out[j] = codes[row, :, : frames[j]].copy()
@@ -126,13 +126,3 @@ def encode_batched(
         per_clip[i].append(c)
     return [c[0] if len(c) == 1 else np.concatenate(c, axis=1) for c in per_clip]
 
-
-def _encode(
-    codec: MimiCodec, x: torch.Tensor, mask: torch.Tensor, dtype: torch.dtype
-) -> torch.Tensor:
-    model, n = codec.model, codec.num_codebooks
-    if dtype == torch.float32:
-        return model.encode(x, padding_mask=mask, num_quantizers=n).audio_codes
-    with torch.autocast(x.device.type, dtype=torch.bfloat16):
-        latents = model.encoder(x, padding_mask=mask).latents
-    return model.quantizer.encode(latents.float(), n).transpose(0, 1)

@@ -305,18 +305,23 @@ class MimiCodec:
         x = np.zeros((len(waves), 1, max(frames) * self.samples_per_frame), dtype=np.float32)
         for row, w in zip(x, waves):
             row[0, : w.size] = w
-        xt = torch.from_numpy(x).to(self.device)
-        if self._lean is not None:
-            codes_t = self._lean.encode(xt, self.num_codebooks)
-        elif self.precision == "fp32":
-            codes_t = self.model.encode(xt, num_quantizers=self.num_codebooks).audio_codes
-        else:  # encoder in bf16, nearest-centroid search in fp32
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                latents = self.model.encoder(xt).latents
-            codes_t = self.model.quantizer.encode(latents.float(), self.num_codebooks)
-            codes_t = codes_t.transpose(0, 1)
-        codes = codes_t.to("cpu", torch.int16).numpy()
+        codes = self.forward_codes(torch.from_numpy(x).to(self.device)).to("cpu", torch.int16).numpy()
         return [codes[b, :, :n].copy() for b, n in enumerate(frames)]
+
+    @torch.inference_mode()
+    def forward_codes(self, x: torch.Tensor, precision: str | None = None,
+                      padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes ``[batch, num_codebooks, frames]`` of padded audio ``x [batch, 1, samples]`` on the
+        codec's device: the one forward every encoding path runs.  ``precision`` (default the
+        codec's): "fp32", or "bf16" (encoder under autocast, nearest-centroid search in fp32)."""
+        precision = precision or self.precision
+        if precision == "fp32" and self._lean is not None and padding_mask is None:
+            return self._lean.encode(x, self.num_codebooks)
+        if precision == "fp32":
+            return self.model.encode(x, padding_mask=padding_mask, num_quantizers=self.num_codebooks).audio_codes
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            latents = self.model.encoder(x, padding_mask=padding_mask).latents
+        return self.model.quantizer.encode(latents.float(), self.num_codebooks).transpose(0, 1)
 
     # ---------------------------------------------------------------- decoding
     @torch.inference_mode()
