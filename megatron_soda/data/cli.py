@@ -142,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     codec.add_argument(
         "--chunk-utterances", type=int, default=128, help="utterances per cached chunk"
     )
+    codec.add_argument(
+        "--job-utterances",
+        type=int,
+        default=None,
+        help="utterances per codec job at most: a longer recording is cut into parts that "
+        "workers encode at once (default 16 on CPU, --chunk-utterances on a GPU); output "
+        "identical for any value",
+    )
     run = p.add_argument_group("run control")
     run.add_argument(
         "--stage",
@@ -225,6 +233,7 @@ def preprocess_main(argv: list[str] | None = None) -> int:
         json_keys=tuple(args.json_keys),
         max_error_rate=args.max_error_rate,
         chunk_utterances=args.chunk_utterances,
+        job_utterances=args.job_utterances,
         sft_prompt_end=args.sft_prompt_end,
         data_split=_data_split(args),
         cvss_source_root=args.cvss_source_root,

@@ -2,17 +2,24 @@
 
 The main process reads the inputs and cuts them into chunks of whole recordings (a fixed
 utterance count, so chunk boundaries never depend on timing or worker count).  Each chunk is
-split into jobs of whole recordings (``job_utterances``, again a fixed count); worker
-processes decode, resample and encode jobs, and the main process assembles each chunk from
-its jobs, in order, and writes it atomically.  Jobs of all units share one pipeline, so small
-inputs and the tail of each input file keep every worker busy.  A chunk already on disk is
-skipped, so a killed run restarted with the same arguments resumes where it stopped.
+planned into jobs of at most ``job_utterances`` utterances (:mod:`megatron_soda.data.encode_jobs`:
+small recordings grouped, a larger one cut at utterance boundaries into parts); worker processes
+decode, resample and encode jobs as they come free, and the main process re-joins each
+recording's parts in order, assembles each chunk and writes it atomically, oldest first.  Jobs
+of all units share one pipeline, so one recording holding most of the audio, small inputs and
+the tail of each input file all keep every worker busy.  A chunk already on disk is skipped, so
+a killed run restarted with the same arguments resumes where it stopped.
+
+Start-up: :class:`CodecWorkers` spawns the first worker when it is made (it imports torch and
+the codec while the main process loads the tokenizer and reads the inputs: ``preprocess.py``
+makes it first); more are spawned as jobs wait for them.  Each worker builds its codec once, at
+its first job (the jobs carry the :class:`EncodeConfig`).
 
 Determinism: on CPU the codec encodes one piece per forward pass and each worker uses one
 intra-op thread (unless ``threads_per_worker`` says otherwise), so a clip's codes depend on
-nothing but the clip: the same bytes whatever ``--workers``.  Parallelism is by processes
-(``--workers``; 0 = one per CPU core), which on CPU is also the fastest arrangement
-(docs/benchmarks.md).
+nothing but the clip: the same bytes whatever ``--workers`` and ``job_utterances``.
+Parallelism is by processes (``--workers``; 0 = one per CPU core), which on CPU is also the
+fastest arrangement (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -23,18 +30,22 @@ import os
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 
 from megatron_soda.audio.codec import SAMPLE_RATE, codec_fingerprint, parse_codec_spec
 from megatron_soda.audio.io import AudioError, Segment
 from megatron_soda.audio.streaming import PieceEncoder, encode_segments
 from megatron_soda.compat.parent_death import init_dying_with_parent
-from megatron_soda.data.codes_cache import (
-    Chunk,
-    EncodedRecording,
-    EncodedUtterance,
-    UnitCache,
+from megatron_soda.data.codes_cache import UnitCache
+from megatron_soda.data.encode_jobs import (
+    CPU_JOB_UTTERANCES,
+    ChunkJobs,
+    Failure,
+    Outcome,
+    part_recording,
+    plan_jobs,
+    rejoin,
 )
 from megatron_soda.data.progress import StageProgress, read_position
 from megatron_soda.data.readers import read_source
@@ -43,7 +54,6 @@ from megatron_soda.data.units import WorkUnit
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
 logger = logging.getLogger(__name__)
-CPU_JOB_UTTERANCES = 1  # i.e. one recording per job
 
 
 @dataclass(frozen=True)
@@ -56,23 +66,33 @@ class EncodeConfig:
     chunk_utterances: int = 128
     chunk_seconds: float = 60.0
     batch_seconds: float | None = None  # None: one piece per pass on CPU, 240 s on GPU
-    job_utterances: int | None = None  # None: one recording per job on CPU, a chunk on GPU
+    job_utterances: int | None = None  # at most per job; None: CPU_JOB_UTTERANCES on CPU, a chunk on GPU
     precision: str = "fp32"  # "bf16": opt-in, faster on CPU, codes differ for some frames
 
     def resolved_workers(self) -> int:
-        if self.workers > 0:
-            return self.workers
-        return 1 if self.device != "cpu" else max(1, _cpu_count())
+        return resolve_workers(self.workers, self.device)
 
     def resolved_threads(self) -> int | None:
-        if self.threads_per_worker:
-            return self.threads_per_worker
-        return 1 if self.device == "cpu" else None
+        return resolve_threads(self.threads_per_worker, self.device)
 
     def resolved_job_utterances(self) -> int:
         if self.job_utterances:
             return self.job_utterances
         return CPU_JOB_UTTERANCES if self.device == "cpu" else self.chunk_utterances
+
+
+def resolve_workers(workers: int, device: str) -> int:
+    """``--workers``: as given, or (<= 0) one per CPU core on CPU and 1 on a GPU."""
+    if workers > 0:
+        return workers
+    return 1 if device != "cpu" else max(1, _cpu_count())
+
+
+def resolve_threads(threads: int | None, device: str) -> int | None:
+    """Intra-op threads per worker: as given, else 1 on CPU, torch's default (None) on a GPU."""
+    if threads:
+        return threads
+    return 1 if device == "cpu" else None
 
 
 def _cpu_count() -> int:
@@ -118,38 +138,39 @@ def chunk_stream(
         yield recs, errors
 
 
-def split_jobs(recordings: list[Recording], job_utterances: int) -> list[list[Recording]]:
-    """Whole recordings in groups of at least ``job_utterances`` utterances (the last may be
-    smaller); depends on nothing but the chunk's content."""
-    jobs: list[list[Recording]] = []
-    cur: list[Recording] = []
-    n = 0
-    for rec in recordings:
-        cur.append(rec)
-        n += len(rec.utterances)
-        if n >= job_utterances:
-            jobs.append(cur)
-            cur, n = [], 0
-    if cur:
-        jobs.append(cur)
-    return jobs
-
-
 # ------------------------------------------------------------------- worker side
 _CODEC = None
+_CODEC_CONFIG: EncodeConfig | None = None
 
 
-def _init_worker(cfg: EncodeConfig, threads: int | None) -> None:
-    global _CODEC
+def _init_process(device: str, threads: int | None) -> None:
+    """A worker's (or the in-process run's) torch settings; a worker also imports the codec's
+    modules here, while the main process is still starting."""
     import torch
 
-    from megatron_soda.audio.codec import MimiCodec
     from megatron_soda.compat.allocator import tune_cpu_allocator
 
     if threads:
         torch.set_num_threads(threads)
-    if cfg.device == "cpu":
+    if device == "cpu":
         tune_cpu_allocator()
+
+
+def _warm_up() -> None:
+    """The first worker's first task: it is spawned now, and imports what building the codec
+    needs (transformers' Mimi: about 2 s) before any job is planned."""
+    try:
+        from transformers import MimiModel  # noqa: F401  (audio/codec.py builds it)
+    except ImportError:  # reported by the codec's own build
+        pass
+
+
+def _build_codec(cfg: EncodeConfig) -> None:
+    """Build this process's codec for ``cfg`` (once: later jobs with the same config reuse it)."""
+    global _CODEC, _CODEC_CONFIG
+    from megatron_soda.audio.codec import MimiCodec
+
+    _CODEC = None  # the old one freed first
     _CODEC = MimiCodec(
         cfg.codec,
         num_codebooks=cfg.cache_codebooks,
@@ -158,13 +179,20 @@ def _init_worker(cfg: EncodeConfig, threads: int | None) -> None:
         batch_seconds=cfg.batch_seconds,
         precision=cfg.precision,
     )
+    _CODEC_CONFIG = cfg
 
 
-def _decode_recording(rec: Recording, errors: list[InputError], encoder: PieceEncoder) -> list:
-    """Code streams of a recording's utterances (None where decoding failed, with an error
-    logged), decoded and encoded in one streaming pass per source: a long recording costs a
-    codec piece of memory, not its waveform (audio/streaming.py)."""
-    waves: list = [None] * len(rec.utterances)
+def _init_worker(cfg: EncodeConfig, threads: int | None) -> None:
+    """Torch settings and the codec of ``cfg``, now (tests, benchmarks)."""
+    _init_process(cfg.device, threads)
+    _build_codec(cfg)
+
+
+def _decode_recording(rec: Recording, encoder: PieceEncoder) -> list:
+    """Per utterance a code stream, or the :class:`Failure` rejecting it; decoded and encoded in
+    one streaming pass per source: a long recording costs a codec piece of memory, not its
+    waveform (audio/streaming.py).  A failure of the whole source has scope "source"."""
+    outs: list = [None] * len(rec.utterances)
     by_source: dict[str, list[int]] = {}
     for i, u in enumerate(rec.utterances):
         by_source.setdefault(u.audio.source_key(), []).append(i)
@@ -172,80 +200,112 @@ def _decode_recording(rec: Recording, errors: list[InputError], encoder: PieceEn
         ref = rec.utterances[idxs[0]].audio
         whole = len(idxs) == 1 and ref.start is None and ref.end is None
         try:
-            outs = encode_segments(
+            got = encode_segments(
                 encoder,
                 ref.path if ref.path is not None else ref.data,
                 [Segment(rec.utterances[i].audio.start, rec.utterances[i].audio.end) for i in idxs],
                 name=ref.name or ref.path,
                 expected_duration=ref.expected_duration if whole else None,
             )
+            got = [Failure(str(g)) if isinstance(g, AudioError) else g for g in got]
         except AudioError as e:
-            outs = [e] * len(idxs)
+            got = [Failure(str(e), "source")] * len(idxs)
         except Exception as e:  # unforeseen: costs this source's utterances only
             where = ref.name or ref.path or rec.id
-            outs = [AudioError(f"{where}: {unexpected(e, rec.source, where)}")] * len(idxs)
-        for i, out in zip(idxs, outs):
-            if isinstance(out, AudioError):
-                errors.append(InputError(rec.source, rec.utterances[i].id, str(out), stage="audio"))
-            else:
-                waves[i] = out
-    return waves
+            got = [Failure(f"{where}: {unexpected(e, rec.source, where)}", "source")] * len(idxs)
+        for i, out in zip(idxs, got):
+            outs[i] = out
+    return outs
+
+
+def encode_parts(cfg: EncodeConfig | None, parts: list[Recording]) -> list[list[Outcome]]:
+    """A job: per recording (or part of one, :func:`~megatron_soda.data.encode_jobs.part_recording`)
+    per utterance ``(seconds, codes)`` or the :class:`Failure` rejecting its audio.  ``cfg``: the
+    codec to use (built at this process's first job); None: the one already built.
+
+    An exception nobody foresaw costs only the part it happened in: the job is redone one part
+    at a time, and the failing part's utterances are rejected (scope "recording") with the
+    exception's type and message (never a traceback that ends the run)."""
+    if cfg is not None and cfg != _CODEC_CONFIG:
+        _build_codec(cfg)
+    try:
+        return _encode_recordings(parts)
+    except Exception as e:
+        if len(parts) == 1:
+            rec = parts[0]
+            return [[Failure(unexpected(e, rec.source, rec.id), "recording")] * len(rec.utterances)]
+        return [encode_parts(None, [rec])[0] for rec in parts]
+
+
+def _encode_recordings(recordings: list[Recording]) -> list[list[Outcome]]:
+    encoder = PieceEncoder(_CODEC)  # one per job: a GPU batches pieces across its sources
+    all_streams = [_decode_recording(rec, encoder) for rec in recordings]
+    encoder.flush()
+    return [
+        [s if isinstance(s, Failure) else (s.samples / SAMPLE_RATE, s.codes()) for s in streams]
+        for streams in all_streams
+    ]
 
 
 def encode_job(recordings: list[Recording]) -> dict:
-    """Decode + encode whole recordings: per recording, per utterance ``(seconds, codes)``
-    or None where its audio was rejected (the reason is in ``errors``).
-
-    An exception nobody foresaw costs only the recording it happened in: the job is redone
-    one recording at a time, and the failing recording's utterances are reported under their
-    ids with the exception's type and message (never a traceback that ends the run)."""
-    try:
-        return _encode_recordings(recordings)
-    except Exception as e:
-        if len(recordings) == 1:
-            rec = recordings[0]
-            reason = unexpected(e, rec.source, rec.id)
-            errors = [InputError(rec.source, u.id, reason, stage="audio") for u in rec.utterances]
-            return {"encoded": [[None] * len(rec.utterances)], "errors": errors}
-        parts = [encode_job([rec]) for rec in recordings]
-        return {k: [x for p in parts for x in p[k]] for k in ("encoded", "errors")}
+    """Whole recordings with the codec already built (:func:`_init_worker`): per recording,
+    per utterance ``(seconds, codes)`` or None where its audio was rejected (the reason is in
+    ``errors``)."""
+    joined = [rejoin(rec, outs) for rec, outs in zip(recordings, encode_parts(None, recordings))]
+    return {"encoded": [enc for enc, _ in joined], "errors": [e for _, errs in joined for e in errs]}
 
 
-def _encode_recordings(recordings: list[Recording]) -> dict:
-    errors: list[InputError] = []
-    encoder = PieceEncoder(_CODEC)  # one per job: a GPU batches pieces across its sources
-    all_streams = [_decode_recording(rec, errors, encoder) for rec in recordings]
-    encoder.flush()
-    encoded = [
-        [None if s is None else (s.samples / SAMPLE_RATE, s.codes()) for s in streams]
-        for streams in all_streams
-    ]
-    return {"encoded": encoded, "errors": errors}
+class CodecWorkers:
+    """Where jobs run: ``workers`` spawned processes (more than one), or this process.
 
+    Made before the run knows its work (``preprocess.py`` makes it first thing), so that the
+    first worker starts importing torch and the codec at once; ``close`` ends the processes (or
+    frees the in-process codec and restores torch's thread count)."""
 
-def assemble_chunk(
-    recordings: list[Recording], read_errors: list[InputError], results: list[dict]
-) -> tuple[Chunk, dict]:
-    """The chunk file's content from its jobs' results (in job order); plus progress counts."""
-    errors = list(read_errors) + [e for r in results for e in r["errors"]]
-    encoded = [per_rec for r in results for per_rec in r["encoded"]]
-    chunk = Chunk(errors=errors, attempted=len(errors) - sum(e.stage == "audio" for e in errors))
-    seconds = 0.0
-    for rec, utts in zip(recordings, encoded):
-        chunk.attempted += len(rec.utterances)
-        er = EncodedRecording(rec.id, rec.source)
-        for u, item in zip(rec.utterances, utts):
-            if item is not None:
-                er.utterances.append(EncodedUtterance(u.id, u.text, item[0], item[1]))
-                seconds += item[0]
-        if er.utterances:
-            chunk.recordings.append(er)
-    counts = {
-        "utterances": sum(len(r.utterances) for r in recordings),
-        "seconds": seconds,
-        "errors": len(errors),
-    }
-    return chunk, counts
+    def __init__(self, workers: int, threads_per_worker: int | None, device: str) -> None:
+        """The flags as given: ``--workers`` (<= 0: one per CPU core, 1 on a GPU),
+        ``--threads-per-worker``, ``--device``."""
+        self.workers = workers = resolve_workers(workers, device)
+        threads = resolve_threads(threads_per_worker, device)
+        self.pool: ProcessPoolExecutor | None = None
+        self._saved_threads: int | None = None
+        self._warm: Future | None = None
+        if workers > 1:
+            self.pool = ProcessPoolExecutor(
+                workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=init_dying_with_parent,  # no orphan workers after a kill -9
+                initargs=(_init_process, device, threads),
+            )
+            self._warm = self.pool.submit(_warm_up)  # spawns the first worker now
+        else:
+            import torch
+
+            self._saved_threads = torch.get_num_threads()
+            _init_process(device, threads)
+
+    def submit(self, cfg: EncodeConfig, jobs: list[list[Recording]]) -> list[Future | list[list[Outcome]]]:
+        """Jobs: futures (worker processes) or, in this process, their results.  Workers are
+        spawned as submitted jobs find none idle; a first submission of one job waits for the
+        first worker to be ready instead (a one-job run starts one process, not two)."""
+        if self.pool is None:
+            return [encode_parts(cfg, parts) for parts in jobs]
+        if self._warm is not None and len(jobs) == 1:
+            wait([self._warm])
+        self._warm = None
+        return [self.pool.submit(encode_parts, cfg, parts) for parts in jobs]
+
+    def close(self, wait_for_workers: bool = True) -> None:
+        global _CODEC, _CODEC_CONFIG
+        if self.pool is not None:
+            self.pool.shutdown(wait=wait_for_workers, cancel_futures=True)
+            self.pool = None
+        elif self._saved_threads is not None:  # in-process: free the codec before the token stage
+            import torch
+
+            _CODEC = _CODEC_CONFIG = None
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
 
 
 # --------------------------------------------------------------------- main side
@@ -307,54 +367,63 @@ class _Progress:
 
 @dataclass
 class _Pending:
-    """A chunk whose jobs are running, or (``jobs is None``) a unit to mark complete."""
+    """A chunk whose jobs are running, or (``work is None``) a unit to mark complete."""
 
     cache: UnitCache
     index: int
-    recordings: list[Recording] | None = None
-    read_errors: list[InputError] | None = None
-    jobs: list[Future | dict] | None = None
+    work: ChunkJobs | None = None
 
 
-def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> list[UnitCache]:
-    """Run (or resume) the codec stage for every unit; returns their complete caches."""
+def encode_units(
+    units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig, workers: CodecWorkers | None = None
+) -> list[UnitCache]:
+    """Run (or resume) the codec stage for every unit; returns their complete caches.
+    ``workers``: already started (the caller closes them); None: started and closed here."""
     caches = unit_caches(codes_dir, units, cfg)
     todo = [(u, c) for u, c in zip(units, caches) if not c.verify_complete()]  # damaged: again
     if not todo:
         logger.info("encode: all %d units already cached in %s", len(units), codes_dir)
         return caches
-    progress = _Progress([u for u, _ in todo])
-    workers, threads = cfg.resolved_workers(), cfg.resolved_threads()
-    job_utts = cfg.resolved_job_utterances()
-    pool = None
-    saved_threads = None
-    if workers > 1:
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=mp.get_context("spawn"),
-            initializer=init_dying_with_parent,  # no orphan workers after a kill -9
-            initargs=(_init_worker, cfg, threads),
-        )
-    else:
-        import torch
+    own = workers is None
+    if workers is None:
+        workers = CodecWorkers(cfg.workers, cfg.threads_per_worker, cfg.device)
+    try:
+        _encode(todo, cfg, workers)
+    finally:
+        if own:
+            workers.close()
+    return caches
 
-        saved_threads = torch.get_num_threads()
-        _init_worker(cfg, threads)
+
+def _encode(todo: list[tuple[WorkUnit, UnitCache]], cfg: EncodeConfig, workers: CodecWorkers) -> None:
+    progress = _Progress([u for u, _ in todo])
+    job_utts = cfg.resolved_job_utterances()
+    # jobs queued or running at most (enough to keep every worker busy), and finished chunks
+    # waiting behind an unfinished older one (their codes are held in memory) at most
+    max_running, max_pending = 2 * workers.workers, 4 * workers.workers + 8
     pending: deque[_Pending] = deque()
-    running = 0
 
     def finish_oldest() -> None:
-        nonlocal running
         p = pending.popleft()
-        if p.jobs is None:
+        if p.work is None:
             p.cache.mark_complete(p.index)
             progress.unit_complete()
             return
-        results = [j.result() if isinstance(j, Future) else j for j in p.jobs]
-        running -= len(p.jobs)
-        chunk, counts = assemble_chunk(p.recordings or [], p.read_errors or [], results)
+        chunk, counts = p.work.assemble()
         p.cache.write_chunk(p.index, chunk, cfg.cache_codebooks)
         progress.update(counts)
+
+    def settle(limit: int) -> None:
+        """Write finished chunks (oldest first) until at most ``limit`` jobs are unfinished and
+        at most ``max_pending`` chunks wait: workers never idle behind a chunk being written."""
+        while pending:
+            if pending[0].work is None or not pending[0].work.running():
+                finish_oldest()
+                continue
+            running = [f for p in pending if p.work is not None for f in p.work.running()]
+            if len(running) <= limit and len(pending) <= max_pending:
+                return
+            wait(running if len(running) > limit else pending[0].work.running(), return_when=FIRST_COMPLETED)
 
     try:
         for unit, cache in todo:
@@ -365,30 +434,12 @@ def encode_units(units: list[WorkUnit], codes_dir: str, cfg: EncodeConfig) -> li
                 if cache.reuse_chunk(n - 1):  # on disk and intact
                     progress.skipped += 1
                     continue
-                parts = split_jobs(recs, job_utts)
-                jobs: list[Future | dict] = [
-                    pool.submit(encode_job, part) if pool is not None else encode_job(part)
-                    for part in parts
-                ]
-                pending.append(_Pending(cache, n - 1, recs, errs, jobs))
-                running += len(jobs)
-                # in-process jobs are done already: write the chunk now (resume granularity)
-                while pending and (pool is None or running > 2 * workers):
-                    finish_oldest()
+                plan = plan_jobs([len(r.utterances) for r in recs], job_utts)
+                jobs = workers.submit(cfg, [[part_recording(recs[p.recording], p) for p in job] for job in plan])
+                pending.append(_Pending(cache, n - 1, ChunkJobs(recs, errs, plan, jobs)))
+                settle(max_running)  # in-process: jobs are done, the chunk written now
             pending.append(_Pending(cache, n))  # complete once its chunks are written
-            while pending and pool is None:
-                finish_oldest()
-        while pending:
-            finish_oldest()
+            settle(max_running)
+        settle(0)
     finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        else:  # in-process: free the codec before the token stage, restore torch's threads
-            global _CODEC
-            _CODEC = None
-            if saved_threads is not None:
-                import torch
-
-                torch.set_num_threads(saved_threads)
         progress.close()
-    return caches

@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import warnings
 from dataclasses import dataclass, replace
 
 from megatron_soda import atomic_files
 from megatron_soda.audio.codec import codec_fingerprint, parse_codec_spec
 from megatron_soda.data.codes_cache import UnitCache
-from megatron_soda.data.encode_stage import EncodeConfig, encode_units, unit_caches
+from megatron_soda.data.encode_stage import CodecWorkers, EncodeConfig, encode_units, unit_caches
 from megatron_soda.data.readers import INPUT_FORMATS, SFT_FORMATS, SPEECH_FORMATS
 from megatron_soda.data.sft_stage import sft_record, tokenize_cached_pairs
 from megatron_soda.data.shards import TMP_SUFFIX, ShardWriter
@@ -81,6 +83,7 @@ class PreprocessConfig:
     json_keys: tuple[str, ...] = ("text",)
     max_error_rate: float = 0.01
     chunk_utterances: int = 128
+    job_utterances: int | None = None  # utterances per codec job at most (None: encode_jobs' default)
     # speech-to-speech pairs (--input-format cvss|s2st-jsonl): S2ST documents + loss starts
     sft_prompt_end: str = "source_audio"  # where the instruction ends (format/sft.py)
     data_split: str = "train"  # cvss: the split a directory --input contributes
@@ -111,6 +114,7 @@ class PreprocessConfig:
             workers=self.workers,
             threads_per_worker=self.threads_per_worker,
             chunk_utterances=self.chunk_utterances,
+            job_utterances=self.job_utterances,
             precision=self.codec_precision,
         )
 
@@ -129,6 +133,8 @@ def run_preprocess(cfg: PreprocessConfig) -> dict:
         raise PreprocessError(CODEC_REQUIRED)  # before any input is read or output written
     if cfg.sft and cfg.sft_prompt_end not in PROMPT_ENDS:
         raise PreprocessError(f"--sft-prompt-end must be one of {PROMPT_ENDS}, got {cfg.sft_prompt_end!r}")
+    if cfg.job_utterances is not None and cfg.job_utterances < 1:
+        raise PreprocessError(f"--job-utterances must be >= 1, got {cfg.job_utterances}")
     if cfg.input_format == "cvss" and not cfg.cvss_source_root:
         raise PreprocessError("--input-format cvss needs --cvss-source-root: the directory of the "
                               "Common Voice clips and the CoVoST 2 TSVs (docs/finetuning.md)")
@@ -159,6 +165,21 @@ def _run_locked(cfg: PreprocessConfig) -> dict:
                            cfg.cvss_source_root)
     except ValueError as e:
         raise PreprocessError(str(e)) from e
+    speech = cfg.input_format != "text"
+    encoding = speech and cfg.stage in ("all", "encode")
+    # started first: the first codec worker imports torch and the codec meanwhile
+    workers = CodecWorkers(cfg.workers, cfg.threads_per_worker, cfg.device) if encoding else None
+    try:
+        return _run_with(cfg, units, files, workers)
+    except BaseException:
+        if workers is not None:
+            workers.close(wait_for_workers=False)
+        raise
+
+
+def _run_with(
+    cfg: PreprocessConfig, units: list[WorkUnit], files: list[str], workers: CodecWorkers | None
+) -> dict:
     tokenizer = SodaTokenizer.load(cfg.tokenizer, num_codebooks=cfg.num_codebooks)
     speech = cfg.input_format != "text"
     logger.info(
@@ -172,8 +193,12 @@ def _run_locked(cfg: PreprocessConfig) -> dict:
     caches = []
     if speech:
         ecfg = cfg.encode_config(tokenizer.layout.num_codebooks)
-        if cfg.stage in ("all", "encode"):
-            caches = encode_units(units, cfg.resolved_codes_dir, ecfg)
+        if workers is not None:
+            if cfg.stage == "all" and workers.pool is not None:
+                _preload_shard_writer()
+            caches = encode_units(units, cfg.resolved_codes_dir, ecfg, workers)
+            # the codec's memory freed before the token stage; worker processes exit meanwhile
+            workers.close(wait_for_workers=False)
         else:
             caches = _cached_units(cfg, units, ecfg, tokenizer.layout.num_codebooks)
     if cfg.stage == "encode":
@@ -194,6 +219,24 @@ def _run_locked(cfg: PreprocessConfig) -> dict:
         out.abort()
         raise
     return summary
+
+
+def _preload_shard_writer() -> None:
+    """Import megatron-core (the shard writer's ``IndexedDatasetBuilder``: about 2 s) in a
+    thread of this process while its codec workers start and encode, instead of after them.
+    Only with worker processes: in this process the codec's own imports would run beside it.
+    megatron's import-time warnings (no TE/apex) are silenced by a filter set here, in the main
+    thread, for the whole run: ``warnings.catch_warnings`` inside the thread would swap the
+    process-wide filter list under the main thread."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
+    threading.Thread(target=_import_quietly, name="preload-megatron", daemon=True).start()
+
+
+def _import_quietly() -> None:
+    try:
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder  # noqa: F401
+    except Exception:  # the token stage imports it again (indexed_dataset_builder) and reports it
+        pass
 
 
 def _cached_units(

@@ -18,10 +18,6 @@ import warnings
 
 import numpy as np
 
-with warnings.catch_warnings():  # megatron.core warns about absent TE/apex on import
-    warnings.simplefilter("ignore")
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
 from megatron_soda.atomic_files import fsync_path
 from megatron_soda.format.sft import LOSS_START_SUFFIX, read_loss_starts, save_loss_starts
 
@@ -34,6 +30,16 @@ def _sha256(path: str) -> str:
         while block := f.read(1 << 22):
             h.update(block)
     return h.hexdigest()
+
+
+def indexed_dataset_builder() -> type:
+    """megatron-core's ``IndexedDatasetBuilder``, imported when a shard is first written: the
+    import costs about 2 s, which the codec stage and its worker processes (which import the
+    command line's module again) do not need to pay."""
+    with warnings.catch_warnings():  # megatron.core warns about absent TE/apex on import
+        warnings.simplefilter("ignore")
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+    return IndexedDatasetBuilder
 
 
 class ShardWriter:
@@ -49,7 +55,7 @@ class ShardWriter:
         os.makedirs(parent, exist_ok=True)
         self._bin_tmp = prefix + ".bin" + TMP_SUFFIX
         self._idx_tmp = prefix + ".idx" + TMP_SUFFIX
-        self._builder = IndexedDatasetBuilder(self._bin_tmp, dtype=np.int32)
+        self._builder = indexed_dataset_builder()(self._bin_tmp, dtype=np.int32)
         self.documents = 0
         self.tokens = 0
         self._identity: dict | None = None
