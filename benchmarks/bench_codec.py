@@ -70,10 +70,13 @@ class Config:
     chunk_utterances: int = 128
     job_utterances: int | None = None
     batch_seconds: float | None = None
+    device: str | None = None  # None: --device
+    batching: str | None = None  # "pieces" | "duration" (--codec-batching); None: by device
 
     @classmethod
     def parse(cls, text: str) -> Config:
-        """``name:key=value,key=value`` e.g. ``w2:workers=2`` or ``bf16:workers=2,precision=bf16``."""
+        """``name:key=value,key=value`` e.g. ``w2:workers=2``, ``bf16:workers=2,precision=bf16``
+        or ``gpu:workers=8,batching=duration`` (with ``--device cuda``)."""
         name, _, rest = text.partition(":")
         kw: dict = {}
         for item in filter(None, rest.split(",")):
@@ -83,8 +86,17 @@ class Config:
         return cls(name=name, **kw)
 
 
-def stage1(manifest: str, codes_dir: str, cfg: Config, codec: str) -> float:
-    """Wall seconds of the real codec stage (fresh cache) for one configuration."""
+def stage1(manifest: str, codes_dir: str, cfg: Config, codec: str) -> dict:
+    """Wall seconds of the real codec stage (fresh cache) for one configuration, and (duration
+    batching) the main process's seconds encoding and waiting for the decoders."""
+    import logging
+
+    times: dict = {}
+
+    class Times(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            times.update(getattr(record, "stage_times", {}))
+
     from megatron_soda.data.encode_stage import EncodeConfig, encode_units
     from megatron_soda.data.units import expand_inputs, plan_units
 
@@ -99,10 +111,21 @@ def stage1(manifest: str, codes_dir: str, cfg: Config, codec: str) -> float:
         job_utterances=cfg.job_utterances,
         batch_seconds=cfg.batch_seconds,
         precision=cfg.precision,
+        device=cfg.device or "cpu",
+        batching=cfg.batching,
     )
-    t0 = time.perf_counter()
-    encode_units(units, codes_dir, ecfg)
-    return time.perf_counter() - t0
+    log = logging.getLogger("megatron_soda.data.encode_stage")
+    handler, level = Times(), log.level
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        t0 = time.perf_counter()
+        encode_units(units, codes_dir, ecfg)
+        wall = time.perf_counter() - t0
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    return {"wall": wall, "stage_times": {k: round(v, 3) for k, v in times.items()}}
 
 
 def one_measurement(job: dict) -> dict:
@@ -116,7 +139,7 @@ def one_measurement(job: dict) -> dict:
         np.savez(job["codes_out"], **{r["id"]: c for r, c in zip(rows, codes)})
         return {"wall": dt}
     cfg = Config(**job["config"])
-    return {"wall": stage1(job["manifest"], job["codes_dir"], cfg, job["codec"])}
+    return stage1(job["manifest"], job["codes_dir"], cfg, job["codec"])
 
 
 def isolated(job: dict) -> dict:
@@ -142,6 +165,7 @@ class Result:
     walls: list[float] = field(default_factory=list)
     startups: list[float] = field(default_factory=list)
     others: list[float] = field(default_factory=list)  # cores taken by other processes
+    times: list[dict] = field(default_factory=list)  # the stage's own: encode, wait, wall
 
 
 def summarize(audio_s: float, r: Result, naive_med: float | None) -> dict:
@@ -154,6 +178,8 @@ def summarize(audio_s: float, r: Result, naive_med: float | None) -> dict:
         "rt_total_max": round(max(rt), 2),
         "others_cores": [round(o, 2) for o in r.others],
     }
+    if any(r.times):
+        d["stage_times"] = r.times
     # steady: only where start-up is a minor part of the run (it is measured separately and
     # carries its own noise)
     steady = [audio_s / (w - s) for w, s in zip(r.walls, r.startups) if w - s > 0.5 * w]
@@ -188,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=None,
         help="stage-1 configuration NAME:key=value,... (repeatable); keys: workers, threads, "
-        "precision, chunk_utterances, job_utterances, batch_seconds",
+        "precision, chunk_utterances, job_utterances, batch_seconds, device (default --device), "
+        "batching (pieces|duration: --codec-batching)",
     )
     p.add_argument("--naive-threads", type=int, default=None, help="default: torch's default")
     p.add_argument("--no-naive", action="store_true")
@@ -211,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             ]
         )
     ]
+    for c in configs:
+        c.device = c.device or args.device
 
     import torch
 
@@ -231,8 +260,13 @@ def main(argv: list[str] | None = None) -> int:
         decode_rt = audio_s / (time.perf_counter() - t0)
         res = lean_check(waves, args.codec, args.repeats) if args.lean_check else None
         res = res or batched_check(waves, args)
-        res.update(gemm_gflops_per_core=gemm, corpus=args.corpus, audio_seconds=round(audio_s, 2),
-                   decode_rt_one_process=round(decode_rt, 1), cpu_cores=os.cpu_count())
+        res.update(
+            gemm_gflops_per_core=gemm,
+            corpus=args.corpus,
+            audio_seconds=round(audio_s, 2),
+            decode_rt_one_process=round(decode_rt, 1),
+            cpu_cores=os.cpu_count(),
+        )
         print(json.dumps(res, indent=1))
         if args.json:
             with open(args.json, "w") as f:
@@ -268,14 +302,21 @@ def main(argv: list[str] | None = None) -> int:
             cdir = os.path.join(args.workdir, f"codes-{cfg.name}")
             job = {"kind": "stage1", "codec": args.codec, "config": asdict(cfg)}
             with OthersLoad() as load:
-                wall = isolated({**job, "manifest": manifest, "codes_dir": cdir})["wall"]
+                got = isolated({**job, "manifest": manifest, "codes_dir": cdir})
+            wall, times = got["wall"], got.get("stage_times") or {}
             results[cfg.name].walls.append(wall)
+            results[cfg.name].times.append(times)
             results[cfg.name].others.append(load.cores)
             codes[cfg.name] = cached_codes(cdir)
             msg = (
                 f"repeat {rep}: {cfg.name} {wall:.2f}s ({audio_s / wall:.1f}x incl. start-up) "
                 f"[others used {load.cores:.2f} cores]"
             )
+            if "encode" in times:  # duration batching: is the GPU waiting for the CPU decoders?
+                msg += (
+                    f", main process: codec build {times.get('codec build', 0):.2f}s, encode "
+                    f"{times['encode']:.2f}s, waiting for decoders {times.get('wait', 0):.2f}s"
+                )
             if not args.no_startup:
                 one_dir = os.path.join(args.workdir, "codes-one")
                 su = isolated({**job, "manifest": one_manifest, "codes_dir": one_dir})["wall"]

@@ -13,10 +13,13 @@
 #             variant (attention backend, chunked head, torch.compile)
 #   6. codec, codec_bf16  benchmarks/bench_codec.py on CUDA: realtime factor of batched encoding,
 #             code agreement with one clip at a time (fp32), and the CPU decode rate that feeds it
+#   7. codec_stage  the codec stage end to end on CUDA (--codec-batching duration: 8 CPU decoder
+#             processes, Mimi in the main process): realtime factor, and the main process's
+#             seconds encoding vs waiting for the decoders (waiting = decode is the bottleneck)
 #
 # Each step has its own time limit and the others go on when one fails; everything lands in
 # OUT (default work_dirs/gpu_check/<date>; the device tool's $OUT when set) with summary.txt.
-# The steps' limits add up to 475 s (under 8 minutes); `STEPS="tests head" bash benchmarks/gpu_check.sh`
+# The steps' limits add up to 470 s (under 8 minutes); `STEPS="tests head" bash benchmarks/gpu_check.sh`
 # runs a subset.  Run it from the repository root:
 #
 #   bash scripts/gpu_wheels.sh                       # here, once (downloads the wheels)
@@ -26,7 +29,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY=${PYTHON:-python3}
 OUT=${OUT:-$ROOT/work_dirs/gpu_check/$(date +%Y%m%d-%H%M%S)}
-STEPS=${STEPS:-peak tests attn head train135 train600 codec codec_bf16}
+STEPS=${STEPS:-peak tests attn head train135 train600 codec codec_bf16 codec_stage}
 SITE=${SITE:-/tmp/soda_gpu_site}
 mkdir -p "$OUT"
 SUMMARY="$OUT/summary.txt"
@@ -74,10 +77,10 @@ step peak 25 "$PY" benchmarks/gpu_peak.py --sizes 8192 16384 --iters 30
 PEAK=$(grep -o '"tflops": [0-9.]*' "$OUT/peak.log" 2>/dev/null | grep -o '[0-9.]*$' || true)
 say "measured bf16 matmul peak: ${PEAK:-unknown} TFLOP/s"
 
-step tests 80 "$PY" -m pytest -q -p no:cacheprovider -x -s tests/test_gpu.py
-step attn 40 "$PY" benchmarks/bench_attention.py --device cuda --presets 135m --seqs 1024 4096 \
+step tests 70 "$PY" -m pytest -q -p no:cacheprovider -x -s tests/test_gpu.py
+step attn 35 "$PY" benchmarks/bench_attention.py --device cuda --presets 135m --seqs 1024 4096 \
     --batch 4 --steps 5
-step head 45 "$PY" benchmarks/bench_head_memory.py --device cuda --preset 135m --micro-batch 8 \
+step head 40 "$PY" benchmarks/bench_head_memory.py --device cuda --preset 135m --micro-batch 8 \
     --seq 4096 --dtype bf16 --chunks 1024 4096 --compile --repeats 1 --steps 3 --json "$OUT/head.json"
 # 135M: the head-bound size (the chunked head, with and without compile); 600M: the MFU target
 # (>= 35% without TE), eager flex vs everything on.  The medians after 3 warm-up iterations
@@ -86,7 +89,7 @@ TRAIN=(benchmarks/bench_train_gpu.py --precisions bf16 --steps 6 --warmup 3 --mi
        --torchrun "$TORCHRUN" ${PEAK:+--peak-tflops "$PEAK"})
 step train135 100 "$PY" "${TRAIN[@]}" --sizes 135m --variants flex+chunk,flex+chunk+compile \
     --workdir "$OUT/train135" --json "$OUT/train135.json"
-step train600 140 "$PY" "${TRAIN[@]}" --sizes 600m --variants flex,flex+chunk+compile \
+step train600 130 "$PY" "${TRAIN[@]}" --sizes 600m --variants flex,flex+chunk+compile \
     --workdir "$OUT/train600" --json "$OUT/train600.json"
 # The codec on CUDA: full-size Mimi (random weights), 180 s of grouped 2-3 s espeak clips carried in
 # .gpu_wheels/codec (no espeak there), batches of 240 s padded audio, fp32 then bf16; each row has
@@ -94,5 +97,8 @@ step train600 140 "$PY" "${TRAIN[@]}" --sizes 600m --variants flex,flex+chunk+co
 CODEC=(benchmarks/bench_codec.py --codec random:full --corpus grouped --seconds 180 --repeats 1
        --workdir .gpu_wheels/codec --device cuda --batch-seconds 240)
 step codec 25 "$PY" "${CODEC[@]}" --dtype fp32 --json "$OUT/codec_fp32.json"
-step codec_bf16 20 "$PY" "${CODEC[@]}" --dtype bf16 --json "$OUT/codec_bf16.json"
+step codec_bf16 15 "$PY" "${CODEC[@]}" --dtype bf16 --json "$OUT/codec_bf16.json"
+step codec_stage 30 "$PY" benchmarks/bench_codec.py --codec random:full --corpus grouped --seconds 180 \
+    --repeats 1 --workdir .gpu_wheels/codec --device cuda --no-naive --no-startup \
+    --config stage:workers=8,batching=duration --json "$OUT/codec_stage.json"
 say "results: $OUT"

@@ -34,6 +34,7 @@ decodes of the source (decoding is ~1% of the encoder's time per pass).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
@@ -168,6 +169,9 @@ class ChunkJobs:
     read_errors: list[InputError]
     plan: list[list[Part]]
     jobs: list[Future | list[list[Outcome]]]
+    # duration batching: the jobs decoded (per utterance a waveform or a Failure); this turns
+    # the chunk's decoded recordings into outcomes (codec_workers.encode_decoded)
+    encode: Callable[[list[Recording], list[list]], list[list[Outcome]]] | None = None
 
     def running(self) -> list[Future]:
         return [j for j in self.jobs if isinstance(j, Future) and not j.done()]
@@ -178,7 +182,7 @@ class ChunkJobs:
         for job, res in zip(self.plan, self.jobs):
             for part, outs in zip(job, res.result() if isinstance(res, Future) else res):
                 joined[part.recording].extend(outs)
-        return joined
+        return joined if self.encode is None else self.encode(self.recordings, joined)
 
     def assemble(self) -> tuple[Chunk, dict]:
         return assemble_chunk(self.recordings, self.read_errors, self.outcomes())

@@ -20,40 +20,55 @@ intra-op thread (unless ``threads_per_worker`` says otherwise), so a clip's code
 nothing but the clip: the same bytes whatever ``--workers`` and ``job_utterances``.
 Parallelism is by processes (``--workers``; 0 = one per CPU core), which on CPU is also the
 fastest arrangement (docs/benchmarks.md).
+
+On a GPU (``--codec-batching duration``, its default there) the workers only decode and
+resample; this process encodes each chunk's waveforms on the GPU in duration-sorted batches
+(:mod:`megatron_soda.data.codec_workers`) while the workers decode the chunks after it.  The
+codes cache records the mode (``codec_batching``), so a resumed run in the other mode starts
+the unit again instead of mixing codes.  The final log line gives this process's time encoding
+and waiting for decodes: waiting most of the run means decoding is the bottleneck.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing as mp
 import os
 import time
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 
-from megatron_soda.audio.codec import SAMPLE_RATE, codec_fingerprint, parse_codec_spec
-from megatron_soda.audio.io import AudioError, Segment
-from megatron_soda.audio.streaming import PieceEncoder, encode_segments
-from megatron_soda.compat.parent_death import init_dying_with_parent
-from megatron_soda.data.codes_cache import UnitCache
-from megatron_soda.data.encode_jobs import (
-    CPU_JOB_UTTERANCES,
-    ChunkJobs,
-    Failure,
-    Outcome,
-    part_recording,
-    plan_jobs,
-    rejoin,
+from megatron_soda.audio.codec import GPU_BATCH_SECONDS, codec_fingerprint, parse_codec_spec
+from megatron_soda.data import codec_workers
+from megatron_soda.data.codec_workers import (  # noqa: F401  (re-exported: tests, benchmarks)
+    CodecWorkers,
+    _build_codec,
+    _init_process,
+    _init_worker,
+    encode_decoded,
+    encode_job,
+    encode_parts,
+    resolve_batching,
+    resolve_threads,
+    resolve_workers,
 )
+from megatron_soda.data.codes_cache import UnitCache
+from megatron_soda.data.encode_jobs import CPU_JOB_UTTERANCES, ChunkJobs, part_recording, plan_jobs
 from megatron_soda.data.progress import StageProgress, read_position
 from megatron_soda.data.readers import read_source
-from megatron_soda.data.records import InputError, Recording, unexpected
+from megatron_soda.data.records import InputError, Recording
 from megatron_soda.data.units import WorkUnit
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
 logger = logging.getLogger(__name__)
+
+
+def __getattr__(name: str) -> object:
+    """The worker-side codec state, which lives in :mod:`codec_workers` (older imports)."""
+    if name in ("_CODEC", "_CODEC_CONFIG"):
+        return getattr(codec_workers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -61,16 +76,26 @@ class EncodeConfig:
     codec: str  # a spec for audio.codec.parse_codec_spec; no default (see data.preprocess.CODEC_REQUIRED)
     cache_codebooks: int = DEFAULT_NUM_CODEBOOKS
     device: str = "cpu"
-    workers: int = 1  # codec worker processes; <= 0: one per CPU core (1 on a GPU)
+    workers: int = 1  # worker processes; <= 0: one per CPU core (1 on a GPU with pieces batching)
     threads_per_worker: int | None = None  # None: 1 on CPU (deterministic), torch's default on GPU
     chunk_utterances: int = 128
     chunk_seconds: float = 60.0
-    batch_seconds: float | None = None  # None: one piece per pass on CPU, 240 s on GPU
-    job_utterances: int | None = None  # at most per job; None: CPU_JOB_UTTERANCES on CPU, a chunk on GPU
+    batch_seconds: float | None = None  # None: one piece per pass on CPU (pieces), 240 s otherwise
+    job_utterances: int | None = (
+        None  # at most per job; None: CPU_JOB_UTTERANCES, a chunk on GPU pieces
+    )
     precision: str = "fp32"  # "bf16": opt-in, faster on CPU, codes differ for some frames
+    batching: str | None = None  # "pieces" | "duration" (codec_workers); None: by device
+
+    def resolved_batching(self) -> str:
+        return resolve_batching(self.batching, self.device)
+
+    def duration_batch_seconds(self) -> float:
+        """Padded audio per forward pass with duration batching."""
+        return GPU_BATCH_SECONDS if self.batch_seconds is None else self.batch_seconds
 
     def resolved_workers(self) -> int:
-        return resolve_workers(self.workers, self.device)
+        return resolve_workers(self.workers, self.device, self.batching)
 
     def resolved_threads(self) -> int | None:
         return resolve_threads(self.threads_per_worker, self.device)
@@ -78,28 +103,9 @@ class EncodeConfig:
     def resolved_job_utterances(self) -> int:
         if self.job_utterances:
             return self.job_utterances
-        return CPU_JOB_UTTERANCES if self.device == "cpu" else self.chunk_utterances
-
-
-def resolve_workers(workers: int, device: str) -> int:
-    """``--workers``: as given, or (<= 0) one per CPU core on CPU and 1 on a GPU."""
-    if workers > 0:
-        return workers
-    return 1 if device != "cpu" else max(1, _cpu_count())
-
-
-def resolve_threads(threads: int | None, device: str) -> int | None:
-    """Intra-op threads per worker: as given, else 1 on CPU, torch's default (None) on a GPU."""
-    if threads:
-        return threads
-    return 1 if device == "cpu" else None
-
-
-def _cpu_count() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        if self.device == "cpu" or self.resolved_batching() == "duration":  # decode jobs: small
+            return CPU_JOB_UTTERANCES
+        return self.chunk_utterances
 
 
 def unit_caches(codes_dir: str, units: list[WorkUnit], cfg: EncodeConfig) -> list[UnitCache]:
@@ -111,9 +117,9 @@ def unit_caches(codes_dir: str, units: list[WorkUnit], cfg: EncodeConfig) -> lis
         "cache_codebooks": cfg.cache_codebooks,
         "chunk_utterances": cfg.chunk_utterances,
     }
-    return [
-        UnitCache(os.path.join(codes_dir, u.name), {**u.describe(), **codec}) for u in units
-    ]
+    if cfg.resolved_batching() == "duration":  # batch shapes can change a few frames' codes
+        codec["codec_batching"] = f"duration/{cfg.duration_batch_seconds():g}s"
+    return [UnitCache(os.path.join(codes_dir, u.name), {**u.describe(), **codec}) for u in units]
 
 
 def chunk_stream(
@@ -138,176 +144,6 @@ def chunk_stream(
         yield recs, errors
 
 
-# ------------------------------------------------------------------- worker side
-_CODEC = None
-_CODEC_CONFIG: EncodeConfig | None = None
-
-
-def _init_process(device: str, threads: int | None) -> None:
-    """A worker's (or the in-process run's) torch settings; a worker also imports the codec's
-    modules here, while the main process is still starting."""
-    import torch
-
-    from megatron_soda.compat.allocator import tune_cpu_allocator
-
-    if threads:
-        torch.set_num_threads(threads)
-    if device == "cpu":
-        tune_cpu_allocator()
-
-
-def _warm_up() -> None:
-    """The first worker's first task: it is spawned now, and imports what building the codec
-    needs (transformers' Mimi: about 2 s) before any job is planned."""
-    try:
-        from transformers import MimiModel  # noqa: F401  (audio/codec.py builds it)
-    except ImportError:  # reported by the codec's own build
-        pass
-
-
-def _build_codec(cfg: EncodeConfig) -> None:
-    """Build this process's codec for ``cfg`` (once: later jobs with the same config reuse it)."""
-    global _CODEC, _CODEC_CONFIG
-    from megatron_soda.audio.codec import MimiCodec
-
-    _CODEC = None  # the old one freed first
-    _CODEC = MimiCodec(
-        cfg.codec,
-        num_codebooks=cfg.cache_codebooks,
-        device=cfg.device,
-        chunk_seconds=cfg.chunk_seconds,
-        batch_seconds=cfg.batch_seconds,
-        precision=cfg.precision,
-    )
-    _CODEC_CONFIG = cfg
-
-
-def _init_worker(cfg: EncodeConfig, threads: int | None) -> None:
-    """Torch settings and the codec of ``cfg``, now (tests, benchmarks)."""
-    _init_process(cfg.device, threads)
-    _build_codec(cfg)
-
-
-def _decode_recording(rec: Recording, encoder: PieceEncoder) -> list:
-    """Per utterance a code stream, or the :class:`Failure` rejecting it; decoded and encoded in
-    one streaming pass per source: a long recording costs a codec piece of memory, not its
-    waveform (audio/streaming.py).  A failure of the whole source has scope "source"."""
-    outs: list = [None] * len(rec.utterances)
-    by_source: dict[str, list[int]] = {}
-    for i, u in enumerate(rec.utterances):
-        by_source.setdefault(u.audio.source_key(), []).append(i)
-    for idxs in by_source.values():
-        ref = rec.utterances[idxs[0]].audio
-        whole = len(idxs) == 1 and ref.start is None and ref.end is None
-        try:
-            got = encode_segments(
-                encoder,
-                ref.path if ref.path is not None else ref.data,
-                [Segment(rec.utterances[i].audio.start, rec.utterances[i].audio.end) for i in idxs],
-                name=ref.name or ref.path,
-                expected_duration=ref.expected_duration if whole else None,
-            )
-            got = [Failure(str(g)) if isinstance(g, AudioError) else g for g in got]
-        except AudioError as e:
-            got = [Failure(str(e), "source")] * len(idxs)
-        except Exception as e:  # unforeseen: costs this source's utterances only
-            where = ref.name or ref.path or rec.id
-            got = [Failure(f"{where}: {unexpected(e, rec.source, where)}", "source")] * len(idxs)
-        for i, out in zip(idxs, got):
-            outs[i] = out
-    return outs
-
-
-def encode_parts(cfg: EncodeConfig | None, parts: list[Recording]) -> list[list[Outcome]]:
-    """A job: per recording (or part of one, :func:`~megatron_soda.data.encode_jobs.part_recording`)
-    per utterance ``(seconds, codes)`` or the :class:`Failure` rejecting its audio.  ``cfg``: the
-    codec to use (built at this process's first job); None: the one already built.
-
-    An exception nobody foresaw costs only the part it happened in: the job is redone one part
-    at a time, and the failing part's utterances are rejected (scope "recording") with the
-    exception's type and message (never a traceback that ends the run)."""
-    if cfg is not None and cfg != _CODEC_CONFIG:
-        _build_codec(cfg)
-    try:
-        return _encode_recordings(parts)
-    except Exception as e:
-        if len(parts) == 1:
-            rec = parts[0]
-            return [[Failure(unexpected(e, rec.source, rec.id), "recording")] * len(rec.utterances)]
-        return [encode_parts(None, [rec])[0] for rec in parts]
-
-
-def _encode_recordings(recordings: list[Recording]) -> list[list[Outcome]]:
-    encoder = PieceEncoder(_CODEC)  # one per job: a GPU batches pieces across its sources
-    all_streams = [_decode_recording(rec, encoder) for rec in recordings]
-    encoder.flush()
-    return [
-        [s if isinstance(s, Failure) else (s.samples / SAMPLE_RATE, s.codes()) for s in streams]
-        for streams in all_streams
-    ]
-
-
-def encode_job(recordings: list[Recording]) -> dict:
-    """Whole recordings with the codec already built (:func:`_init_worker`): per recording,
-    per utterance ``(seconds, codes)`` or None where its audio was rejected (the reason is in
-    ``errors``)."""
-    joined = [rejoin(rec, outs) for rec, outs in zip(recordings, encode_parts(None, recordings))]
-    return {"encoded": [enc for enc, _ in joined], "errors": [e for _, errs in joined for e in errs]}
-
-
-class CodecWorkers:
-    """Where jobs run: ``workers`` spawned processes (more than one), or this process.
-
-    Made before the run knows its work (``preprocess.py`` makes it first thing), so that the
-    first worker starts importing torch and the codec at once; ``close`` ends the processes (or
-    frees the in-process codec and restores torch's thread count)."""
-
-    def __init__(self, workers: int, threads_per_worker: int | None, device: str) -> None:
-        """The flags as given: ``--workers`` (<= 0: one per CPU core, 1 on a GPU),
-        ``--threads-per-worker``, ``--device``."""
-        self.workers = workers = resolve_workers(workers, device)
-        threads = resolve_threads(threads_per_worker, device)
-        self.pool: ProcessPoolExecutor | None = None
-        self._saved_threads: int | None = None
-        self._warm: Future | None = None
-        if workers > 1:
-            self.pool = ProcessPoolExecutor(
-                workers,
-                mp_context=mp.get_context("spawn"),
-                initializer=init_dying_with_parent,  # no orphan workers after a kill -9
-                initargs=(_init_process, device, threads),
-            )
-            self._warm = self.pool.submit(_warm_up)  # spawns the first worker now
-        else:
-            import torch
-
-            self._saved_threads = torch.get_num_threads()
-            _init_process(device, threads)
-
-    def submit(self, cfg: EncodeConfig, jobs: list[list[Recording]]) -> list[Future | list[list[Outcome]]]:
-        """Jobs: futures (worker processes) or, in this process, their results.  Workers are
-        spawned as submitted jobs find none idle; a first submission of one job waits for the
-        first worker to be ready instead (a one-job run starts one process, not two)."""
-        if self.pool is None:
-            return [encode_parts(cfg, parts) for parts in jobs]
-        if self._warm is not None and len(jobs) == 1:
-            wait([self._warm])
-        self._warm = None
-        return [self.pool.submit(encode_parts, cfg, parts) for parts in jobs]
-
-    def close(self, wait_for_workers: bool = True) -> None:
-        global _CODEC, _CODEC_CONFIG
-        if self.pool is not None:
-            self.pool.shutdown(wait=wait_for_workers, cancel_futures=True)
-            self.pool = None
-        elif self._saved_threads is not None:  # in-process: free the codec before the token stage
-            import torch
-
-            _CODEC = _CODEC_CONFIG = None
-            torch.set_num_threads(self._saved_threads)
-            self._saved_threads = None
-
-
 # --------------------------------------------------------------------- main side
 class _Progress:
     """Input bytes read (the bar's total: the units' file sizes; see data/progress.py), with
@@ -320,11 +156,14 @@ class _Progress:
         self.units_done = self.reading_index = 0
         self.current: WorkUnit | None = None
         self.bar = StageProgress("encode", sum(self.sizes), "B", self._extra, logger)
+        self.times: dict[str, float] = {}  # this process: "encode" (duration batching), "wait"
 
     def _extra(self) -> str:
         elapsed = max(time.time() - self.bar.start, 1e-9)
-        return (f"{self.utts} utt, {self.seconds / 3600:.2f} h audio ({self.seconds / elapsed:.1f}x realtime), "
-                f"{self.errors} errors")
+        return (
+            f"{self.utts} utt, {self.seconds / 3600:.2f} h audio ({self.seconds / elapsed:.1f}x realtime), "
+            f"{self.errors} errors"
+        )
 
     def _refresh(self) -> None:
         """Units before the one being read count whole (their reading is over; their last
@@ -343,6 +182,13 @@ class _Progress:
     def unit_complete(self) -> None:
         self.units_done += 1
         self._refresh()
+
+    def timed(self, what: str, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.times[what] = self.times.get(what, 0.0) + time.perf_counter() - t0
 
     def update(self, res: dict) -> None:
         self.utts += res["utterances"]
@@ -363,6 +209,13 @@ class _Progress:
             elapsed,
             self.seconds / max(elapsed, 1e-9),
         )
+        if self.times:  # extra: benchmarks/bench_codec.py reads it
+            logger.info(
+                "encode: this process spent %s of %.1fs wall",
+                ", ".join(f"{v:.1f}s {k}" for k, v in sorted(self.times.items())),
+                elapsed,
+                extra={"stage_times": {**self.times, "wall": elapsed, "audio": self.seconds}},
+            )
 
 
 @dataclass
@@ -386,7 +239,12 @@ def encode_units(
         return caches
     own = workers is None
     if workers is None:
-        workers = CodecWorkers(cfg.workers, cfg.threads_per_worker, cfg.device)
+        workers = CodecWorkers(cfg.workers, cfg.threads_per_worker, cfg.device, cfg.batching)
+    if workers.batching != cfg.resolved_batching():
+        raise ValueError(
+            f"workers started for {workers.batching} batching, the stage asks for "
+            f"{cfg.resolved_batching()}"
+        )
     try:
         _encode(todo, cfg, workers)
     finally:
@@ -395,12 +253,23 @@ def encode_units(
     return caches
 
 
-def _encode(todo: list[tuple[WorkUnit, UnitCache]], cfg: EncodeConfig, workers: CodecWorkers) -> None:
+def _encode(
+    todo: list[tuple[WorkUnit, UnitCache]], cfg: EncodeConfig, workers: CodecWorkers
+) -> None:
     progress = _Progress([u for u, _ in todo])
     job_utts = cfg.resolved_job_utterances()
     # jobs queued or running at most (enough to keep every worker busy), and finished chunks
     # waiting behind an unfinished older one (their codes are held in memory) at most
     max_running, max_pending = 2 * workers.workers, 4 * workers.workers + 8
+    encode = None
+    if workers.batching == "duration":  # decoded waveforms are held: the running jobs' chunks + 1
+        spanned = -(-max_running * min(job_utts, cfg.chunk_utterances) // cfg.chunk_utterances)
+        max_pending = 1 + max(2, spanned)
+
+        def encode(recs, decoded):
+            progress.timed("codec build", codec_workers.ensure_codec, cfg)  # at the first chunk
+            return progress.timed("encode", encode_decoded, cfg, recs, decoded)
+
     pending: deque[_Pending] = deque()
 
     def finish_oldest() -> None:
@@ -423,7 +292,8 @@ def _encode(todo: list[tuple[WorkUnit, UnitCache]], cfg: EncodeConfig, workers: 
             running = [f for p in pending if p.work is not None for f in p.work.running()]
             if len(running) <= limit and len(pending) <= max_pending:
                 return
-            wait(running if len(running) > limit else pending[0].work.running(), return_when=FIRST_COMPLETED)
+            waiting = running if len(running) > limit else pending[0].work.running()
+            progress.timed("wait", wait, waiting, None, FIRST_COMPLETED)
 
     try:
         for unit, cache in todo:
@@ -435,8 +305,10 @@ def _encode(todo: list[tuple[WorkUnit, UnitCache]], cfg: EncodeConfig, workers: 
                     progress.skipped += 1
                     continue
                 plan = plan_jobs([len(r.utterances) for r in recs], job_utts)
-                jobs = workers.submit(cfg, [[part_recording(recs[p.recording], p) for p in job] for job in plan])
-                pending.append(_Pending(cache, n - 1, ChunkJobs(recs, errs, plan, jobs)))
+                jobs = workers.submit(
+                    cfg, [[part_recording(recs[p.recording], p) for p in job] for job in plan]
+                )
+                pending.append(_Pending(cache, n - 1, ChunkJobs(recs, errs, plan, jobs, encode)))
                 settle(max_running)  # in-process: jobs are done, the chunk written now
             pending.append(_Pending(cache, n))  # complete once its chunks are written
             settle(max_running)

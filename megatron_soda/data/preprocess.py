@@ -74,6 +74,7 @@ class PreprocessConfig:
     workers: int = 1
     threads_per_worker: int | None = None
     codec_precision: str = "fp32"  # "bf16": opt-in, faster on CPU, some codes differ
+    codec_batching: str | None = None  # "pieces" | "duration"; None: duration on a GPU (codec_workers)
     device: str = "cpu"
     valid_fraction: float = 0.0  # held out by recording-id hash (--valid-fraction; was --split)
     num_shards: int = 1
@@ -116,6 +117,7 @@ class PreprocessConfig:
             chunk_utterances=self.chunk_utterances,
             job_utterances=self.job_utterances,
             precision=self.codec_precision,
+            batching=self.codec_batching,
         )
 
 
@@ -168,7 +170,7 @@ def _run_locked(cfg: PreprocessConfig) -> dict:
     speech = cfg.input_format != "text"
     encoding = speech and cfg.stage in ("all", "encode")
     # started first: the first codec worker imports torch and the codec meanwhile
-    workers = CodecWorkers(cfg.workers, cfg.threads_per_worker, cfg.device) if encoding else None
+    workers = CodecWorkers(cfg.workers, cfg.threads_per_worker, cfg.device, cfg.codec_batching) if encoding else None
     try:
         return _run_with(cfg, units, files, workers)
     except BaseException:
@@ -247,6 +249,8 @@ def _cached_units(
     (``--cache-codebooks`` if given, else the tokenizer's)."""
     ecfg = replace(ecfg, cache_codebooks=cfg.cache_codebooks or num_codebooks)
     caches = unit_caches(cfg.resolved_codes_dir, units, ecfg)
+    if cfg.codec_batching is None:  # not asked for: codes of either batching mode (a GPU's) serve
+        caches = [_as_stored_batching(c) for c in caches]
     unusable = [c for c in caches if not c.is_complete()]
     if unusable:
         c, more = unusable[0], f" (and {len(unusable) - 1} more)" if len(unusable) > 1 else ""
@@ -264,6 +268,18 @@ def _cached_units(
                 "run --stage encode (or all) with the same arguments to encode them again"
             )
     return caches
+
+
+def _as_stored_batching(cache: UnitCache) -> UnitCache:
+    """``cache`` expecting the batching mode its ``unit.json`` records, all else equal."""
+    stored = cache.stored_description() or {}
+    key = "codec_batching"
+    if stored.get(key) == cache.description.get(key):
+        return cache
+    want = {k: v for k, v in cache.description.items() if k != key}
+    if key in stored:
+        want[key] = stored[key]
+    return UnitCache(cache.dir, want)
 
 
 # What describes how a shard was made (its header in P.stats.json); merging keeps these.
