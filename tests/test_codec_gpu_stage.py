@@ -152,7 +152,7 @@ def test_resume_encodes_only_unfinished_chunks(runs, corpus, tmp_path):
     assert {p: open(p, "rb").read() for p in _chunks(unit)} == before
     # the other mode does not reuse these codes: the unit starts again, every chunk re-encoded
     n = codec_workers.COUNTS["parts_encoded"]
-    _encode(corpus, tmp_path / "codes", _cfg("pieces"))
+    _encode(corpus, tmp_path / "codes", _cfg("pieces", job_utterances=16))  # one part per recording
     assert codec_workers.COUNTS["parts_encoded"] - n == 7  # every recording
     with open(os.path.join(unit, "unit.json")) as f:
         assert "codec_batching" not in json.load(f)
@@ -163,7 +163,7 @@ def test_workers_decode_and_the_main_process_encodes(runs, corpus, tmp_path):
     workers = CodecWorkers(2, None, "cpu", "duration")
     main_before = dict(codec_workers.COUNTS)
     try:
-        unit = _encode(corpus, tmp_path / "codes", _cfg("duration", workers=2), workers)
+        unit = _encode(corpus, tmp_path / "codes", _cfg("duration", workers=2, job_utterances=16), workers)
         alive = set(workers.pool._processes)  # the workers spawned (on demand: 1 or 2)
         states: dict = {}
         for _ in range(5):  # probes held 0.5 s, sent at once: each idle worker takes one

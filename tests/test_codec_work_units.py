@@ -17,7 +17,7 @@ from megatron_soda.audio.io import load_audio
 from megatron_soda.data.cli import preprocess_main
 from megatron_soda.data.codes_cache import read_chunk
 from megatron_soda.data.encode_jobs import Part, plan_jobs
-from megatron_soda.data.encode_stage import chunk_stream
+from megatron_soda.data.encode_stage import EncodeConfig, _job_size, chunk_stream
 from megatron_soda.data.units import WorkUnit
 
 SR = 16000  # resampled to 24 kHz by the stage
@@ -240,3 +240,15 @@ def test_codes_are_each_utterance_encoded_alone(runs, corpus, one_torch_thread):
         np.testing.assert_array_equal(grouped[uid], direct, err_msg=uid)
         np.testing.assert_array_equal(ungrouped[uid], direct, err_msg=uid)
         np.testing.assert_array_equal(alone[uid], direct, err_msg=uid)
+
+
+def test_small_chunks_still_give_every_worker_jobs():
+    """Without --job-utterances a small chunk (a few minutes of speech) is cut into at least two
+    jobs per worker; an explicit --job-utterances is kept as given."""
+    sizes = [3, 2, 1, 4, 2, 3, 1, 2, 2, 2]  # 22 utterances in 10 recordings
+    default = EncodeConfig("random:tiny")
+    for workers in (1, 2, 4):
+        jobs = plan_jobs(sizes, _job_size(default, default.resolved_job_utterances(), sum(sizes), workers))
+        assert len(jobs) >= min(2 * workers, len(sizes))
+    pinned = EncodeConfig("random:tiny", job_utterances=16)
+    assert len(plan_jobs(sizes, _job_size(pinned, 16, sum(sizes), 2))) == 2

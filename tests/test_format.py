@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from megatron_soda.data.inspect import inspect_main
-from megatron_soda.data.preprocess import merge_outputs
+from megatron_soda.data.merge import merge_outputs
 from megatron_soda.data.shards import ShardWriter
 from megatron_soda.format import (
     DEFAULT_NUM_CODEBOOKS,

@@ -9,13 +9,8 @@ import json
 import logging
 import sys
 
-from megatron_soda.data.preprocess import (
-    STAGES,
-    PreprocessConfig,
-    PreprocessError,
-    merge_outputs,
-    run_preprocess,
-)
+from megatron_soda.data.merge import merge_outputs
+from megatron_soda.data.preprocess import STAGES, PreprocessConfig, PreprocessError, run_preprocess
 from megatron_soda.data.readers import INPUT_FORMATS
 from megatron_soda.data.readers.cvss import SPLITS
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, INTERLEAVE_MODES

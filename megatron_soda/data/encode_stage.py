@@ -71,6 +71,9 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+# Without --job-utterances a chunk is cut into at least this many jobs per worker.
+JOBS_PER_WORKER = 2
+
 @dataclass(frozen=True)
 class EncodeConfig:
     codec: str  # a spec for audio.codec.parse_codec_spec; no default (see data.preprocess.CODEC_REQUIRED)
@@ -253,6 +256,16 @@ def encode_units(
     return caches
 
 
+def _job_size(cfg: EncodeConfig, job_utts: int, chunk_utts: int, workers: int) -> int:
+    """Utterances per job in a chunk of ``chunk_utts``: the configured size, but without
+    ``--job-utterances`` at least ``JOBS_PER_WORKER`` jobs per worker, so a small input (a few
+    minutes of speech) is not left to fewer jobs than workers.  The plan never changes the
+    output (data/encode_jobs.py)."""
+    if cfg.job_utterances:
+        return job_utts
+    return max(1, min(job_utts, -(-chunk_utts // (JOBS_PER_WORKER * workers))))
+
+
 def _encode(
     todo: list[tuple[WorkUnit, UnitCache]], cfg: EncodeConfig, workers: CodecWorkers
 ) -> None:
@@ -304,7 +317,8 @@ def _encode(
                 if cache.reuse_chunk(n - 1):  # on disk and intact
                     progress.skipped += 1
                     continue
-                plan = plan_jobs([len(r.utterances) for r in recs], job_utts)
+                sizes = [len(r.utterances) for r in recs]
+                plan = plan_jobs(sizes, _job_size(cfg, job_utts, sum(sizes), workers.workers))
                 jobs = workers.submit(
                     cfg, [[part_recording(recs[p.recording], p) for p in job] for job in plan]
                 )

@@ -17,7 +17,6 @@ the record), never new shards that old stats would vouch for.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -30,7 +29,7 @@ from megatron_soda.data.codes_cache import UnitCache
 from megatron_soda.data.encode_stage import CodecWorkers, EncodeConfig, encode_units, unit_caches
 from megatron_soda.data.readers import INPUT_FORMATS, SFT_FORMATS, SPEECH_FORMATS
 from megatron_soda.data.sft_stage import sft_record, tokenize_cached_pairs
-from megatron_soda.data.shards import TMP_SUFFIX, ShardWriter
+from megatron_soda.data.shards import TMP_SUFFIX
 from megatron_soda.data.tokenize_stage import (
     OutputSet,
     SplitStats,
@@ -38,7 +37,7 @@ from megatron_soda.data.tokenize_stage import (
     tokenize_text_units,
 )
 from megatron_soda.data.units import WorkUnit, expand_inputs, plan_units
-from megatron_soda.format import DEFAULT_NUM_CODEBOOKS, shard_layout, validate_shard
+from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 from megatron_soda.format.sft import PROMPT_ENDS
 from megatron_soda.format.shard_verify import IDENTITY_KEY
 from megatron_soda.output_lock import OutputLock
@@ -282,22 +281,6 @@ def _as_stored_batching(cache: UnitCache) -> UnitCache:
     return UnitCache(cache.dir, want)
 
 
-# What describes how a shard was made (its header in P.stats.json); merging keeps these.
-HEADER_KEYS = (
-    "codec_precision",
-    "format",
-    "interleave",
-    "codec",
-    "codec_random",
-    "codec_fingerprint",
-    "num_codebooks",
-    "layout",
-    "tokenizer_sha256",
-    "split_fraction",
-    "sft",
-)
-
-
 def _header(cfg: PreprocessConfig, tokenizer: SodaTokenizer) -> dict:
     """How the shard was made.  ``codec_fingerprint`` identifies the codes (the trainer refuses a
     blend that mixes fingerprints); ``split_fraction`` is the --valid-fraction (old name kept)."""
@@ -325,7 +308,7 @@ def _header(cfg: PreprocessConfig, tokenizer: SodaTokenizer) -> dict:
     }
 
 
-def _summary(
+def summarize_splits(
     header: dict, splits: dict[str, SplitStats], errors: int, attempted: int, collisions: int
 ) -> dict:
     total = SplitStats()
@@ -343,7 +326,7 @@ def _summary(
     return summary
 
 
-def _write_reports(
+def write_report_files(
     prefix: str,
     header: dict,
     splits: dict[str, SplitStats],
@@ -380,87 +363,13 @@ def write_reports(
     (:meth:`OutputSet.close`)."""
     header = _header(cfg, tokenizer)
     n_err = len(out.errors)
-    summary = _summary(header, out.stats, n_err, out.attempted, out.text_collisions)
+    summary = summarize_splits(header, out.stats, n_err, out.attempted, out.text_collisions)
     errors = [e.to_dict() for e in out.errors]
-    _write_reports(cfg.shard_prefix, header, out.stats, summary, errors, files)
+    write_report_files(cfg.shard_prefix, header, out.stats, summary, errors, files)
     if out.text_collisions:
         logger.warning(
             "%d transcript characters fall in the audio character range U+E000..; ids are correct, "
             "but an exported HF tokenizer would read them as audio",
             out.text_collisions,
         )
-    return summary
-
-
-def merge_outputs(prefixes: list[str], output_prefix: str) -> dict:
-    """Combine shard outputs (in the order given) into one prefix, splits kept apart; holds the
-    output prefix's lock (:func:`output_locked`) meanwhile."""
-    if not prefixes:
-        raise PreprocessError("merge: no input prefixes")
-    with output_locked(output_prefix):
-        return _merge_locked(prefixes, output_prefix)
-
-
-def _merge_locked(prefixes: list[str], output_prefix: str) -> dict:
-    stats = []
-    for p in prefixes:
-        path = p + ".stats.json"
-        if not os.path.isfile(path):
-            raise PreprocessError(
-                f"merge: {path} missing (is {p} a finished preprocessing output?)"
-            )
-        with open(path) as f:
-            stats.append(json.load(f))
-    layouts = {json.dumps(s["layout"], sort_keys=True) for s in stats}
-    if len(layouts) > 1:
-        raise PreprocessError(
-            "merge: the shards were made with different tokenizers / codebook counts"
-        )
-    if len({"sft" in s for s in stats}) > 1:
-        raise PreprocessError("merge: some shards are SFT (S2ST pairs with loss starts), some not")
-    codecs = {s.get("codec_fingerprint") for s in stats} - {None}
-    if len(codecs) > 1:
-        raise PreprocessError(
-            "merge: the shards were made with different codecs (codec_fingerprint)"
-        )
-    split_names = sorted(stats[0].get("splits", {}).keys()) or ["all"]
-    suffixes = {name: "" if name == "all" else f"_{name}" for name in split_names}
-    layout = shard_layout(prefixes[0])
-    for p in prefixes:  # a truncated or foreign input would make a corrupt merged shard
-        for suffix in suffixes.values():
-            validate_shard(p + suffix, layout, scan_ids=False)
-    merged: dict[str, SplitStats] = {}
-    writers: dict[str, ShardWriter] = {}
-    try:
-        for name, suffix in suffixes.items():
-            w = writers[name] = ShardWriter(output_prefix + suffix, sft="sft" in stats[0])
-            merged[name] = SplitStats()
-            for p, s in zip(prefixes, stats):
-                w.add_prefix(p + suffix)
-                merged[name].merge(SplitStats.from_dict(s["splits"][name] if name != "all" else s))
-        files = {name: w.close() for name, w in writers.items()}
-        summary = _merge_reports(prefixes, output_prefix, stats, merged, files)
-        for w in writers.values():
-            w.publish()
-    except BaseException:
-        for w in writers.values():
-            w.abort()
-        raise
-    return summary
-
-
-def _merge_reports(
-    prefixes: list[str], output_prefix: str, stats: list[dict], merged: dict[str, SplitStats],
-    files: dict[str, dict],
-) -> dict:
-    header = {k: v for k, v in stats[0].items() if k in HEADER_KEYS}
-    header["merged_from"] = [os.path.basename(p) for p in prefixes]
-    errors: list[dict] = []
-    for p in prefixes:
-        with open(p + ".errors.jsonl", encoding="utf-8") as f:
-            errors.extend(json.loads(line) for line in f if line.strip())
-    attempted = sum(s["attempted"] for s in stats)
-    collisions = sum(s.get("text_audio_char_collisions", 0) for s in stats)
-    summary = _summary(header, merged, len(errors), attempted, collisions)
-    _write_reports(output_prefix, header, merged, summary, errors, files)
     return summary
