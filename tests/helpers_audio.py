@@ -44,3 +44,18 @@ def deadline(seconds: int, what: str = "hung"):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
+
+
+def fail_codec_on(monkeypatch, samples: int, message: str) -> None:
+    """Make the codec raise ``RuntimeError(message)`` on any batch holding a piece of exactly
+    ``samples`` samples (an unforeseen failure of one clip's encoding)."""
+    from megatron_soda.audio.codec import MimiCodec
+
+    real = MimiCodec._encode_batch
+
+    def encode_batch(self, waves, *args, **kwargs):
+        if any(w.size == samples for w in waves):
+            raise RuntimeError(message)
+        return real(self, waves, *args, **kwargs)
+
+    monkeypatch.setattr(MimiCodec, "_encode_batch", encode_batch)

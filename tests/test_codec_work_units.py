@@ -11,6 +11,7 @@ import os
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers_audio import fail_codec_on
 
 from megatron_soda.audio.codec import MimiCodec
 from megatron_soda.audio.io import load_audio
@@ -197,14 +198,7 @@ def test_a_source_failing_in_one_part_fails_in_all(corpus, tmp_path, llama3_path
     root, rows = corpus
     _, _, audio, a, b = next(r for r in rows if r[0] == "s3")
     fail_size = load_audio(str(root / audio), a, b).size
-    real = MimiCodec._encode_batch
-
-    def encode_batch(self, waves, *args, **kwargs):
-        if any(w.size == fail_size for w in waves):
-            raise RuntimeError("boom in s3")
-        return real(self, waves, *args, **kwargs)
-
-    monkeypatch.setattr(MimiCodec, "_encode_batch", encode_batch)
+    fail_codec_on(monkeypatch, fail_size, "boom in s3")
     manifest = str(root / "grouped.jsonl")
     for name, size in (("whole", "1000"), ("parts", "2")):
         _run(

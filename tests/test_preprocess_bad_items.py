@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import soundfile as sf
-from helpers_audio import deadline
+from helpers_audio import deadline, fail_codec_on
 from helpers_readers import cached_recordings, errors_by_item
 
-from megatron_soda.data import encode_stage, preprocess
+from megatron_soda.data import codec_workers, encode_stage, preprocess
 from megatron_soda.data.cli import EXIT_CRASH, EXIT_ERROR_RATE, EXIT_FATAL, EXIT_OK, build_parser
 from megatron_soda.data.cli import preprocess_main as cli_main
 from megatron_soda.data.readers import read_source
@@ -210,20 +210,6 @@ def test_bad_values_end_to_end_keep_the_rest(tmp_path, llama3_path):
 
 
 # ------------------------------------------------------------ unforeseen failures
-def _fail_codec_on(monkeypatch, samples: int) -> None:
-    """The codec raises on any batch holding a piece of ``samples`` samples (b's clip)."""
-    from megatron_soda.audio.codec import MimiCodec
-
-    real = MimiCodec._encode_batch
-
-    def encode_batch(self, waves, *a, **kw):
-        if any(w.size == samples for w in waves):
-            raise RuntimeError("boom in b")
-        return real(self, waves, *a, **kw)
-
-    monkeypatch.setattr(MimiCodec, "_encode_batch", encode_batch)
-
-
 @pytest.mark.parametrize("where", ["decoder", "codec"])
 def test_an_unexpected_exception_is_its_items_error(tmp_path, llama3_path, monkeypatch, caplog, where):
     for name, seconds in (("a", 0.5), ("b", 0.7), ("c", 0.9)):
@@ -239,7 +225,7 @@ def test_an_unexpected_exception_is_its_items_error(tmp_path, llama3_path, monke
 
         monkeypatch.setattr(sf, "SoundFile", SoundFile)
     else:
-        _fail_codec_on(monkeypatch, int(0.7 * 24000))
+        fail_codec_on(monkeypatch, int(0.7 * 24000), "boom in b")
     rc = run([manifest], "jsonl", tmp_path / "out", llama3_path, "--chunk-utterances", "3")
     assert rc == EXIT_ERROR_RATE
     errors = errors_by_item(tmp_path / "out")
@@ -294,13 +280,14 @@ def test_a_job_of_several_recordings_loses_only_the_failing_one(tmp_path, monkey
     """On a GPU a job holds many recordings: a failure is retried one recording at a time."""
     from megatron_soda.data.records import AudioRef, Recording, Utterance
 
-    monkeypatch.setattr(encode_stage, "_CODEC", None)
-    encode_stage._init_worker(encode_stage.EncodeConfig(codec="random:tiny"), None)
+    monkeypatch.setattr(codec_workers, "_CODEC", None)  # this process's codec state, restored after
+    monkeypatch.setattr(codec_workers, "_CODEC_CONFIG", None)
+    codec_workers._init_worker(encode_stage.EncodeConfig(codec="random:tiny"), None)
     recs = [Recording(n, "m.jsonl", [Utterance(n, n, AudioRef(path=wav(tmp_path / f"{n}.wav", s)))])
             for n, s in (("a", 0.5), ("b", 0.7), ("c", 0.9))]
-    alone = {r.id: encode_stage.encode_job([r])["encoded"][0][0][1] for r in recs}
-    _fail_codec_on(monkeypatch, int(0.7 * 24000))
-    out = encode_stage.encode_job(recs)
+    alone = {r.id: codec_workers.encode_job([r])["encoded"][0][0][1] for r in recs}
+    fail_codec_on(monkeypatch, int(0.7 * 24000), "boom in b")
+    out = codec_workers.encode_job(recs)
     assert [e.item for e in out["errors"]] == ["b"]
     assert "unexpected RuntimeError: boom in b" in out["errors"][0].reason
     (a,), (b,), (c,) = out["encoded"]

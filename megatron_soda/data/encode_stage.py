@@ -41,14 +41,9 @@ from dataclasses import dataclass
 
 from megatron_soda.audio.codec import GPU_BATCH_SECONDS, codec_fingerprint, parse_codec_spec
 from megatron_soda.data import codec_workers
-from megatron_soda.data.codec_workers import (  # noqa: F401  (re-exported: tests, benchmarks)
+from megatron_soda.data.codec_workers import (
     CodecWorkers,
-    _build_codec,
-    _init_process,
-    _init_worker,
     encode_decoded,
-    encode_job,
-    encode_parts,
     resolve_batching,
     resolve_threads,
     resolve_workers,
@@ -62,13 +57,6 @@ from megatron_soda.data.units import WorkUnit
 from megatron_soda.format import DEFAULT_NUM_CODEBOOKS
 
 logger = logging.getLogger(__name__)
-
-
-def __getattr__(name: str) -> object:
-    """The worker-side codec state, which lives in :mod:`codec_workers` (older imports)."""
-    if name in ("_CODEC", "_CODEC_CONFIG"):
-        return getattr(codec_workers, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Without --job-utterances a chunk is cut into at least this many jobs per worker.
