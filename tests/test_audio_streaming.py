@@ -225,14 +225,14 @@ def test_bad_segments_and_sources_are_rejected_with_their_reasons(tmp_path):
 _MEASURE = """
 import json, resource, sys
 import torch
-from megatron_soda.data import encode_stage as es
+from megatron_soda.data import codec_workers as cw, encode_stage as es
 from megatron_soda.data.records import AudioRef, Recording, Utterance
 path, seconds, mode = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-es._init_worker(es.EncodeConfig(codec="random:tiny:0", cache_codebooks=8, chunk_seconds=10.0), 1)
+cw._init_worker(es.EncodeConfig(codec="random:tiny:0", cache_codebooks=8, chunk_seconds=10.0), 1)
 def job(spans):
     utts = [Utterance(f"u{i}", "", AudioRef(path=path, start=a, end=b, name=path))
             for i, (a, b) in enumerate(spans)]
-    return es.encode_job([Recording("r", "manifest", utts)])
+    return cw.encode_job([Recording("r", "manifest", utts)])
 def peak():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 warm = job([(None, 25.0), (25.0, 35.0)])
