@@ -14,6 +14,13 @@ Each run is a fresh process tree with ``--workers 0`` (one codec worker per core
 factor is audio seconds / wall seconds; the load average before each run is printed with it.
 Both checkouts run with this interpreter (``PYTHONPATH`` set to the checkout).
 
+The codec (``--codec``, default ``saved``): full-size Mimi with random weights saved once as a
+Hugging Face directory (``model.safetensors`` + ``config.json``, encoder and decoder, as
+``hf download kyutai/mimi --local-dir`` gives) and loaded from it, as users run the tool
+(about 0.1 s per worker).  ``--codec random:full`` builds the random model in every worker
+instead (about 2 s more per worker: initialisation and the codebook probe), which only tests
+and demos do.
+
     .venv/bin/python benchmarks/bench_codec_cli.py --before /tmp/old --json cli.json
 """
 
@@ -50,6 +57,21 @@ def corpora(workdir: str, std_seconds: float, grouped_seconds: float) -> dict[st
     return {"one": (one, None), "std": (std, std_s), "grouped": (grouped, g_s), "ungrouped": (ungrouped, g_s)}
 
 
+def saved_codec(workdir: str) -> str:
+    """A directory holding full-size random Mimi as ``save_pretrained`` writes it (made once)."""
+    path = os.path.join(workdir, "mimi-full-random")
+    if not os.path.exists(os.path.join(path, "model.safetensors")):
+        from megatron_soda.audio.codec import MimiCodec
+
+        codec = MimiCodec("random:full", decoder=True)
+        tmp = path + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        codec.model.save_pretrained(tmp)
+        shutil.rmtree(path, ignore_errors=True)
+        os.rename(tmp, path)
+    return path
+
+
 def run_cli(checkout: str, manifest: str, out_dir: str, codec: str) -> float:
     """Wall seconds of one preprocessing run of ``checkout``'s code."""
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -69,7 +91,7 @@ def run_cli(checkout: str, manifest: str, out_dir: str, codec: str) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--before", default=None, help="another checkout to compare with (run interleaved)")
-    p.add_argument("--codec", default="random:full")
+    p.add_argument("--codec", default="saved", help="saved (default: see above) or a --codec spec")
     p.add_argument("--corpora", default="one,std,grouped,ungrouped")
     p.add_argument("--std-seconds", type=float, default=240)
     p.add_argument("--grouped-seconds", type=float, default=1500)
@@ -78,6 +100,7 @@ def main() -> int:
     p.add_argument("--json", default=None)
     a = p.parse_args()
     available = corpora(a.workdir, a.std_seconds, a.grouped_seconds)
+    codec = saved_codec(a.workdir) if a.codec == "saved" else a.codec
     checkouts = {"after": REPO} | ({"before": os.path.abspath(a.before)} if a.before else {})
     rows = []
     for rep in range(a.repeats):
@@ -86,8 +109,8 @@ def main() -> int:
             order = list(checkouts) if rep % 2 else list(checkouts)[::-1]  # before first on even repeats
             for which in order:
                 load = os.getloadavg()[0]
-                wall = run_cli(checkouts[which], manifest, os.path.join(a.workdir, f"out-{which}-{name}"), a.codec)
-                row = {"code": which, "corpus": name, "repeat": rep, "wall_s": round(wall, 2),
+                wall = run_cli(checkouts[which], manifest, os.path.join(a.workdir, f"out-{which}-{name}"), codec)
+                row = {"code": which, "corpus": name, "codec": a.codec, "repeat": rep, "wall_s": round(wall, 2),
                        "realtime": round(seconds / wall, 2) if seconds else None, "load_before": round(load, 2)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)

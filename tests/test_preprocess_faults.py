@@ -228,6 +228,13 @@ def _children(pid: int) -> list[int]:
     return out
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        return ""
+
+
 def _alive(pid: int) -> bool:
     try:
         state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
@@ -237,8 +244,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_workers_die_with_a_killed_run_whose_lock_is_taken_over(tmp_path, llama3_path, capsys, caplog):
-    """kill -9 of the main process mid-run: its codec workers are gone within seconds (not
-    orphans holding their memory); a second run on the prefix meanwhile is refused with exit 4;
+    """kill -9 of the main process mid-run: its codec workers and their fork server are gone
+    within seconds (not orphans holding their memory); a second run on the prefix meanwhile is refused with exit 4;
     the run after the kill takes the dead run's lock over (resuming is
     test_preprocess.py::test_killed_run_resumes_to_identical_bytes)."""
     # 20 minutes of audio: ~10 s of work for the two random:tiny workers, killed long before
@@ -254,12 +261,14 @@ def test_workers_die_with_a_killed_run_whose_lock_is_taken_over(tmp_path, llama3
     try:
         deadline = time.time() + 180
         while time.time() < deadline and main.poll() is None:  # workers started and encoding
-            workers = [c for c in _children(main.pid)
-                       if "--multiprocessing-fork" in open(f"/proc/{c}/cmdline").read()]
+            # the workers' fork server (a child of the run) and the workers it forked
+            servers = [c for c in _children(main.pid) if "forkserver" in _cmdline(c)]
+            workers = [w for s in servers for w in _children(s)]
             if len(workers) == 2 and chunk_files(prefix):
                 break
             time.sleep(0.05)
         assert main.poll() is None and len(workers) == 2, "the run did not reach its workers"
+        workers += servers
         assert run([manifest], "jsonl", prefix, llama3_path) == EXIT_LOCKED
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"another preprocessing run writes here (host {os.uname().nodename}, pid {main.pid}" in err

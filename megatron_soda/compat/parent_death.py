@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import ctypes
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
@@ -43,7 +45,21 @@ def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> boo
 def init_dying_with_parent(init: Callable[..., object], *args: object) -> None:
     """A ``multiprocessing``/``ProcessPoolExecutor`` initializer: tie this worker to the process
     that started it (SIGKILL when that one dies), then run ``init(*args)``.  Pass it as
-    ``initializer=init_dying_with_parent, initargs=(init, *args)``."""
+    ``initializer=init_dying_with_parent, initargs=(init, *args)``.
+
+    Two ties: the kernel's parent-death signal, and a thread waiting on multiprocessing's parent
+    sentinel (a pipe the parent holds open while it lives).  The second is what serves under the
+    ``forkserver`` start method, where the kernel's parent is the fork server, which lives on as
+    long as any worker does (each holds the server's liveness pipe): without it, a killed run
+    would leave server and workers waiting on each other."""
+    die_with_parent(signal.SIGKILL)
     parent = multiprocessing.parent_process()
-    die_with_parent(signal.SIGKILL, parent.pid if parent is not None else None)
+    if parent is not None:
+        threading.Thread(target=_kill_self_when_gone, args=(parent.sentinel,),
+                         name="die-with-parent", daemon=True).start()
     init(*args)
+
+
+def _kill_self_when_gone(sentinel: int) -> None:
+    multiprocessing.connection.wait([sentinel])  # ready: the parent's end closed (it is gone)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -10,9 +10,10 @@ of all units share one pipeline, so one recording holding most of the audio, sma
 the tail of each input file all keep every worker busy.  A chunk already on disk is skipped, so
 a killed run restarted with the same arguments resumes where it stopped.
 
-Start-up: :class:`CodecWorkers` spawns the first worker when it is made (it imports torch and
-the codec while the main process loads the tokenizer and reads the inputs: ``preprocess.py``
-makes it first); more are spawned as jobs wait for them.  Each worker builds its codec once, at
+Start-up: :class:`CodecWorkers` starts the workers' fork server when it is made (the server
+imports torch and transformers' Mimi once, while the main process, which imports neither, loads
+the tokenizer and reads the inputs: ``preprocess.py`` makes it first); workers are forked from
+it as jobs wait for them, with those modules imported.  Each worker builds its codec once, at
 its first job (the jobs carry the :class:`EncodeConfig`).
 
 Determinism: on CPU the codec encodes one piece per forward pass and each worker uses one
@@ -39,7 +40,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 
-from megatron_soda.audio.codec import GPU_BATCH_SECONDS, codec_fingerprint, parse_codec_spec
+from megatron_soda.audio.codec_spec import codec_fingerprint, parse_codec_spec
 from megatron_soda.data import codec_workers
 from megatron_soda.data.codec_workers import (
     CodecWorkers,
@@ -83,6 +84,8 @@ class EncodeConfig:
 
     def duration_batch_seconds(self) -> float:
         """Padded audio per forward pass with duration batching."""
+        from megatron_soda.audio.codec import GPU_BATCH_SECONDS  # the codec's own default (torch)
+
         return GPU_BATCH_SECONDS if self.batch_seconds is None else self.batch_seconds
 
     def resolved_workers(self) -> int:

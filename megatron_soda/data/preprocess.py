@@ -24,7 +24,7 @@ import warnings
 from dataclasses import dataclass, replace
 
 from megatron_soda import atomic_files
-from megatron_soda.audio.codec import codec_fingerprint, parse_codec_spec
+from megatron_soda.audio.codec_spec import codec_fingerprint, parse_codec_spec
 from megatron_soda.data.codes_cache import UnitCache
 from megatron_soda.data.encode_stage import CodecWorkers, EncodeConfig, encode_units, unit_caches
 from megatron_soda.data.readers import INPUT_FORMATS, SFT_FORMATS, SPEECH_FORMATS
