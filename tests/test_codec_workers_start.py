@@ -5,12 +5,19 @@ tests/test_preprocess_faults.py::test_workers_die_with_a_killed_run_whose_lock_i
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import re
+import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import soundfile as sf
 
+from megatron_soda.data.cli import EXIT_CRASH, preprocess_main
 from megatron_soda.data.encode_stage import CodecWorkers
 
 HEAVY = ("torch", "transformers", "megatron.core")
@@ -62,3 +69,26 @@ def test_workers_are_forked_with_the_codec_imported_and_the_current_environment(
     assert before["ppid"] == state["ppid"]  # one server for both pools
     assert before["env"] is None
     assert state["env"] == "set after the server started"
+
+
+def die() -> None:
+    """A job whose worker is killed (as the out-of-memory killer would)."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_worker_fails_the_run_naming_its_exit(tmp_path, llama3_path, monkeypatch, caplog, capsys):
+    """The pool breaks; the run ends as a crash (exit 1, nothing published) and the log says how
+    each worker ended (-9: SIGKILL), which "terminated abruptly" alone does not."""
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), np.zeros(16000, np.float32), 16000)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"id": "u0", "audio": str(wav), "text": "x"}) + "\n")
+    monkeypatch.setattr(CodecWorkers, "submit", lambda self, cfg, jobs: [self.pool.submit(die) for _ in jobs])
+    prefix = tmp_path / "out"
+    argv = ["--input", str(tmp_path / "m.jsonl"), "--input-format", "jsonl", "--output-prefix", str(prefix),
+            "--tokenizer", llama3_path, "--codec", "random:tiny", "--workers", "2"]
+    with caplog.at_level(logging.ERROR, logger="megatron_soda.data.preprocess"):
+        assert preprocess_main(argv) == EXIT_CRASH
+    assert "BrokenProcessPool" in capsys.readouterr().err
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("codec workers:")]
+    assert re.fullmatch(r"codec workers: pid \d+: exit code -9", line), line
+    assert not os.path.exists(f"{prefix}.bin")

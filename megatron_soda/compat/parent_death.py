@@ -55,11 +55,19 @@ def init_dying_with_parent(init: Callable[..., object], *args: object) -> None:
     die_with_parent(signal.SIGKILL)
     parent = multiprocessing.parent_process()
     if parent is not None:
-        threading.Thread(target=_kill_self_when_gone, args=(parent.sentinel,),
-                         name="die-with-parent", daemon=True).start()
+        watch = threading.Thread(target=_kill_self_when_gone, args=(parent.sentinel, parent.pid),
+                                 name="die-with-parent", daemon=True)
+        try:
+            watch.start()
+        except RuntimeError as e:  # no thread to be had (a thread limit): the kernel's tie only
+            print(f"pid {os.getpid()}: cannot watch parent {parent.pid} ({e})", file=sys.stderr)
     init(*args)
 
 
-def _kill_self_when_gone(sentinel: int) -> None:
+def _kill_self_when_gone(sentinel: int, parent: int) -> None:
     multiprocessing.connection.wait([sentinel])  # ready: the parent's end closed (it is gone)
+    try:
+        print(f"pid {os.getpid()}: parent {parent} is gone, exiting", file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # its stderr went with it
+        pass
     os.kill(os.getpid(), signal.SIGKILL)

@@ -20,16 +20,19 @@ with the same scopes), so re-joining parts, assembling chunks and the error repo
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import multiprocessing as mp
 import os
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+import megatron_soda
 from megatron_soda.audio.io import TARGET_SAMPLE_RATE as SAMPLE_RATE
 from megatron_soda.audio.io import AudioError, Segment, decode_segments
 from megatron_soda.compat.parent_death import init_dying_with_parent
@@ -39,6 +42,7 @@ from megatron_soda.data.records import Recording, unexpected
 if TYPE_CHECKING:
     from megatron_soda.data.encode_stage import EncodeConfig
 
+logger = logging.getLogger(__name__)
 BATCHINGS = ("pieces", "duration")
 PRELOAD_MODULE = "megatron_soda.data.codec_preload"  # what the workers' fork server imports
 Decoded = np.ndarray | Failure  # what a decode job gives per utterance
@@ -104,7 +108,9 @@ def _init_decoder(env: dict[str, str] | None = None) -> None:
 
 def _adopt_environment(env: dict[str, str] | None) -> None:
     """The environment of the process that made the pool, as a spawned worker would inherit it
-    (a fork server's children inherit the server's, from when it started)."""
+    (a fork server's children inherit the server's, from when it started).  Settings a library
+    read when the server imported it (``HF_HOME`` in huggingface_hub's constants, OpenMP's
+    thread variables in torch) keep the server's values."""
     if env is not None and env != os.environ:
         os.environ.clear()
         os.environ.update(env)
@@ -115,16 +121,47 @@ def _pool_context() -> mp.context.BaseContext:
     (:mod:`codec_preload`, about 3.5 s and 0.3 GB shared copy-on-write), instead of each worker
     importing them again (``spawn``); started now, in the background, so that the server imports
     while this process loads the tokenizer and reads the inputs.  ``spawn`` where there is no
-    fork server (not POSIX).  A fork server started earlier by this process for another pool
-    (without the preload) still serves: its workers import on demand."""
+    fork server (not POSIX) or it cannot be started here.  A fork server started earlier by this
+    process for another pool (without the preload) still serves: its workers import on demand."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     from multiprocessing import forkserver
 
     ctx = mp.get_context("forkserver")
     ctx.set_forkserver_preload([PRELOAD_MODULE])
-    forkserver.ensure_running()
+    try:
+        with _importable_here():
+            forkserver.ensure_running()
+    except (OSError, ChildProcessError) as e:  # e.g. a fork() child of a process that ran one
+        logger.warning("codec workers: no fork server (%s); spawning them", e)
+        return mp.get_context("spawn")
     return ctx
+
+
+@contextlib.contextmanager
+def _importable_here() -> Iterator[None]:
+    """``PYTHONPATH`` led by the directory this ``megatron_soda`` comes from, while the fork
+    server starts: CPython 3.11's server does not apply the ``sys.path`` it is given
+    (multiprocessing/forkserver.py: ``main`` takes ``sys_path`` and ignores it), so without it
+    the preload could import another installed copy, or none (then silently skipped)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(megatron_soda.__file__)))
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join([root, saved] if saved else [root])
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
+
+
+def describe_exits(processes: dict) -> str:
+    """``pid N: exit code X`` per worker process that has ended (a broken pool's message: -9 is
+    SIGKILL (out of memory, or its parent gone), 1 an exception while starting, 0 a failed
+    initializer)."""
+    ended = [(pid, p.exitcode) for pid, p in sorted(processes.items()) if p.exitcode is not None]
+    return ", ".join(f"pid {pid}: exit code {code}" for pid, code in ended) or "none ended"
 
 
 def _build_codec(cfg: EncodeConfig) -> None:
@@ -313,6 +350,7 @@ class CodecWorkers:
         threads = resolve_threads(threads_per_worker, device)
         decoding = self.batching == "duration"
         self.pool: ProcessPoolExecutor | None = None
+        self.processes: dict = {}
         self._saved_threads: int | None = None
         if workers > 1:
             env = dict(os.environ)
@@ -323,6 +361,7 @@ class CodecWorkers:
                 initializer=init_dying_with_parent,  # no orphan workers after a kill -9
                 initargs=init,
             )
+            self.processes = self.pool._processes  # kept past shutdown: exit codes of a broken pool
         if self.pool is None or decoding:  # the codec runs in this process
             import torch
 

@@ -21,10 +21,12 @@ import logging
 import os
 import threading
 import warnings
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 
 from megatron_soda import atomic_files
 from megatron_soda.audio.codec_spec import codec_fingerprint, parse_codec_spec
+from megatron_soda.data.codec_workers import describe_exits
 from megatron_soda.data.codes_cache import UnitCache
 from megatron_soda.data.encode_stage import CodecWorkers, EncodeConfig, encode_units, unit_caches
 from megatron_soda.data.readers import INPUT_FORMATS, SFT_FORMATS, SPEECH_FORMATS
@@ -168,13 +170,15 @@ def _run_locked(cfg: PreprocessConfig) -> dict:
         raise PreprocessError(str(e)) from e
     speech = cfg.input_format != "text"
     encoding = speech and cfg.stage in ("all", "encode")
-    # started first: the first codec worker imports torch and the codec meanwhile
+    # started first: the workers' fork server imports torch and the codec meanwhile
     workers = CodecWorkers(cfg.workers, cfg.threads_per_worker, cfg.device, cfg.codec_batching) if encoding else None
     try:
         return _run_with(cfg, units, files, workers)
-    except BaseException:
+    except BaseException as e:
         if workers is not None:
             workers.close(wait_for_workers=False)
+            if isinstance(e, BrokenProcessPool):
+                logger.error("codec workers: %s", describe_exits(workers.processes))
         raise
 
 
