@@ -5,7 +5,9 @@ recipe is the default (docs/finetuning.md).  Launch with torchrun, as pretrain_s
         --data-path cvss_sft/shard --micro-batch-size 4 --train-iters 26700 --bf16
 """
 
-from megatron_soda.finetune.megatron_sft import main
-
 if __name__ == "__main__":  # required: dist_checkpointing starts helper processes
+    # imported here, not at the top: a spawned helper (megatron's checkpoint-results manager, a
+    # data-loader worker) imports this file again as ``__mp_main__``, and needs none of it
+    from megatron_soda.finetune.megatron_sft import main
+
     main()

@@ -6,7 +6,9 @@ without it runs one process); see --help.
         --global-batch-size 512 --train-iters 238000 --bf16 --save ckpt/
 """
 
-from megatron_soda.training.main import main
-
 if __name__ == "__main__":  # required: dist_checkpointing starts helper processes
+    # imported here, not at the top: a spawned helper (megatron's checkpoint-results manager, a
+    # data-loader worker) imports this file again as ``__mp_main__``, and needs none of it
+    from megatron_soda.training.main import main
+
     main()

@@ -14,12 +14,14 @@ import io
 import os
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from helpers_hostile import Payload
-from helpers_train import base_args, torchrun, train_workspace
+from helpers_train import PYTHON_BIN, REPO, _free_port, base_args, train_workspace
 from torch.distributed.checkpoint import filesystem as dcp_filesystem
 
 from megatron_soda.safe_loading import UnsafeContentError, load_dcp_metadata, restricted_loading
@@ -124,40 +126,77 @@ def error_line(proc) -> str:
     return next((line for line in proc.stderr.splitlines() if line.startswith("pretrain_soda.py: error:")), "")
 
 
+class _Launch:
+    """pretrain_soda.py started in the background: under torchrun for several ranks, as ``python
+    pretrain_soda.py`` (the trainer's own one-process path, no torchrun agent to start) for one.
+    Output goes to files, so that two launches can run at once without filling a pipe."""
+
+    def __init__(self, out_dir, nproc: int, args: list[str]) -> None:
+        launcher = ([os.path.join(PYTHON_BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_port",
+                     str(_free_port())] if nproc > 1 else [sys.executable])
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        env.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+        self.out, self.err = open(out_dir / "stdout", "w+"), open(out_dir / "stderr", "w+")
+        self.proc = subprocess.Popen([*launcher, os.path.join(REPO, "pretrain_soda.py"), *args], cwd=REPO, env=env,
+                                     stdout=self.out, stderr=self.err, text=True)
+
+    def wait(self, check: bool = True) -> subprocess.CompletedProcess:
+        try:
+            code = self.proc.wait(timeout=300)
+        finally:
+            self.proc.kill()
+        texts = []
+        for f in (self.out, self.err):
+            f.seek(0)
+            texts.append(f.read())
+            f.close()
+        proc = subprocess.CompletedProcess(self.proc.args, code, *texts)
+        if check and code != 0:
+            raise AssertionError(f"pretrain_soda.py failed ({code}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+        return proc
+
+
 @pytest.mark.torchrun
 def test_trainer_refuses_hostile_checkpoint_metadata_and_dataset_cache(tmp_path, small_bpe_path):
     work = train_workspace(tmp_path, small_bpe_path)
     ckpt, cache = str(tmp_path / "ck"), str(tmp_path / "cache")
     marker = tmp_path / "ran"
 
-    def run(*extra: str, check: bool = True, nproc: int = 1):
+    def start(name: str, save: str, *extra: str, nproc: int = 1) -> _Launch:
         # one micro-batch per rank and iteration: what is checked here is loading, not training
-        args = base_args(work["tok"], work["speech"], work["text"], str(tmp_path / "m.jsonl"),
-                         "--global-batch-size", str(2 * nproc), "--save", ckpt, "--data-cache-path", cache, *extra)
-        return torchrun(nproc, args, check=check)
+        args = base_args(work["tok"], work["speech"], work["text"], str(tmp_path / f"{name}.jsonl"),
+                         "--global-batch-size", str(2 * nproc), "--save", save, "--data-cache-path", cache, *extra)
+        (tmp_path / f"out_{name}").mkdir()
+        return _Launch(tmp_path / f"out_{name}", nproc, args)
 
-    run("--train-iters", "1", "--save-interval", "1")
+    start("first", ckpt, "--train-iters", "1", "--save-interval", "1").wait()
     iteration = os.path.join(ckpt, "iter_0000001")
-    original = os.path.join(tmp_path, "metadata.orig")
-    shutil.copy(os.path.join(iteration, ".metadata"), original)
-    with open(os.path.join(iteration, ".metadata"), "wb") as f:
+    # The two refusals below run at once, each on its own copy of the run: a hostile .metadata in
+    # one (refused while resuming, before the data is opened), a hostile dataset index cache
+    # behind the clean checkpoint in the other.
+    hostile_ckpt = str(tmp_path / "ck_hostile")
+    shutil.copytree(ckpt, hostile_ckpt)
+    with open(os.path.join(hostile_ckpt, "iter_0000001", ".metadata"), "wb") as f:
         f.write(hostile_pickle(str(marker)))
-    proc = run("--train-iters", "2", check=False, nproc=2)  # two ranks: every rank must refuse it
+    cached = sorted(glob.glob(os.path.join(cache, "**", "*.npy"), recursive=True))
+    assert cached, "megatron wrote no dataset index cache"
+    for path in cached:  # the index names hash the run's sample counts: same --train-iters as above
+        np.save(path, np.array([Payload(str(marker))], dtype=object), allow_pickle=True)
+    metadata_run = start("metadata", hostile_ckpt, "--train-iters", "2", nproc=2)  # every rank must refuse it
+    cache_run = start("cache", ckpt, "--train-iters", "1")
+
+    proc = metadata_run.wait(check=False)
     assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
     assert not marker.exists()
     assert ".metadata: not checkpoint metadata, refused unread (refusing to load posix.system" in error_line(proc), \
         proc.stderr[-3000:]
 
-    shutil.copy(original, os.path.join(iteration, ".metadata"))
-    cached = sorted(glob.glob(os.path.join(cache, "**", "*.npy"), recursive=True))
-    assert cached, "megatron wrote no dataset index cache"
-    for path in cached:  # the index names hash the run's sample counts: same --train-iters as above
-        np.save(path, np.array([Payload(str(marker))], dtype=object), allow_pickle=True)
-    proc = run("--train-iters", "1", check=False)
+    proc = cache_run.wait(check=False)
     # a clean checkpoint loads through the guard (the trainer resumes before it opens the data;
     # training on after such a resume: test_train_async_save.py, test_train_preemption.py)
     assert f"loaded {iteration} (iteration 1" in proc.stdout, proc.stdout[-2000:]
     assert proc.returncode == 1, (proc.returncode, proc.stdout[-2000:], proc.stderr[-3000:])
-    assert not marker.exists()
     line = error_line(proc)
     assert any(os.path.basename(p) in line for p in cached) and "never unpickled" in line, proc.stderr[-3000:]
+    assert not marker.exists()

@@ -363,7 +363,8 @@ def test_pretrain_sbatch_requeue_resumes(cluster, shards, tmp_path):
     cwd = submit_dir(tmp_path)
     run_dir = str(tmp_path / "run")
     save = os.path.join(run_dir, "checkpoints")
-    iters, interval = 18, 4
+    # interval 2: each attempt's first checkpoint (what the test waits for) comes two steps after its start
+    iters, interval = 14, 2
     env = job_env(
         cluster,
         shards,

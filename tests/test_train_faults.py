@@ -284,6 +284,27 @@ def test_a_second_run_on_the_same_save_is_refused(work):
     assert os.listdir(save) == [] and not os.path.exists(metrics)  # nothing of the holder's touched
 
 
+def _torchrun_in_background(out_dir, nproc: int, args: list[str]) -> tuple[subprocess.Popen, str]:
+    """``torchrun`` of pretrain_soda.py as :func:`helpers_train.torchrun` runs it, but started in the
+    background (output to files under ``out_dir``: two runs at once never block on a full pipe)."""
+    os.makedirs(out_dir)
+    cmd = [os.path.join(PYTHON_BIN, "torchrun"), "--nproc_per_node", str(nproc), "--master_port", str(_free_port()),
+           os.path.join(REPO, "pretrain_soda.py"), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    with open(os.path.join(out_dir, "stdout"), "w") as out, open(os.path.join(out_dir, "stderr"), "w") as err:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=err), out_dir
+
+
+def _finished(started: tuple[subprocess.Popen, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    proc, out_dir = started
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        proc.kill()
+    texts = [open(os.path.join(out_dir, name), errors="replace").read() for name in ("stdout", "stderr")]
+    return subprocess.CompletedProcess(proc.args, code, *texts)
+
+
 @pytest.mark.torchrun
 def test_truncated_shard_fails_naming_it_and_falls_back_with_the_flag(work):
     save = str(work["root"] / "ck_damaged")
@@ -293,20 +314,29 @@ def test_truncated_shard_fails_naming_it_and_falls_back_with_the_flag(work):
     assert layout.read_tracker(save) == ITERS
     shard = os.path.join(layout.iteration_dir(save, ITERS), "__0_0.distcp")
     _truncate(shard)
-
-    again, cmd_again = _args(work, "again", "--save", save, "--save-interval", "2", "--train-iters", str(ITERS + 2))
-    proc = torchrun(2, cmd_again, check=False)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    errors = _error_lines(proc)
-    assert len(errors) == 1 and shard in errors[0] and "truncated" in errors[0], proc.stderr[-3000:]
-    assert not _worker_traceback(proc) and (not os.path.exists(again) or losses(again) == {})
-
+    # The run without --load-fallback and the one with it start at once, each on its own copy of
+    # the damaged --save (the first one changes nothing in its copy, see below).
+    refused = str(work["root"] / "ck_damaged_refused")
+    shutil.copytree(save, refused)
+    refused_shard = os.path.join(layout.iteration_dir(refused, ITERS), "__0_0.distcp")
     # a stale lock, as a killed run leaves it: taken over, and said so
     with open(os.path.join(save, layout.LOCK), "w") as f:
         json.dump({"host": socket.gethostname(), "pid": 2**22 + 7, "pid_start": "1", "token": "x"}, f)
+    again, cmd_again = _args(work, "again", "--save", refused, "--save-interval", "2", "--train-iters", str(ITERS + 2))
     fallback, cmd_fb = _args(work, "fallback", "--save", save, "--save-interval", "2", "--load-fallback")
-    proc = torchrun(2, cmd_fb)
+    started_again = _torchrun_in_background(str(work["root"] / "out_again"), 2, cmd_again)
+    started_fb = _torchrun_in_background(str(work["root"] / "out_fallback"), 2, cmd_fb)
+
+    proc = _finished(started_again)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    errors = _error_lines(proc)
+    assert len(errors) == 1 and refused_shard in errors[0] and "truncated" in errors[0], proc.stderr[-3000:]
+    assert not _worker_traceback(proc) and (not os.path.exists(again) or losses(again) == {})
+    assert layout.read_tracker(refused) == ITERS and damage(layout.iteration_dir(refused, ITERS)) is not None
+
+    proc = _finished(started_fb)
     out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
     assert "took over a stale lock" in out and str(2**22 + 7) in out, out[-3000:]
     previous = layout.iteration_dir(save, ITERS - 2)
     assert f"--load-fallback: loading {previous}" in out and shard in out, out[-3000:]

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import psutil
 import pytest
@@ -113,9 +114,15 @@ def test_sigterm_to_one_rank_saves_that_iteration_and_resumes_exactly(work):
     assert max(losses(metrics)) == stopped  # both ranks stopped there; nothing trained after
 
     resumed = str(work["root"] / "resumed.jsonl")
-    torchrun(2, [*cmd, "--metrics-jsonl", resumed])  # the same command (requeued job)
     metrics_full, full_cmd = args(work, "full")
-    torchrun(2, full_cmd)
+    # the same command (requeued job), and beside it (independent) a run never stopped
+    with ThreadPoolExecutor(2) as pool:
+        runs = [
+            pool.submit(torchrun, 2, [*cmd, "--metrics-jsonl", resumed]),
+            pool.submit(torchrun, 2, full_cmd),
+        ]
+        for run in runs:
+            run.result()
     full, after = losses(metrics_full), losses(resumed)
     assert sorted(after) == list(range(stopped + 1, ITERS + 1))
     assert {i: full[i] for i in after} == after  # identical, not close

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from helpers_train import base_args, losses, read_metrics, torchrun, train_workspace, write_shard
@@ -47,6 +48,7 @@ ITERS = 12
 # One micro-batch per data-parallel rank and a clip threshold above every gradient norm: the
 # gradients of DP2 and of one process are the same bits (see the module docstring).
 ORDER_EXACT = ["--global-batch-size", "4", "--clip-grad", "100"]
+DP_ITERS = 8
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +62,14 @@ def launch(work, name: str, nproc: int, *extra: str, check: bool = True):
     return metrics, proc
 
 
+def launch_together(work, *runs: tuple) -> list:
+    """Independent launches ``(name, nproc, extra, check)`` at the same time (a one-process run
+    leaves the other core of a 2-core CI machine idle); ``launch``'s results, in order."""
+    with ThreadPoolExecutor(len(runs)) as pool:
+        futures = [pool.submit(launch, work, name, nproc, *extra, check=check) for name, nproc, extra, check in runs]
+        return [f.result() for f in futures]
+
+
 @pytest.fixture(scope="module")
 def baseline(work):
     """The issue's command, one process, checkpoints every 6 iterations."""
@@ -68,10 +78,20 @@ def baseline(work):
     return {"metrics": metrics, "losses": losses(metrics), "ckpt": ckpt, "stdout": proc.stdout}
 
 
+SP_ADAM = ["--tensor-model-parallel-size", "2", "--sequence-parallel", "--optimizer", "adam"]
+
+
 @pytest.fixture(scope="module")
-def baseline_adam(work):
-    metrics, _ = launch(work, "baseline_adam", 1, "--optimizer", "adam")
-    return {"losses": losses(metrics)}
+def adam_runs(work):
+    """One process and TP2 + sequence parallel, both with Adam: independent, launched together."""
+    (one, _), (sp, _) = launch_together(work, ("baseline_adam", 1, ["--optimizer", "adam"], True),
+                                        ("tp2_sp_adam", 2, SP_ADAM, True))
+    return {"one": losses(one), "tp2_sp": losses(sp)}
+
+
+@pytest.fixture(scope="module")
+def baseline_adam(adam_runs):
+    return {"losses": adam_runs["one"]}
 
 
 @pytest.fixture(scope="module")
@@ -156,10 +176,9 @@ def test_pipeline_layouts_match_one_process(work, baseline, name, flags):
     assert_parity(losses(metrics), baseline["losses"], range(1, ITERS + 1))
 
 
-def test_sequence_parallel_with_adam_matches_one_process(work, baseline_adam):
-    metrics, _ = launch(work, "tp2_sp_adam", 2, "--tensor-model-parallel-size", "2", "--sequence-parallel",
-                        "--optimizer", "adam")
-    assert_parity(losses(metrics), baseline_adam["losses"], range(1, ITERS + 1))
+def test_sequence_parallel_with_adam_matches_one_process(adam_runs):
+    assert sorted(adam_runs["tp2_sp"]) == list(range(1, ITERS + 1))
+    assert_parity(adam_runs["tp2_sp"], adam_runs["one"], range(1, ITERS + 1))
 
 
 def test_cautious_differs_from_adam(baseline, baseline_adam):
@@ -168,31 +187,59 @@ def test_cautious_differs_from_adam(baseline, baseline_adam):
 
 
 def test_data_parallel_distributed_optimizer_is_exact_and_survives_a_crash_while_saving(work):
-    one, _ = launch(work, "one_order_exact", 1, *ORDER_EXACT)
-    ckpt = str(work["root"] / "ck_dp2")
-    flags = [*ORDER_EXACT, "--use-distributed-optimizer", "--save", ckpt, "--save-interval", "6"]
-    first, proc = launch(work, "dp2", 2, *flags, "--inject-crash-in-save", str(ITERS), check=False)
+    # DP_ITERS: bit-identity shows from the first update on (no warmup at 8 iterations), the
+    # resume from DP_ITERS // 2 runs into the WSD decay; the one-process reference (independent)
+    # runs beside the first DP2 run
+    ckpt, iters = str(work["root"] / "ck_dp2"), ["--train-iters", str(DP_ITERS)]
+    flags = [*ORDER_EXACT, *iters, "--use-distributed-optimizer", "--save", ckpt, "--save-interval", str(DP_ITERS // 2)]
+    (one, _), (first, proc) = launch_together(
+        work, ("one_order_exact", 1, [*ORDER_EXACT, *iters], True),
+        ("dp2", 2, [*flags, "--inject-crash-in-save", str(DP_ITERS)], False))
     assert proc.returncode != 0
-    uninterrupted = losses(first)  # every step ran; the crash hit while writing checkpoint 12
+    uninterrupted = losses(first)  # every step ran; the crash hit while writing the last checkpoint
+    assert sorted(uninterrupted) == list(range(1, DP_ITERS + 1))
     assert uninterrupted == losses(one)  # Cautious's statistic over the shards is the whole one's
-    assert layout.read_tracker(ckpt) == 6  # the half-written checkpoint was never published
-    assert os.path.isdir(layout.iteration_dir(ckpt, ITERS) + ".tmp")
+    assert layout.read_tracker(ckpt) == DP_ITERS // 2  # the half-written checkpoint was never published
+    assert os.path.isdir(layout.iteration_dir(ckpt, DP_ITERS) + ".tmp")
 
     resumed, proc = launch(work, "dp2_resumed", 2, *flags)  # auto-resume from --save
-    assert "loaded " + layout.iteration_dir(ckpt, 6) in proc.stdout
+    assert "loaded " + layout.iteration_dir(ckpt, DP_ITERS // 2) in proc.stdout
     got = losses(resumed)
-    assert sorted(got) == list(range(7, ITERS + 1))
+    assert sorted(got) == list(range(DP_ITERS // 2 + 1, DP_ITERS + 1))
     assert all(got[i] == uninterrupted[i] for i in got), (got, uninterrupted)
-    assert layout.read_tracker(ckpt) == ITERS and not os.path.exists(layout.iteration_dir(ckpt, ITERS) + ".tmp")
+    assert layout.read_tracker(ckpt) == DP_ITERS and not os.path.exists(layout.iteration_dir(ckpt, DP_ITERS) + ".tmp")
 
 
-def test_one_process_kill_and_resume_equals_never_stopping(work, baseline):
-    ckpt = str(work["root"] / "ck_kill")
-    flags = ["--save", ckpt, "--save-interval", "6"]
-    killed, proc = launch(work, "killed", 1, *flags, "--inject-crash-at-iteration", "9", check=False)
-    assert proc.returncode != 0 and layout.read_tracker(ckpt) == 6
-    assert losses(killed) == {i: baseline["losses"][i] for i in range(1, 10)}
-    resumed, _ = launch(work, "killed_resumed", 1, *flags)
+@pytest.fixture(scope="module")
+def restarts(work, baseline):
+    """The one-process runs of two tests, launched in pairs (independent runs, one core each): a
+    run killed after its checkpoint of 6 beside a fine-tune of the baseline stopped at 2 by
+    --exit-interval, then both restarted with the same command.  Each test checks its own."""
+    kill_ckpt, own = str(work["root"] / "ck_kill"), str(work["root"] / "ck_ft")
+    kill = ["--save", kill_ckpt, "--save-interval", "6"]
+    ft = ["--load", baseline["ckpt"], "--finetune", "--train-iters", "4", "--save", own, "--save-interval", "2"]
+    # killed one iteration after its checkpoint of 6: iteration 7 is lost and redone
+    killed, ft_first = launch_together(work, ("killed", 1, [*kill, "--inject-crash-at-iteration", "7"], False),
+                                       ("ft", 1, [*ft, "--exit-interval", "2"], False))
+    kill_tracker = layout.read_tracker(kill_ckpt)
+    resumed, ft_again = launch_together(work, ("killed_resumed", 1, kill, False), ("ft", 1, ft, False))
+    return {"killed": killed, "kill_tracker": kill_tracker, "resumed": resumed, "own": own, "ft_first": ft_first,
+            "ft_again": ft_again}
+
+
+def succeeded(proc) -> bool:
+    """Whether a launch of ``restarts`` exited 0; prints the output's tail where not."""
+    if proc.returncode != 0:
+        print(proc.stdout[-4000:], proc.stderr[-6000:])
+    return proc.returncode == 0
+
+
+def test_one_process_kill_and_resume_equals_never_stopping(baseline, restarts):
+    killed, proc = restarts["killed"]
+    assert proc.returncode != 0 and restarts["kill_tracker"] == 6
+    assert losses(killed) == {i: baseline["losses"][i] for i in range(1, 8)}
+    resumed, proc = restarts["resumed"]
+    assert succeeded(proc)
     assert losses(resumed) == {i: baseline["losses"][i] for i in range(7, ITERS + 1)}
 
 
@@ -252,22 +299,21 @@ def test_global_batch_that_does_not_split_into_micro_batches_is_reported(work):
 
 def test_non_finite_loss_stops_or_skips(work):
     flags = ["--lr", "1e30", "--lr-warmup-iters", "0", "--train-iters", "3"]
-    _, proc = launch(work, "nan_stop", 1, *flags, check=False)
+    (_, proc), (metrics, _) = launch_together(work, ("nan_stop", 1, flags, False),
+                                              ("nan_skip", 1, [*flags, "--on-nonfinite-loss", "skip"], True))
     assert proc.returncode != 0
     assert "pretrain_soda.py: error: non-finite loss" in proc.stderr and "iteration 2" in proc.stderr
-    metrics, _ = launch(work, "nan_skip", 1, *flags, "--on-nonfinite-loss", "skip")
     records = read_metrics(metrics)
     assert [r["skipped_iterations"] for r in records] == [0, 1, 2]
     assert json.loads(json.dumps(records[-1]["lm_loss"])) == "nan"
 
 
-def test_requeued_finetune_resumes_from_its_own_save_not_from_load(work, baseline):
+def test_requeued_finetune_resumes_from_its_own_save_not_from_load(restarts):
     """A fine-tune started with --load BASE --finetune --save OWN, stopped and restarted with the
     same command (a Slurm requeue), continues from OWN, not from BASE's weights again."""
-    own = str(work["root"] / "ck_ft")
-    flags = ("--load", baseline["ckpt"], "--finetune", "--save", own, "--save-interval", "4")
-    metrics, first = launch(work, "ft", 1, *flags, "--exit-interval", "4")
-    assert "from iteration 0" in first.stdout  # --finetune: weights only, a fresh run
-    _, again = launch(work, "ft", 1, *flags)
-    assert f"loaded {own}" in again.stdout and "from iteration 4" in again.stdout
-    assert [r["iteration"] for r in read_metrics(metrics)] == list(range(1, ITERS + 1))
+    metrics, first = restarts["ft_first"]
+    assert succeeded(first) and "from iteration 0" in first.stdout  # --finetune: weights only, a fresh run
+    _, again = restarts["ft_again"]
+    assert succeeded(again)
+    assert f"loaded {restarts['own']}" in again.stdout and "from iteration 2" in again.stdout
+    assert [r["iteration"] for r in read_metrics(metrics)] == [1, 2, 3, 4]

@@ -37,19 +37,12 @@ from __future__ import annotations
 import multiprocessing
 import multiprocessing.managers
 import multiprocessing.util
-import signal
 from collections.abc import Callable
 
 from megatron.core.dist_checkpointing.strategies import filesystem_async
 from megatron.core.dist_checkpointing.strategies.async_utils import AsyncCallsQueue, AsyncRequest
 
-from megatron_soda.compat.parent_death import die_with_parent
-
-
-def _die_with_parent(*_: object) -> None:
-    """Runs first in a ``multiprocessing`` child (after-fork hook, manager initializer)."""
-    parent = multiprocessing.parent_process()
-    die_with_parent(signal.SIGKILL, parent.pid if parent is not None else None)
+from megatron_soda.compat.parent_death import die_with_multiprocessing_parent
 
 
 class _Key:
@@ -66,7 +59,7 @@ def tie_children_to_this_process() -> None:
     (:func:`start_write_results_queue`) so that it does too.  Idempotent."""
     global _tied
     if not _tied:
-        multiprocessing.util.register_after_fork(_AFTER_FORK_KEY, _die_with_parent)
+        multiprocessing.util.register_after_fork(_AFTER_FORK_KEY, die_with_multiprocessing_parent)
         _tied = True
     start_write_results_queue()
 
@@ -74,12 +67,12 @@ def tie_children_to_this_process() -> None:
 def start_write_results_queue() -> None:
     """Start the queue through which megatron-core 0.16.1's file writer reports, as
     ``filesystem_async._get_write_results_queue`` would at the first save (a ``spawn`` context
-    ``Manager().Queue()``), but with :func:`_die_with_parent` as the manager's initializer.
+    ``Manager().Queue()``), but with :func:`die_with_multiprocessing_parent` as the manager's initializer.
     Megatron's function returns this queue from then on (it keeps it in a module global)."""
     if filesystem_async._results_queue is not None:
         return
     manager = multiprocessing.managers.SyncManager(ctx=multiprocessing.get_context("spawn"))
-    manager.start(initializer=_die_with_parent)
+    manager.start(initializer=die_with_multiprocessing_parent)
     filesystem_async._results_queue = manager.Queue()  # the proxy keeps the manager alive
 
 

@@ -42,6 +42,14 @@ def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> boo
     return True
 
 
+def die_with_multiprocessing_parent(*_: object) -> None:
+    """:func:`die_with_parent` for this ``multiprocessing`` child's parent: an after-fork hook
+    (``multiprocessing.util.register_after_fork`` passes its key) or a process initializer.
+    Light on purpose: a spawned child that runs it imports this module, not torch."""
+    parent = multiprocessing.parent_process()
+    die_with_parent(signal.SIGKILL, parent.pid if parent is not None else None)
+
+
 def init_dying_with_parent(init: Callable[..., object], *args: object) -> None:
     """A ``multiprocessing``/``ProcessPoolExecutor`` initializer: tie this worker to the process
     that started it (SIGKILL when that one dies), then run ``init(*args)``.  Pass it as
