@@ -44,8 +44,10 @@ def test_preprocessing_cli_and_audio_decoding_import_no_torch():
 
 def probe(name: str) -> dict:
     """Run in a fresh worker, before any job: what it was forked with."""
+    import gc
+
     return {"pid": os.getpid(), "ppid": os.getppid(), "mimi": MIMI in sys.modules,
-            "env": os.environ.get(name)}
+            "env": os.environ.get(name), "gc": gc.isenabled()}
 
 
 @pytest.mark.skipif("forkserver" not in __import__("multiprocessing").get_all_start_methods(),
@@ -66,6 +68,7 @@ def test_workers_are_forked_with_the_codec_imported_and_the_current_environment(
     for s in (before, state):
         assert s["pid"] != os.getpid() and s["ppid"] != os.getpid()  # forked by the server
         assert s["mimi"], "the worker had to import transformers' Mimi itself"
+        assert s["gc"], "the worker collects no garbage (the server's import-time gc.disable)"
     assert before["ppid"] == state["ppid"]  # one server for both pools
     assert before["env"] is None
     assert state["env"] == "set after the server started"

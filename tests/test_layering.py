@@ -11,7 +11,7 @@ import megatron_soda
 # Bottom to top.  Packages on one row do not import each other.
 LAYERS: list[set[str]] = [
     {"versions"},  # the supported torch/megatron-core/transformers ranges (setup.py reads it alone)
-    {"atomic_files", "compat", "output_lock", "safe_loading"},
+    {"atomic_files", "compat", "output_lock", "safe_loading", "startup"},
     {"format"},
     {"tokenizer"},
     {"audio"},

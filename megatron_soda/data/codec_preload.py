@@ -3,22 +3,25 @@ never by the workers or the main process themselves: torch, transformers' Mimi a
 stage's own modules, so that every worker starts with them imported (about 3.5 s each
 otherwise) and shares their memory copy-on-write.
 
-Then ``gc.freeze()``: the imported objects move to the collector's permanent generation, so no
-collection in a worker touches (and copies) their pages, and the server's and each worker's exit
-skips them."""
+The collector is off while importing (:func:`megatron_soda.startup.collector_paused`), then
+``gc.freeze()`` moves the imported objects to its permanent generation, so no collection in a
+worker touches (and copies) their pages, and the server's and each worker's exit skips them;
+forked workers collect as usual (the collector is back on before any fork)."""
 
 import gc
 
-import torch  # noqa: F401
+from megatron_soda.startup import collector_paused
 
-try:
-    import transformers.models.mimi.modeling_mimi  # noqa: F401  (what audio/codec.py builds)
-except Exception:  # missing or broken: reported where the codec is built, not by a dead server
-    pass
+with collector_paused():
+    import torch  # noqa: F401
 
-import megatron_soda.audio.codec  # noqa: F401, E402
-import megatron_soda.audio.mimi_lean  # noqa: F401, E402
-import megatron_soda.audio.streaming  # noqa: F401, E402
-import megatron_soda.data.codec_workers  # noqa: F401, E402
+    try:
+        import transformers.models.mimi.modeling_mimi  # noqa: F401  (what audio/codec.py builds)
+    except Exception:  # missing or broken: reported where the codec is built, not by a dead server
+        pass
 
-gc.freeze()
+    import megatron_soda.audio.codec  # noqa: F401
+    import megatron_soda.audio.mimi_lean  # noqa: F401
+    import megatron_soda.audio.streaming  # noqa: F401
+    import megatron_soda.data.codec_workers  # noqa: F401
+    gc.freeze()
