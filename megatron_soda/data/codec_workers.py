@@ -250,8 +250,8 @@ def encode_parts(cfg: EncodeConfig | None, parts: list[Recording]) -> list[list[
     :func:`~megatron_soda.data.encode_jobs.part_recording`) per utterance ``(seconds, codes)``
     or the :class:`Failure` rejecting its audio.  ``cfg``: the codec to use (built at this
     process's first job); None: the one already built."""
-    if cfg is not None and cfg != _CODEC_CONFIG:
-        _build_codec(cfg)
+    if cfg is not None:
+        ensure_codec(cfg)
     return _guarded(_encode_recordings, parts)
 
 
@@ -373,9 +373,7 @@ class CodecWorkers:
         run = decode_parts if self.batching == "duration" else partial(encode_parts, cfg)
         if self.pool is None:
             return [run(parts) for parts in jobs]
-        if self.batching == "duration":
-            return [self.pool.submit(decode_parts, parts) for parts in jobs]
-        return [self.pool.submit(encode_parts, cfg, parts) for parts in jobs]
+        return [self.pool.submit(run, parts) for parts in jobs]
 
     def close(self, wait_for_workers: bool = True) -> None:
         global _CODEC, _CODEC_CONFIG
